@@ -1,0 +1,56 @@
+// Types of the native addon (native/bindings/*.cc). Internal: users go through lib/.
+export interface StorageRef {
+  readonly nbytes: number;
+  /** -1 for host memory, else the CUDA device ordinal. */
+  readonly device: number;
+  readonly alive: boolean;
+  readonly kind: 'host' | 'mapped' | 'cuda' | 'released';
+  release(): void;
+  /** A new handle on the same memory (views hold their own). */
+  share(): StorageRef;
+}
+
+/** What a JS Tensor looks like to the native side. */
+export interface TensorLike {
+  _h: StorageRef;
+  _off: number;
+  _dt: number;
+  shape: readonly number[];
+}
+
+export interface NativeInfo {
+  cudaCompiled: boolean;
+  cudaDeviceCount: number;
+  cudaUnavailableReason: string;
+  cudaDriverVersion: number;
+  gpus: { index: number; name: string; totalMemory: number }[];
+  cpuFeatures: string;
+  threads: number;
+  hostCacheBytes: number;
+}
+
+export interface NativeBinding {
+  [op: string]: unknown;
+  alloc(nbytes: number, device: number, zero?: boolean): StorageRef;
+  mapFile(path: string): StorageRef;
+  fromBytes(view: ArrayBufferView, device?: number): StorageRef;
+  read(t: TensorLike): Promise<ArrayBuffer>;
+  readSync(t: TensorLike): ArrayBuffer;
+  write(t: TensorLike, view: ArrayBufferView): void;
+  copy(dst: TensorLike, src: TensorLike): void;
+  cast(out: TensorLike, x: TensorLike): void;
+  transpose2d(out: TensorLike, x: TensorLike): void;
+  sync(): Promise<void>;
+  syncBlocking(): void;
+  info(): NativeInfo;
+  setNumThreads(n: number): void;
+  cudaProbe(n: number, device?: number): Float32Array;
+
+  embedding(out: TensorLike, wte: TensorLike, wpe: TensorLike, ids: TensorLike, pos: TensorLike, ref?: boolean): void;
+  layernorm(out: TensorLike, x: TensorLike, w: TensorLike, b: TensorLike, eps: number, ref?: boolean): void;
+  linear(out: TensorLike, x: TensorLike, w: TensorLike, bias: TensorLike | null, ref?: boolean): void;
+  geluNew(out: TensorLike, x: TensorLike, ref?: boolean): void;
+  add(out: TensorLike, a: TensorLike, b: TensorLike, ref?: boolean): void;
+  softmax(out: TensorLike, x: TensorLike, ref?: boolean): void;
+  attention(out: TensorLike, qkv: TensorLike, k: TensorLike, v: TensorLike, mask: TensorLike | null, past: number, ref?: boolean): void;
+}

@@ -1,0 +1,245 @@
+// Fast CPU kernels: threaded over the pool, with AVX2/FMA inner loops chosen at run time.
+// Results match the _ref kernels to float32 rounding (summation order differs).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "core/parallel.h"
+#include "cpu/cpu_features.h"
+#include "cpu/gpt2_ops.h"
+
+#define NIBBLE_AVX2 __attribute__((target("avx2,fma")))
+
+namespace nibble {
+namespace cpu {
+
+namespace {
+
+NIBBLE_AVX2 inline float hsum256(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  __m128 sh = _mm_movehdup_ps(lo);
+  __m128 s = _mm_add_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, s);
+  s = _mm_add_ss(s, sh);
+  return _mm_cvtss_f32(s);
+}
+
+NIBBLE_AVX2 inline float dot_avx2(const float* a, const float* b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
+  }
+  float s = hsum256(_mm256_add_ps(acc0, acc1));
+  for (; k < n; k++) s += a[k] * b[k];
+  return s;
+}
+
+// MB x NB outputs of x . w^T, accumulated over K with AVX2 (MB rows of x, NB rows of w).
+template <int MB, int NB>
+NIBBLE_AVX2 void linear_tile_avx2(float* out, const float* x, const float* w, const float* bias, int64_t K,
+                                  int64_t N, int64_t m0, int64_t n0) {
+  __m256 acc[MB][NB];
+  for (int i = 0; i < MB; i++)
+    for (int j = 0; j < NB; j++) acc[i][j] = _mm256_setzero_ps();
+  const int64_t K8 = K & ~int64_t(7);
+  for (int64_t k = 0; k < K8; k += 8) {
+    __m256 xv[MB];
+    for (int i = 0; i < MB; i++) xv[i] = _mm256_loadu_ps(x + (m0 + i) * K + k);
+    for (int j = 0; j < NB; j++) {
+      __m256 wv = _mm256_loadu_ps(w + (n0 + j) * K + k);
+      for (int i = 0; i < MB; i++) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MB; i++)
+    for (int j = 0; j < NB; j++) {
+      float s = hsum256(acc[i][j]);
+      for (int64_t k = K8; k < K; k++) s += x[(m0 + i) * K + k] * w[(n0 + j) * K + k];
+      out[(m0 + i) * N + n0 + j] = s + (bias ? bias[n0 + j] : 0.f);
+    }
+}
+
+using TileFn = void (*)(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t);
+template <int MB>
+TileFn pick_nb(int nb) {
+  switch (nb) {
+    case 1: return linear_tile_avx2<MB, 1>;
+    case 2: return linear_tile_avx2<MB, 2>;
+    case 3: return linear_tile_avx2<MB, 3>;
+    default: return linear_tile_avx2<MB, 4>;
+  }
+}
+TileFn pick_tile(int mb, int nb) {
+  switch (mb) {
+    case 1: return pick_nb<1>(nb);
+    case 2: return pick_nb<2>(nb);
+    case 3: return pick_nb<3>(nb);
+    default: return pick_nb<4>(nb);
+  }
+}
+
+void linear_avx2(float* out, const float* x, const float* w, const float* bias, int64_t M, int64_t K, int64_t N) {
+  // Tile N so a tile of weight rows stays in L2 while every row of x passes over it.
+  int64_t ntile = std::max<int64_t>(4, std::min<int64_t>(64, (128 * 1024) / (K * 4)));
+  ntile &= ~int64_t(3);
+  if (M <= 4) ntile = 16;  // GEMV-like: weights are read once anyway; finer work split
+  int64_t ntiles = (N + ntile - 1) / ntile;
+  parallel_for(ntiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++) {
+      int64_t nb0 = t * ntile, nb1 = std::min(N, nb0 + ntile);
+      for (int64_t m = 0; m < M; m += 4) {
+        int mb = (int)std::min<int64_t>(4, M - m);
+        for (int64_t n = nb0; n < nb1; n += 4) {
+          int nb = (int)std::min<int64_t>(4, nb1 - n);
+          pick_tile(mb, nb)(out, x, w, bias, K, N, m, n);
+        }
+      }
+    }
+  });
+}
+
+void linear_portable(float* out, const float* x, const float* w, const float* bias, int64_t M, int64_t K, int64_t N) {
+  parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = n0; n < n1; n++) {
+        float s = 0.f;
+        for (int64_t k = 0; k < K; k++) s += x[m * K + k] * w[n * K + k];
+        out[m * N + n] = s + (bias ? bias[n] : 0.f);
+      }
+  });
+}
+
+}  // namespace
+
+void embedding(float* out, const float* wte, const float* wpe, const int32_t* ids, const int32_t* pos, int64_t T,
+               int64_t C) {
+  parallel_for(T, 8, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++) {
+      const float* a = wte + (int64_t)ids[t] * C;
+      const float* p = wpe + (int64_t)pos[t] * C;
+      for (int64_t c = 0; c < C; c++) out[t * C + c] = a[c] + p[c];
+    }
+  });
+}
+
+void layernorm(float* out, const float* x, const float* w, const float* b, int64_t rows, int64_t C, float eps) {
+  parallel_for(rows, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+      const float* xr = x + r * C;
+      float mean = 0.f;
+      for (int64_t c = 0; c < C; c++) mean += xr[c];
+      mean /= (float)C;
+      float var = 0.f;
+      for (int64_t c = 0; c < C; c++) {
+        float d = xr[c] - mean;
+        var += d * d;
+      }
+      var /= (float)C;
+      float rstd = 1.0f / std::sqrt(var + eps);
+      float* o = out + r * C;
+      for (int64_t c = 0; c < C; c++) o[c] = (xr[c] - mean) * rstd * w[c] + b[c];
+    }
+  });
+}
+
+void linear(float* out, const float* x, const float* w, const float* bias, int64_t M, int64_t K, int64_t N) {
+  if (features().avx2_fma)
+    linear_avx2(out, x, w, bias, M, K, N);
+  else
+    linear_portable(out, x, w, bias, M, K, N);
+}
+
+void gelu_new(float* out, const float* x, int64_t n) {
+  parallel_for(n, 4096, [&](int64_t i0, int64_t i1) { gelu_new_ref(out + i0, x + i0, i1 - i0); });
+}
+
+void add(float* out, const float* a, const float* b, int64_t n) {
+  parallel_for(n, 16384, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) out[i] = a[i] + b[i];
+  });
+}
+
+void softmax(float* out, const float* x, int64_t rows, int64_t cols) {
+  parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+      const float* xr = x + r * cols;
+      float* o = out + r * cols;
+      float mx = -INFINITY;
+      for (int64_t c = 0; c < cols; c++) mx = std::fmax(mx, xr[c]);
+      float sum = 0.f;
+      for (int64_t c = 0; c < cols; c++) {
+        o[c] = std::exp(xr[c] - mx);
+        sum += o[c];
+      }
+      float inv = 1.0f / sum;
+      for (int64_t c = 0; c < cols; c++) o[c] *= inv;
+    }
+  });
+}
+
+void attention(float* out, const float* qkv, float* kc, float* vc, const int32_t* mask, int64_t B, int64_t T,
+               int64_t past, int64_t Tmax, int64_t H, int64_t D) {
+  const int64_t C = H * D, L = past + T;
+  parallel_for(B * T, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) {
+      int64_t b = i / T, t = i % T;
+      const float* row = qkv + i * 3 * C;
+      for (int64_t h = 0; h < H; h++) {
+        std::copy(row + C + h * D, row + C + (h + 1) * D, kc + ((b * H + h) * Tmax + past + t) * D);
+        std::copy(row + 2 * C + h * D, row + 2 * C + (h + 1) * D, vc + ((b * H + h) * Tmax + past + t) * D);
+      }
+    }
+  });
+  const float scale = 1.0f / std::sqrt((float)D);
+  const bool avx2 = features().avx2_fma;
+  parallel_for(B * H * T, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> s(L);
+    for (int64_t i = i0; i < i1; i++) {
+      int64_t t = i % T, h = (i / T) % H, b = i / (T * H);
+      const float* q = qkv + (b * T + t) * 3 * C + h * D;
+      const float* K = kc + (b * H + h) * Tmax * D;
+      const float* V = vc + (b * H + h) * Tmax * D;
+      const int64_t last = past + t;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j <= last; j++) {
+        if (mask && !mask[b * L + j]) {
+          s[j] = -INFINITY;
+          continue;
+        }
+        float acc;
+        if (avx2) {
+          acc = dot_avx2(q, K + j * D, D);
+        } else {
+          acc = 0.f;
+          for (int64_t d = 0; d < D; d++) acc += q[d] * K[j * D + d];
+        }
+        s[j] = acc * scale;
+        mx = std::fmax(mx, s[j]);
+      }
+      float* o = out + (b * T + t) * C + h * D;
+      std::fill(o, o + D, 0.f);
+      if (mx == -INFINITY) continue;
+      float sum = 0.f;
+      for (int64_t j = 0; j <= last; j++) {
+        s[j] = s[j] == -INFINITY ? 0.f : std::exp(s[j] - mx);
+        sum += s[j];
+      }
+      const float inv = 1.0f / sum;
+      for (int64_t j = 0; j <= last; j++) {
+        const float p = s[j] * inv;
+        if (p == 0.f) continue;
+        const float* v = V + j * D;
+        for (int64_t d = 0; d < D; d++) o[d] += p * v[d];
+      }
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace nibble
