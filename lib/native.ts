@@ -11,7 +11,9 @@ export function native(): NativeBinding {
   const require = createRequire(import.meta.url);
   const load = require('node-gyp-build') as (dir: string) => NativeBinding;
   try {
-    binding = load(packageRoot);
+    // NIBBLE_ADDON names a specific .node file (a second build folder, a GPU-host build).
+    const explicit = process.env.NIBBLE_ADDON;
+    binding = explicit ? (require(explicit) as NativeBinding) : load(packageRoot);
   } catch (err) {
     const e = new Error(
       `nibble: could not load its native addon from ${packageRoot} (${(err as Error).message}). ` +
