@@ -29,20 +29,20 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   const int64_t T = ids.numel(), C = wte.dim(1), V = wte.dim(0), P = wpe.dim(0);
   if (wpe.dim(1) != C) throw std::invalid_argument("embedding: wte and wpe widths differ");
   expect_numel(op, "pos", pos, T), expect_numel(op, "out", out, T * C);
-  // Indices are checked here, not in the kernel: an out-of-range id must be a JS error.
-  const int32_t* idp = ids.ptr<int32_t>();
-  const int32_t* pp = pos.ptr<int32_t>();
-  CpuStream::instance().sync();  // ids may have been written by a queued kernel
-  for (int64_t t = 0; t < T; t++) {
-    if (idp[t] < 0 || idp[t] >= V)
-      throw std::out_of_range("embedding: token id " + std::to_string(idp[t]) + " is outside the vocabulary (0.." +
-                              std::to_string(V - 1) + ")");
-    if (pp[t] < 0 || pp[t] >= P)
-      throw std::out_of_range("embedding: position " + std::to_string(pp[t]) + " is past n_positions (" +
-                              std::to_string(P) + ")");
-  }
+  // Ids may come from a kernel still queued, so they are checked when the kernel runs: an
+  // out-of-range id skips the lookup and surfaces as a JS error at the next read.
   bool ref = use_ref(info, 5);
   CpuStream::instance().enqueue([=] {
+    const int32_t* idp = ids.ptr<int32_t>();
+    const int32_t* pp = pos.ptr<int32_t>();
+    for (int64_t t = 0; t < T; t++) {
+      if (idp[t] < 0 || idp[t] >= V)
+        throw std::out_of_range("embedding: token id " + std::to_string(idp[t]) + " is outside the vocabulary (0.." +
+                                std::to_string(V - 1) + ")");
+      if (pp[t] < 0 || pp[t] >= P)
+        throw std::out_of_range("embedding: position " + std::to_string(pp[t]) + " is past n_positions (" +
+                                std::to_string(P) + ")");
+    }
     (ref ? cpu::embedding_ref : cpu::embedding)(out.ptr<float>(), wte.ptr<float>(), wpe.ptr<float>(),
                                                 ids.ptr<int32_t>(), pos.ptr<int32_t>(), T, C);
   });

@@ -1,0 +1,162 @@
+// GPT-2 forward pass with a KV cache, written op by op over the native kernels (llm.c's
+// gpt2_forward is the model for its shape). Every op is queued; the only wait is when the
+// caller reads the logits, so the event loop stays free during a forward pass.
+import type { Embedding } from '../nn/Embedding.js';
+import type { LayerNorm } from '../nn/LayerNorm.js';
+import type { LinearLike, Module } from '../nn/module.js';
+import * as ops from '../ops.js';
+import { native } from '../native.js';
+import { Tensor, type Device } from '../tensor.js';
+import type { GPT2Config } from './gpt2-config.js';
+import type { CausalLM, ForwardOptions, ForwardOutput, KVCache } from './types.js';
+
+export interface GPT2Block {
+  ln1: LayerNorm;
+  cAttn: LinearLike;
+  attnProj: LinearLike;
+  ln2: LayerNorm;
+  cFc: LinearLike;
+  mlpProj: LinearLike;
+}
+
+export class GPT2KVCache implements KVCache {
+  length = 0;
+  /** 0/1 per cached position and sequence: padding stays masked on later steps. */
+  mask: number[][];
+  constructor(readonly k: Tensor[], readonly v: Tensor[], readonly batchSize: number, readonly capacity: number) {
+    this.mask = Array.from({ length: batchSize }, () => []);
+  }
+  dispose(): void {
+    for (const t of [...this.k, ...this.v]) t.dispose();
+  }
+}
+
+export class ForwardError extends Error {
+  override name = 'ForwardError';
+}
+
+export class GPT2LMHeadModel implements CausalLM {
+  constructor(
+    readonly config: GPT2Config,
+    readonly device: Device,
+    readonly wte: Embedding,
+    readonly wpe: Embedding,
+    readonly blocks: GPT2Block[],
+    readonly lnF: LayerNorm,
+    readonly lmHead: LinearLike,
+  ) {}
+
+  /** Modules by transformers' dotted names (GPT2LMHeadModel layout). */
+  namedModules(): [string, Module][] {
+    const out: [string, Module][] = [['transformer.wte', this.wte], ['transformer.wpe', this.wpe]];
+    this.blocks.forEach((b, i) => {
+      const p = `transformer.h.${i}.`;
+      out.push([p + 'ln_1', b.ln1], [p + 'attn.c_attn', b.cAttn], [p + 'attn.c_proj', b.attnProj],
+        [p + 'ln_2', b.ln2], [p + 'mlp.c_fc', b.cFc], [p + 'mlp.c_proj', b.mlpProj]);
+    });
+    out.push(['transformer.ln_f', this.lnF], ['lm_head', this.lmHead]);
+    return out;
+  }
+
+  /** A fresh KV cache for `batchSize` sequences of up to `capacity` positions. */
+  createCache(batchSize: number, capacity = this.config.nPositions): GPT2KVCache {
+    if (capacity > this.config.nPositions)
+      throw new ForwardError(`cache capacity ${capacity} exceeds n_positions (${this.config.nPositions})`);
+    const { nLayer, nHead, nEmbd } = this.config;
+    const shape = [batchSize, nHead, capacity, nEmbd / nHead];
+    const mk = () => Array.from({ length: nLayer }, () => Tensor.empty(shape, 'float32', this.device));
+    return new GPT2KVCache(mk(), mk(), batchSize, capacity);
+  }
+
+  async forward(inputIds: number[][], options: ForwardOptions = {}): Promise<ForwardOutput> {
+    const { vocabSize, nPositions, nEmbd, layerNormEpsilon } = this.config;
+    const B = inputIds.length;
+    if (!B) throw new ForwardError('forward: inputIds is empty (expected [batch][tokens])');
+    const T = inputIds[0]!.length;
+    if (!T) throw new ForwardError('forward: the prompt is empty: give at least one token');
+    inputIds.forEach((row, b) => {
+      if (row.length !== T) throw new ForwardError(`forward: row ${b} has ${row.length} tokens, row 0 has ${T}: left-pad to equal length and pass an attentionMask`);
+      for (const id of row)
+        if (!Number.isInteger(id) || id < 0 || id >= vocabSize)
+          throw new ForwardError(`forward: token id ${id} in row ${b} is outside the vocabulary (0..${vocabSize - 1})`);
+    });
+    const given = options.pastKeyValues;
+    if (given && !(given instanceof GPT2KVCache)) throw new ForwardError('forward: pastKeyValues must come from this model');
+    if (given && given.batchSize !== B) throw new ForwardError(`forward: pastKeyValues holds ${given.batchSize} sequences, inputIds has ${B}`);
+    const cache = (given as GPT2KVCache | undefined) ?? this.createCache(B, Math.min(nPositions, Math.max(T, options.cacheCapacity ?? nPositions)));
+    const past = cache.length;
+    if (past + T > cache.capacity)
+      throw new ForwardError(`forward: ${past} cached + ${T} new tokens exceed ${cache.capacity === nPositions ? `n_positions (${nPositions})` : `the cache capacity (${cache.capacity})`}`);
+
+    // The full mask over cached + new positions; padding remembered from earlier calls.
+    let mask: number[][];
+    if (options.attentionMask) {
+      mask = options.attentionMask;
+      if (mask.length !== B || mask.some((r) => r.length !== past + T))
+        throw new ForwardError(`forward: attentionMask must be [${B}][${past + T}] (cached + new positions)`);
+    } else {
+      mask = cache.mask.map((r) => [...r, ...new Array<number>(T).fill(1)]);
+    }
+    // Positions as transformers' generate computes them: cumsum(mask) - 1, padding at 1.
+    const ids = new Int32Array(B * T);
+    const pos = new Int32Array(B * T);
+    let padded = false;
+    for (let b = 0; b < B; b++) {
+      let seen = 0;
+      const m = mask[b]!;
+      for (let j = 0; j < past + T; j++) {
+        const on = m[j] ? 1 : 0;
+        if (!on) padded = true;
+        seen += on;
+        if (j >= past) {
+          ids[b * T + j - past] = inputIds[b]![j - past]!;
+          pos[b * T + j - past] = on ? seen - 1 : 1;
+        }
+      }
+    }
+    const idsT = Tensor.from(ids, [B * T]);
+    const posT = Tensor.from(pos, [B * T]);
+    const maskT = padded ? Tensor.from(Int32Array.from(mask.flat(), (v) => (v ? 1 : 0)), [B, past + T]) : null;
+
+    const x = ops.embedding(this.wte.weight, this.wpe.weight, idsT, posT); // [B*T, C]
+    const scratch: Tensor[] = [idsT, posT];
+    if (maskT) scratch.push(maskT);
+    this.blocks.forEach((blk, l) => {
+      const h = blk.ln1.forward(x);
+      const qkv = blk.cAttn.forward(h);
+      const qkv3 = qkv.view([B, T, 3 * nEmbd]);
+      const a = ops.attention(qkv3, cache.k[l]!, cache.v[l]!, maskT, past);
+      const a2 = a.view([B * T, nEmbd]);
+      const o = blk.attnProj.forward(a2);
+      ops.addInPlace(x, o);
+      const h2 = blk.ln2.forward(x);
+      const f = blk.cFc.forward(h2);
+      const g = ops.geluNew(f);
+      const m = blk.mlpProj.forward(g);
+      ops.addInPlace(x, m);
+      scratch.push(h, qkv, qkv3, a, a2, o, h2, f, g, m);
+    });
+    let last = x;
+    let rows = T;
+    if (options.lastTokenOnly && T > 1) {
+      last = Tensor.empty([B, nEmbd], 'float32', this.device);
+      for (let b = 0; b < B; b++) native().copy(last.narrow(b, 1), x.narrow(b * T + T - 1, 1));
+      rows = 1;
+      scratch.push(x);
+    }
+    const xf = this.lnF.forward(last);
+    const logits = this.lmHead.forward(xf).view([B, rows, vocabSize]);
+    scratch.push(last, xf);
+    // Disposing drops our references; kernels still queued hold their own.
+    for (const t of scratch) t.dispose();
+    cache.length = past + T;
+    cache.mask = mask;
+    return { logits, pastKeyValues: cache };
+  }
+
+  /** Frees every weight now (also done by the finalizers when the model is collected). */
+  dispose(): void {
+    const seen = new Set<Module>();
+    for (const [, m] of this.namedModules()) if (!seen.has(m)) { seen.add(m); m.dispose(); }
+  }
+}
