@@ -7,6 +7,9 @@ import type { LinearLike, Module } from '../nn/module.js';
 import * as ops from '../ops.js';
 import { native } from '../native.js';
 import { Tensor, type Device } from '../tensor.js';
+import { generate, type GenerateInput, type GenerateOptions } from '../generation/generate.js';
+import type { GenerationOptions } from '../generation/generation-config.js';
+import { stream, type StreamChunk, type StreamOptions, type StreamTokenizer } from '../generation/stream.js';
 import type { GPT2Config } from './gpt2-config.js';
 import type { CausalLM, ForwardOptions, ForwardOutput, KVCache } from './types.js';
 
@@ -36,6 +39,13 @@ export class ForwardError extends Error {
 }
 
 export class GPT2LMHeadModel implements CausalLM {
+  /** Defaults from the checkpoint's generation_config.json. */
+  generationConfig?: GenerationOptions;
+  /** The checkpoint's tokenizer, when its folder has one (used by stream() and stop strings). */
+  tokenizer?: StreamTokenizer;
+  /** Folder the weights were read from. */
+  modelDir?: string;
+
   constructor(
     readonly config: GPT2Config,
     readonly device: Device,
@@ -152,6 +162,26 @@ export class GPT2LMHeadModel implements CausalLM {
     cache.length = past + T;
     cache.mask = mask;
     return { logits, pastKeyValues: cache };
+  }
+
+  /**
+   * Generates continuations of one prompt (ids or, with a tokenizer, text) or of a batch
+   * (rows are left-padded). Returns prompt + new tokens per row. Defaults come from
+   * generation_config.json; greedy unless doSample is true.
+   */
+  async generate(input: GenerateInput | string, options: GenerateOptions = {}): Promise<number[][]> {
+    const ids = typeof input === 'string' ? this.requireTokenizer('generate').encode(input) : input;
+    return generate(this, ids, { tokenizer: this.tokenizer, ...options });
+  }
+
+  /** Streams `{ token, text }` for one prompt as tokens are produced. */
+  stream(prompt: readonly number[] | string, options: StreamOptions = {}): AsyncGenerator<StreamChunk, void, undefined> {
+    return stream(this, this.requireTokenizer('stream'), prompt, options);
+  }
+
+  private requireTokenizer(where: string): StreamTokenizer {
+    if (!this.tokenizer) throw new Error(`${where}: this model was loaded without a tokenizer (its folder has no tokenizer files); pass token ids or use lib/generation with a tokenizer`);
+    return this.tokenizer;
   }
 
   /** Frees every weight now (also done by the finalizers when the model is collected). */

@@ -1,0 +1,15 @@
+// Public API of nibble-llm. Everything a user imports comes from here.
+export { Tensor, type DType, type Device } from './tensor.js';
+export { AutoModelForCausalLM, type FromPretrainedOptions } from './models/auto.js';
+export { GPT2LMHeadModel, GPT2KVCache } from './models/gpt2.js';
+export { type GPT2Config, parseGPT2Config, loadGPT2Config, ConfigError } from './models/gpt2-config.js';
+export type { CausalLM, KVCache, ForwardOptions, ForwardOutput } from './models/types.js';
+export { Module, type LinearLike } from './nn/module.js';
+export { Linear } from './nn/Linear.js';
+export { LayerNorm } from './nn/LayerNorm.js';
+export { Embedding } from './nn/Embedding.js';
+export { readSafetensors, openSafetensors, openCheckpoint, writeSafetensors, writeCheckpoint, readSafetensorsHeader, SafetensorsError } from './io/safetensors.js';
+export { AutoTokenizer, PreTrainedTokenizer } from './tokenizer.js';
+export { generate, type GenerateOptions, type GenerateInput } from './generation/generate.js';
+export { stream, type StreamChunk, type StreamOptions } from './generation/stream.js';
+export type { GenerationOptions } from './generation/generation-config.js';

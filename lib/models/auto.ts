@@ -1,0 +1,53 @@
+// AutoModelForCausalLM.fromPretrained: resolve the name to a local folder, read its config,
+// build the model (quantizing on load when asked) and attach tokenizer and generation
+// defaults, so `model.generate()` / `model.stream()` work out of the box.
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadGenerationConfig } from '../generation/generation-config.js';
+import { embeddedModelsDir } from '../paths.js';
+import { parseDevice, type Device } from '../tensor.js';
+import { AutoTokenizer, EMBEDDED_MODEL_ID } from '../tokenizer.js';
+import { loadGPT2Config } from './gpt2-config.js';
+import { loadGPT2, type LoadProgress } from './gpt2-loader.js';
+import type { GPT2LMHeadModel } from './gpt2.js';
+
+export interface FromPretrainedOptions {
+  /** Where to run: 'cpu' (default), 'cuda', 'cuda:N', or {'': device}. */
+  deviceMap?: string | Record<string, string>;
+  /** Hub revision (branch, tag or commit) for Hub ids. */
+  revision?: string;
+  onProgress?: (p: LoadProgress) => void;
+  /** Skip loading the tokenizer even when the folder has one. */
+  noTokenizer?: boolean;
+}
+
+/** A local folder for a model name: the embedded default, an existing folder, or an error. */
+export async function resolveModelDir(idOrDir: string | undefined): Promise<string> {
+  if (idOrDir === undefined || idOrDir === EMBEDDED_MODEL_ID) return join(embeddedModelsDir, EMBEDDED_MODEL_ID);
+  if (typeof idOrDir !== 'string' || !idOrDir) throw new TypeError(`fromPretrained: expected a model folder or Hub id, got ${JSON.stringify(idOrDir)}`);
+  if (existsSync(idOrDir) && statSync(idOrDir).isDirectory()) return idOrDir;
+  throw new Error(`fromPretrained: '${idOrDir}' is not a local folder`);
+}
+
+export function deviceFromMap(deviceMap: FromPretrainedOptions['deviceMap']): Device {
+  if (deviceMap === undefined || deviceMap === 'auto') return 'cpu';
+  if (typeof deviceMap === 'string') return parseDevice(deviceMap);
+  const entries = Object.entries(deviceMap);
+  if (entries.length === 1 && entries[0]![0] === '') return parseDevice(entries[0]![1]);
+  throw new Error(`deviceMap ${JSON.stringify(deviceMap)}: per-module device maps are not supported yet; use 'cpu', 'cuda:N' or {'': device}`);
+}
+
+export class AutoModelForCausalLM {
+  /** Loads a GPT-2 checkpoint. No name, or 'fortune-gpt2', loads the embedded default model. */
+  static async fromPretrained(idOrDir?: string, options: FromPretrainedOptions = {}): Promise<GPT2LMHeadModel> {
+    const dir = await resolveModelDir(idOrDir);
+    const device = deviceFromMap(options.deviceMap);
+    const config = loadGPT2Config(dir);
+    const model = await loadGPT2(dir, { device, config, onProgress: options.onProgress });
+    model.modelDir = dir;
+    if (existsSync(join(dir, 'generation_config.json'))) model.generationConfig = loadGenerationConfig(dir);
+    const hasTokenizer = ['tokenizer.json', 'vocab.json'].some((f) => existsSync(join(dir, f)));
+    if (hasTokenizer && !options.noTokenizer) model.tokenizer = await AutoTokenizer.fromPretrained(dir);
+    return model;
+  }
+}
