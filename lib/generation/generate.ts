@@ -1,0 +1,256 @@
+// The decode loop: one prefill over the (left-padded) prompts, then one token per step through
+// the model's KV cache. Every step awaits the model and yields to the event loop, so a
+// generation never blocks timers or I/O for more than one step's JS work.
+import type { CausalLM, ForwardOutput, KVCache } from '../models/types.js';
+import {
+  isGenerationOptionKey, resolveGenerationConfig, unknownOptionError,
+  type GenerationConfig, type GenerationOptions,
+} from './generation-config.js';
+import { buildLogitsProcessors } from './logits-processors.js';
+import { Xoshiro128, argmax, sampleToken } from './sampler.js';
+import { EosCriterion, StopStringCriterion, type TextDecoderLike } from './stopping.js';
+
+/** One prompt, several prompts (any lengths: they are left-padded), or a padded batch with its mask. */
+export type GenerateInput = readonly number[] | readonly (readonly number[])[] | { inputIds: readonly (readonly number[])[]; attentionMask?: readonly (readonly number[])[] };
+
+export interface GenerateOptions extends GenerationOptions {
+  /** [B][T] mask (1 = token, 0 = padding) for an already padded batch. */
+  attentionMask?: readonly (readonly number[])[];
+  /** Defaults below the caller's options, e.g. a model's generation_config.json. */
+  generationConfig?: GenerationOptions;
+  /** Needed for stopStrings. */
+  tokenizer?: TextDecoderLike;
+}
+
+/** A model that may carry its generation_config.json defaults. */
+export type GenerationModel = CausalLM & { generationConfig?: GenerationOptions };
+
+export interface GenerationStep {
+  /** The token chosen for each sequence at this step (the pad id for finished ones). */
+  tokens: number[];
+  /** Which sequences are finished after this step. */
+  finished: boolean[];
+  /** True on the final step (all finished or the length budget reached). */
+  last: boolean;
+}
+
+const OWN_KEYS = new Set(['attentionMask', 'generationConfig', 'tokenizer']);
+
+/**
+ * Generates continuations. Returns, for each sequence, its input row followed by the new
+ * tokens. Rows given with different lengths are left-padded internally and come back as
+ * given; a padded batch (`{inputIds, attentionMask}`) comes back padded. Sequences that finish
+ * early are filled with the pad id (default: the eos id), as transformers does, so all rows
+ * get the same number of new tokens.
+ *
+ * Lengths: the padded prompt length plus the new tokens must fit the model's context
+ * (config.nPositions); otherwise this throws, naming both numbers, instead of truncating.
+ */
+export async function generate(model: GenerationModel, input: GenerateInput, options: GenerateOptions = {}): Promise<number[][]> {
+  const run = startGeneration(model, input, options, 'generate');
+  const out = run.rows.map((r) => [...r]);
+  for await (const step of run.steps) step.tokens.forEach((t, b) => out[b]!.push(t));
+  return out;
+}
+
+export interface GenerationRun {
+  /** The input rows as the caller gave them (unpadded for ragged input). */
+  rows: number[][];
+  config: GenerationConfig;
+  steps: AsyncGenerator<GenerationStep, void, undefined>;
+}
+
+/**
+ * Validates everything up front (so errors surface before any model work) and returns an async
+ * step iterator. Breaking out of it early frees the KV cache. Used by generate() and stream().
+ */
+export function startGeneration(model: GenerationModel, input: GenerateInput, options: GenerateOptions, where: string): GenerationRun {
+  if (!model || typeof model.forward !== 'function' || !model.config) throw new TypeError(`${where}: model must be a CausalLM (forward + config)`);
+  if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object`);
+  const user: GenerationOptions = {};
+  for (const [k, v] of Object.entries(options)) {
+    if (isGenerationOptionKey(k)) (user as Record<string, unknown>)[k] = v;
+    else if (!OWN_KEYS.has(k)) throw unknownOptionError(where, k);
+  }
+  const fromModel: GenerationOptions = {
+    eosTokenId: model.config.eosTokenId ?? undefined,
+    bosTokenId: model.config.bosTokenId ?? undefined,
+  };
+  const config = resolveGenerationConfig(fromModel, model.generationConfig, options.generationConfig, user);
+
+  const vocab = model.config.vocabSize;
+  const { rows, padded, mask, givenPadded } = normalizeInput(input, options.attentionMask, config, vocab, where);
+  const width = padded[0]!.length;
+
+  let maxNew: number;
+  let budget: string;
+  if (config.maxNewTokens !== null) {
+    maxNew = config.maxNewTokens;
+    budget = `maxNewTokens (${maxNew})`;
+  } else {
+    maxNew = config.maxLength - width;
+    budget = `maxNewTokens (${maxNew}, from maxLength ${config.maxLength})`;
+    if (maxNew <= 0)
+      throw new RangeError(`${where}: the prompt is ${width} tokens long but maxLength is ${config.maxLength}: set maxNewTokens, or a maxLength above the prompt length`);
+  }
+  const nPositions = model.config.nPositions;
+  if (width + maxNew > nPositions)
+    throw new RangeError(
+      `${where}: prompt length (${width}) + ${budget} = ${width + maxNew} exceeds the model's ${nPositions} positions (n_positions); shorten the prompt or ask for fewer tokens`,
+    );
+
+  for (const t of [config.padTokenId, ...config.eosTokenId])
+    if (t !== null && t >= vocab) throw new RangeError(`${where}: special token id ${t} is outside the model's vocabulary (${vocab})`);
+  if (config.stopStrings.length > 0 && !options.tokenizer)
+    throw new TypeError(`${where}: stopStrings need a tokenizer to decode text: pass options.tokenizer`);
+
+  const steps = decodeLoop(model, padded, mask, maxNew, config, options.tokenizer);
+  return { rows: givenPadded ? padded : rows, config, steps };
+}
+
+interface NormalizedInput {
+  rows: number[][];
+  padded: number[][];
+  mask: number[][];
+  givenPadded: boolean;
+}
+
+function normalizeInput(
+  input: GenerateInput,
+  maskOpt: GenerateOptions['attentionMask'],
+  config: GenerationConfig,
+  vocab: number,
+  where: string,
+): NormalizedInput {
+  let rows: readonly (readonly number[])[];
+  let mask: readonly (readonly number[])[] | undefined = maskOpt;
+  if (Array.isArray(input)) {
+    rows = input.length > 0 && Array.isArray(input[0]) ? (input as readonly (readonly number[])[]) : [input as readonly number[]];
+  } else if (input && typeof input === 'object' && Array.isArray((input as { inputIds?: unknown }).inputIds)) {
+    const enc = input as { inputIds: readonly (readonly number[])[]; attentionMask?: readonly (readonly number[])[] };
+    rows = enc.inputIds;
+    mask = enc.attentionMask ?? maskOpt;
+  } else {
+    throw new TypeError(`${where}: input must be token ids (number[]), a batch (number[][]) or {inputIds, attentionMask}`);
+  }
+  if (rows.length === 0) throw new RangeError(`${where}: the batch is empty: give at least one prompt`);
+
+  rows.forEach((r, b) => {
+    if (!Array.isArray(r)) throw new TypeError(`${where}: prompt ${b} must be an array of token ids`);
+    for (let i = 0; i < r.length; i++) {
+      const id = r[i];
+      if (!Number.isInteger(id) || (id as number) < 0 || (id as number) >= vocab)
+        throw new RangeError(`${where}: prompt ${b}, position ${i}: ${String(id)} is not a token id (integers 0..${vocab - 1})`);
+    }
+  });
+
+  if (mask !== undefined) {
+    if (!Array.isArray(mask) || mask.length !== rows.length) throw new RangeError(`${where}: attentionMask must have one row per prompt (${rows.length})`);
+    const width = rows[0]!.length;
+    rows.forEach((r, b) => {
+      const m = mask![b];
+      if (r.length !== width) throw new RangeError(`${where}: with an attentionMask all rows must have the same length (row 0: ${width}, row ${b}: ${r.length})`);
+      if (!Array.isArray(m) || m.length !== width) throw new RangeError(`${where}: attentionMask row ${b} must have ${width} entries like its prompt`);
+      let seenToken = false;
+      for (let i = 0; i < m.length; i++) {
+        if (m[i] !== 0 && m[i] !== 1) throw new RangeError(`${where}: attentionMask[${b}][${i}] must be 0 or 1, got ${String(m[i])}`);
+        if (m[i] === 1) seenToken = true;
+        else if (seenToken) throw new RangeError(`${where}: attentionMask row ${b} has padding after a token: decoder-only generation needs left padding`);
+      }
+      if (!seenToken) throw new RangeError(emptyPrompt(where, b));
+    });
+    return { rows: rows.map((r) => [...r]), padded: rows.map((r) => [...r]), mask: mask.map((m) => [...m]), givenPadded: true };
+  }
+
+  rows.forEach((r, b) => {
+    if (r.length === 0) throw new RangeError(emptyPrompt(where, b));
+  });
+  const width = rows.reduce((m, r) => Math.max(m, r.length), 0);
+  const padId = config.padTokenId ?? config.eosTokenId[0] ?? 0;
+  const padded = rows.map((r) => [...new Array<number>(width - r.length).fill(padId), ...r]);
+  const m = rows.map((r) => [...new Array<number>(width - r.length).fill(0), ...new Array<number>(r.length).fill(1)]);
+  return { rows: rows.map((r) => [...r]), padded, mask: m, givenPadded: false };
+}
+
+function emptyPrompt(where: string, b: number): string {
+  return `${where}: prompt ${b} is empty: give at least one token id (for unconditional text start with the bos/eos token, 50256 for GPT-2)`;
+}
+
+// Lets timers and I/O run between steps even when a model's forward settles as a microtask.
+const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+async function* decodeLoop(
+  model: CausalLM,
+  padded: number[][],
+  mask: number[][],
+  maxNew: number,
+  config: GenerationConfig,
+  tokenizer: TextDecoderLike | undefined,
+): AsyncGenerator<GenerationStep, void, undefined> {
+  const batch = padded.length;
+  const width = padded[0]!.length;
+  const seqs = padded.map((r) => [...r]);
+  const masks = mask.map((r) => [...r]);
+  const hasPadding = masks.some((r) => r.includes(0));
+  const processors = buildLogitsProcessors(config);
+  const rng = config.doSample ? new Xoshiro128(config.seed ?? Math.floor(Math.random() * 2 ** 32)) : null;
+  const eos = new EosCriterion(config.eosTokenId);
+  const stops = tokenizer ? new StopStringCriterion(config.stopStrings, tokenizer) : null;
+  const padId = config.padTokenId ?? config.eosTokenId[0] ?? 0;
+  const finished = new Array<boolean>(batch).fill(false);
+
+  let cache: KVCache | undefined;
+  let out: ForwardOutput | undefined;
+  try {
+    out = await model.forward(seqs, {
+      attentionMask: hasPadding ? masks : undefined,
+      lastTokenOnly: true,
+      cacheCapacity: width + maxNew,
+    });
+    cache = out.pastKeyValues;
+    for (let step = 0; step < maxNew; step++) {
+      const logits = out.logits;
+      const shape = logits.shape;
+      const vocab = shape[shape.length - 1]!;
+      const positions = shape.length === 3 ? shape[1]! : 1;
+      if (shape[0] !== batch) throw new Error(`generate: the model returned logits [${shape.join(', ')}] for a batch of ${batch}`);
+      const data = await logits.toFloat32();
+      logits.dispose();
+
+      const tokens = new Array<number>(batch);
+      for (let b = 0; b < batch; b++) {
+        if (finished[b]) {
+          tokens[b] = padId;
+          continue;
+        }
+        const start = (b * positions + positions - 1) * vocab;
+        const scores = data.subarray(start, start + vocab);
+        for (const p of processors) p(scores, seqs[b]!);
+        tokens[b] = rng ? sampleToken(scores, rng) : argmax(scores);
+      }
+      for (let b = 0; b < batch; b++) {
+        seqs[b]!.push(tokens[b]!);
+        masks[b]!.push(1);
+        if (finished[b]) continue;
+        if (eos.isEos(tokens[b]!) || (stops?.active && stops.matches(seqs[b]!))) finished[b] = true;
+      }
+      const last = step === maxNew - 1 || finished.every(Boolean);
+      yield { tokens, finished: [...finished], last };
+      if (last) break;
+
+      await yieldToEventLoop();
+      out = await model.forward(tokens.map((t) => [t]), {
+        pastKeyValues: cache,
+        attentionMask: hasPadding ? masks : undefined,
+        lastTokenOnly: true,
+      });
+      if (out.pastKeyValues !== cache) {
+        cache.dispose();
+        cache = out.pastKeyValues;
+      }
+    }
+  } finally {
+    if (out && !out.logits.disposed) out.logits.dispose();
+    cache?.dispose();
+  }
+}
