@@ -45,6 +45,7 @@ export interface NativeBinding {
   info(): NativeInfo;
   setNumThreads(n: number): void;
   cudaProbe(n: number, device?: number): Float32Array;
+  memoryBandwidth(nbytes: number, iters: number): { readBytesPerSec: number; copyBytesPerSec: number };
 
   embedding(out: TensorLike, wte: TensorLike, wpe: TensorLike, ids: TensorLike, pos: TensorLike, ref?: boolean): void;
   layernorm(out: TensorLike, x: TensorLike, w: TensorLike, b: TensorLike, eps: number, ref?: boolean): void;

@@ -29,10 +29,23 @@ void CpuStream::enqueue(std::function<void()> fn) {
     }
     return;
   }
+  bool wake;
   {
     std::lock_guard<std::mutex> l(mu_);
     queue_.push_back(std::move(fn));
     submitted_++;
+    // Work is batched until the caller waits (flush) or a long run builds up: on a machine
+    // with few cores, kernels racing the JS thread that is still enqueueing them cost more
+    // than they overlap.
+    wake = queue_.size() >= kFlushThreshold;
+  }
+  if (wake) cv_work_.notify_one();
+}
+
+void CpuStream::flush() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    flushed_through_ = submitted_;
   }
   cv_work_.notify_one();
 }
@@ -42,7 +55,8 @@ void CpuStream::loop() {
     std::function<void()> fn;
     {
       std::unique_lock<std::mutex> l(mu_);
-      cv_work_.wait(l, [&] { return !queue_.empty(); });
+      cv_work_.wait(l, [&] { return !queue_.empty() && (running_ || flushed_through_ > completed_ || queue_.size() >= kFlushThreshold); });
+      running_ = true;
       fn = std::move(queue_.front());
       queue_.pop_front();
     }
@@ -59,12 +73,23 @@ void CpuStream::loop() {
       std::lock_guard<std::mutex> l(mu_);
       if (!err.empty() && error_.empty()) error_ = err;
       completed_++;
+      if (queue_.empty()) running_ = false;
     }
     cv_done_.notify_all();
   }
 }
 
 void CpuStream::sync() {
+  if (inline_) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!error_.empty()) {
+      std::string e = std::move(error_);
+      error_.clear();
+      throw std::runtime_error(e);
+    }
+    return;
+  }
+  flush();
   std::unique_lock<std::mutex> l(mu_);
   uint64_t target = submitted_;
   cv_done_.wait(l, [&] { return completed_ >= target; });

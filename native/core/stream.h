@@ -21,6 +21,8 @@ class CpuStream {
   // Runs fn on the dispatcher thread after everything enqueued before it. An exception from
   // fn is recorded and reported by the next sync(); later kernels still run.
   void enqueue(std::function<void()> fn);
+  // Starts running everything enqueued so far (enqueue batches work until then).
+  void flush();
   // Blocks until all enqueued work is done; throws the first recorded kernel error.
   void sync();
   // True when nothing is queued or running (a fresh buffer may then be written directly).
@@ -33,7 +35,9 @@ class CpuStream {
   std::mutex mu_;
   std::condition_variable cv_work_, cv_done_;
   std::deque<std::function<void()>> queue_;
-  uint64_t submitted_ = 0, completed_ = 0;
+  static constexpr size_t kFlushThreshold = 512;
+  uint64_t submitted_ = 0, completed_ = 0, flushed_through_ = 0;
+  bool running_ = false;
   std::string error_;
   bool inline_ = false;  // NIBBLE_SYNC=1 runs kernels on the caller's thread (debugging)
   std::thread thread_;
