@@ -1,0 +1,465 @@
+// Quantization ops for JS: validate every argument on the JS thread (dtype, size, blocksize,
+// quant type, device), then queue the kernel — CPU tensors on the CpuStream, CUDA tensors
+// through native/cuda/quant_cuda.h. Outputs are preallocated by lib/functional.ts.
+// The trailing `ref` flag selects the reference kernel (tests compare it with the fast path).
+#include <napi.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+#include <string>
+
+#include "bindings/registry.h"
+#include "bindings/tensor_arg.h"
+#include "core/stream.h"
+#include "cpu/quant_ops.h"
+#if defined(NIBBLE_WITH_CUDA)
+#include "cuda/quant_cuda.h"
+#endif
+
+namespace nibble {
+namespace {
+
+using fmt::QuantType;
+
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
+
+bool use_ref(const Napi::CallbackInfo& info, size_t i) { return info.Length() > i && info[i].ToBoolean(); }
+
+QuantType quant_type_arg(const Napi::CallbackInfo& info, size_t i, const char* op) {
+  int64_t q = int_arg(info, i, "quantType");
+  if (q != 0 && q != 1) bad(std::string(op) + ": quant type code " + std::to_string(q) + " is not fp4 (0) or nf4 (1)");
+  return (QuantType)q;
+}
+
+int blocksize_4bit(const Napi::CallbackInfo& info, size_t i, const char* op) {
+  int64_t b = int_arg(info, i, "blocksize");
+  if (!fmt::valid_4bit_blocksize(b))
+    bad(std::string(op) + ": blocksize " + std::to_string(b) +
+        " is not supported (4-bit blocksizes: 32, 64, 128, 256, 512, 1024, 2048, 4096)");
+  return (int)b;
+}
+
+int blocksize_8bit(const Napi::CallbackInfo& info, size_t i, const char* op) {
+  int64_t b = int_arg(info, i, "blocksize");
+  if (!fmt::valid_8bit_blocksize(b))
+    bad(std::string(op) + ": blocksize " + std::to_string(b) +
+        " is not supported (8-bit blocksizes: 64, 128, 256, 512, 1024, 2048, 4096)");
+  return (int)b;
+}
+
+void not_empty(const char* op, const char* name, const TensorArg& t) {
+  if (t.numel() == 0) bad(std::string(op) + ": '" + name + "' is empty (" + t.describe() + ")");
+}
+
+// All tensors of one call on one device; returns true for CUDA.
+bool on_cuda(const char* op, std::initializer_list<const TensorArg*> ts) {
+  const TensorArg* first = *ts.begin();
+  for (const TensorArg* t : ts) expect_same_device(op, *first, *t);
+  if (first->on_cpu()) return false;
+#if !defined(NIBBLE_WITH_CUDA)
+  bad(std::string(op) + ": CUDA quantization kernels not built (this addon was compiled without CUDA); got " +
+      first->describe());
+#endif
+  return true;
+}
+
+// ---- 4-bit ------------------------------------------------------------------------------
+
+// quantize4bit(x, packed u8[(n+1)/2], absmax f32[nblocks], blocksize, quantType, ref?)
+Napi::Value Quantize4bit(const Napi::CallbackInfo& info) {
+  const char* op = "quantize4bit";
+  auto x = tensor_arg(info, 0, "x"), packed = tensor_arg(info, 1, "packed"), absmax = tensor_arg(info, 2, "absmax");
+  int bs = blocksize_4bit(info, 3, op);
+  QuantType qt = quant_type_arg(info, 4, op);
+  expect_float(op, "x", x);
+  not_empty(op, "x", x);
+  const int64_t n = x.numel();
+  expect_dtype(op, "packed", packed, DType::U8), expect_numel(op, "packed", packed, fmt::packed4_bytes(n));
+  expect_dtype(op, "absmax", absmax, DType::F32), expect_numel(op, "absmax", absmax, fmt::num_blocks(n, bs));
+  bool ref = use_ref(info, 5);
+  if (on_cuda(op, {&x, &packed, &absmax})) {
+#if defined(NIBBLE_WITH_CUDA)
+    cuda::quantize_4bit(x.ptr(), x.dt, n, bs, qt, packed.ptr<uint8_t>(), absmax.ptr<float>());
+#endif
+  } else {
+    CpuStream::instance().enqueue([=] {
+      (ref ? cpu::quantize_4bit_ref : cpu::quantize_4bit)(x.ptr(), x.dt, n, bs, qt, packed.ptr<uint8_t>(),
+                                                          absmax.ptr<float>());
+    });
+  }
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("quantize4bit", Quantize4bit);
+
+// dequantize4bit(packed, absmax f32, out, blocksize, quantType, ref?): n = out.numel().
+Napi::Value Dequantize4bit(const Napi::CallbackInfo& info) {
+  const char* op = "dequantize4bit";
+  auto packed = tensor_arg(info, 0, "packed"), absmax = tensor_arg(info, 1, "absmax"), out = tensor_arg(info, 2, "out");
+  int bs = blocksize_4bit(info, 3, op);
+  QuantType qt = quant_type_arg(info, 4, op);
+  expect_float(op, "out", out);
+  not_empty(op, "out", out);
+  const int64_t n = out.numel();
+  expect_dtype(op, "packed", packed, DType::U8), expect_numel(op, "packed", packed, fmt::packed4_bytes(n));
+  expect_dtype(op, "absmax", absmax, DType::F32), expect_numel(op, "absmax", absmax, fmt::num_blocks(n, bs));
+  bool ref = use_ref(info, 5);
+  if (on_cuda(op, {&packed, &absmax, &out})) {
+#if defined(NIBBLE_WITH_CUDA)
+    cuda::dequantize_4bit(packed.ptr<uint8_t>(), absmax.ptr<float>(), n, bs, qt, out.ptr(), out.dt);
+#endif
+  } else {
+    CpuStream::instance().enqueue([=] {
+      (ref ? cpu::dequantize_4bit_ref : cpu::dequantize_4bit)(packed.ptr<uint8_t>(), absmax.ptr<float>(), n, bs, qt,
+                                                              out.ptr(), out.dt);
+    });
+  }
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("dequantize4bit", Dequantize4bit);
+
+// compressAbsmax(absmax f32[nb], qabsmax u8[nb], nestedAbsmax f32[ceil(nb/256)], offset f32[1])
+Napi::Value CompressAbsmax(const Napi::CallbackInfo& info) {
+  const char* op = "compressAbsmax";
+  auto absmax = tensor_arg(info, 0, "absmax"), q = tensor_arg(info, 1, "qabsmax"),
+       nested = tensor_arg(info, 2, "nestedAbsmax"), offset = tensor_arg(info, 3, "offset");
+  expect_dtype(op, "absmax", absmax, DType::F32);
+  not_empty(op, "absmax", absmax);
+  const int64_t nb = absmax.numel();
+  expect_dtype(op, "qabsmax", q, DType::U8), expect_numel(op, "qabsmax", q, nb);
+  expect_dtype(op, "nestedAbsmax", nested, DType::F32);
+  expect_numel(op, "nestedAbsmax", nested, fmt::num_blocks(nb, fmt::kNestedBlocksize));
+  expect_dtype(op, "offset", offset, DType::F32), expect_numel(op, "offset", offset, 1);
+  if (on_cuda(op, {&absmax, &q, &nested, &offset})) {
+#if defined(NIBBLE_WITH_CUDA)
+    cuda::compress_absmax(absmax.ptr<float>(), nb, q.ptr<uint8_t>(), nested.ptr<float>(), offset.ptr<float>());
+#endif
+  } else {
+    CpuStream::instance().enqueue([=] {
+      *offset.ptr<float>() = cpu::compress_absmax(absmax.ptr<float>(), nb, q.ptr<uint8_t>(), nested.ptr<float>());
+    });
+  }
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("compressAbsmax", CompressAbsmax);
+
+// decompressAbsmax(qabsmax u8, nestedAbsmax f32, nestedCode f32[256], offset f32[1], out f32[nb])
+Napi::Value DecompressAbsmax(const Napi::CallbackInfo& info) {
+  const char* op = "decompressAbsmax";
+  auto q = tensor_arg(info, 0, "qabsmax"), nested = tensor_arg(info, 1, "nestedAbsmax"),
+       code = tensor_arg(info, 2, "nestedCode"), offset = tensor_arg(info, 3, "offset"), out = tensor_arg(info, 4, "out");
+  expect_dtype(op, "qabsmax", q, DType::U8);
+  not_empty(op, "qabsmax", q);
+  const int64_t nb = q.numel();
+  expect_dtype(op, "nestedAbsmax", nested, DType::F32);
+  expect_numel(op, "nestedAbsmax", nested, fmt::num_blocks(nb, fmt::kNestedBlocksize));
+  expect_dtype(op, "nestedCode", code, DType::F32), expect_numel(op, "nestedCode", code, 256);
+  expect_dtype(op, "offset", offset, DType::F32), expect_numel(op, "offset", offset, 1);
+  expect_dtype(op, "out", out, DType::F32), expect_numel(op, "out", out, nb);
+  if (on_cuda(op, {&q, &nested, &code, &offset, &out})) {
+#if defined(NIBBLE_WITH_CUDA)
+    cuda::decompress_absmax(q.ptr<uint8_t>(), nested.ptr<float>(), code.ptr<float>(), offset.ptr<float>(), nb,
+                            out.ptr<float>());
+#endif
+  } else {
+    CpuStream::instance().enqueue([=] {
+      cpu::decompress_absmax(q.ptr<uint8_t>(), nested.ptr<float>(), code.ptr<float>(), *offset.ptr<float>(), nb,
+                             out.ptr<float>());
+    });
+  }
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("decompressAbsmax", DecompressAbsmax);
+
+// ---- 8-bit blockwise -----------------------------------------------------------------------
+
+void check_code(const char* op, const TensorArg& code) {
+  expect_dtype(op, "code", code, DType::F32), expect_numel(op, "code", code, 256);
+}
+
+// quantizeBlockwise(code f32[256], x, q u8[n], absmax f32[nblocks], blocksize, ref?)
+Napi::Value QuantizeBlockwise(const Napi::CallbackInfo& info) {
+  const char* op = "quantizeBlockwise";
+  auto code = tensor_arg(info, 0, "code"), x = tensor_arg(info, 1, "x"), q = tensor_arg(info, 2, "q"),
+       absmax = tensor_arg(info, 3, "absmax");
+  int bs = blocksize_8bit(info, 4, op);
+  check_code(op, code);
+  expect_float(op, "x", x);
+  not_empty(op, "x", x);
+  const int64_t n = x.numel();
+  expect_dtype(op, "q", q, DType::U8), expect_numel(op, "q", q, n);
+  expect_dtype(op, "absmax", absmax, DType::F32), expect_numel(op, "absmax", absmax, fmt::num_blocks(n, bs));
+  bool ref = use_ref(info, 5);
+  if (on_cuda(op, {&code, &x, &q, &absmax})) {
+#if defined(NIBBLE_WITH_CUDA)
+    cuda::quantize_blockwise(code.ptr<float>(), x.ptr(), x.dt, n, bs, q.ptr<uint8_t>(), absmax.ptr<float>());
+#endif
+  } else {
+    CpuStream::instance().enqueue([=] {
+      (ref ? cpu::quantize_blockwise_ref : cpu::quantize_blockwise)(code.ptr<float>(), x.ptr(), x.dt, n, bs,
+                                                                    q.ptr<uint8_t>(), absmax.ptr<float>());
+    });
+  }
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("quantizeBlockwise", QuantizeBlockwise);
+
+// dequantizeBlockwise(code, q u8, absmax f32, out, blocksize, ref?)
+Napi::Value DequantizeBlockwise(const Napi::CallbackInfo& info) {
+  const char* op = "dequantizeBlockwise";
+  auto code = tensor_arg(info, 0, "code"), q = tensor_arg(info, 1, "q"), absmax = tensor_arg(info, 2, "absmax"),
+       out = tensor_arg(info, 3, "out");
+  int bs = blocksize_8bit(info, 4, op);
+  check_code(op, code);
+  expect_float(op, "out", out);
+  not_empty(op, "out", out);
+  const int64_t n = out.numel();
+  expect_dtype(op, "q", q, DType::U8), expect_numel(op, "q", q, n);
+  expect_dtype(op, "absmax", absmax, DType::F32), expect_numel(op, "absmax", absmax, fmt::num_blocks(n, bs));
+  bool ref = use_ref(info, 5);
+  if (on_cuda(op, {&code, &q, &absmax, &out})) {
+#if defined(NIBBLE_WITH_CUDA)
+    cuda::dequantize_blockwise(code.ptr<float>(), q.ptr<uint8_t>(), absmax.ptr<float>(), n, bs, out.ptr(), out.dt);
+#endif
+  } else {
+    CpuStream::instance().enqueue([=] {
+      (ref ? cpu::dequantize_blockwise_ref : cpu::dequantize_blockwise)(code.ptr<float>(), q.ptr<uint8_t>(),
+                                                                        absmax.ptr<float>(), n, bs, out.ptr(), out.dt);
+    });
+  }
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("dequantizeBlockwise", DequantizeBlockwise);
+
+// ---- LLM.int8() ---------------------------------------------------------------------------
+
+// int8VectorwiseQuant(x [.., cols], out i8, rowStats f32[rows], outlierCols u8[cols], threshold, ref?)
+Napi::Value Int8VectorwiseQuant(const Napi::CallbackInfo& info) {
+  const char* op = "int8VectorwiseQuant";
+  auto x = tensor_arg(info, 0, "x"), out = tensor_arg(info, 1, "out"), stats = tensor_arg(info, 2, "rowStats"),
+       cols_t = tensor_arg(info, 3, "outlierCols");
+  double th = num_arg(info, 4, "threshold");
+  if (!(th >= 0.0) || std::isinf(th)) bad(std::string(op) + ": threshold must be a finite number >= 0, got " + std::to_string(th));
+  expect_float(op, "x", x);
+  not_empty(op, "x", x);
+  if (x.shape.empty()) bad(std::string(op) + ": x must have at least one dimension");
+  const int64_t cols = x.dim(-1), rows = x.numel() / cols;
+  expect_dtype(op, "out", out, DType::I8), expect_numel(op, "out", out, x.numel());
+  expect_dtype(op, "rowStats", stats, DType::F32), expect_numel(op, "rowStats", stats, rows);
+  expect_dtype(op, "outlierCols", cols_t, DType::U8), expect_numel(op, "outlierCols", cols_t, cols);
+  bool ref = use_ref(info, 5);
+  float thf = (float)th;
+  if (on_cuda(op, {&x, &out, &stats, &cols_t})) {
+#if defined(NIBBLE_WITH_CUDA)
+    cuda::int8_vectorwise_quant(x.ptr(), x.dt, rows, cols, thf, out.ptr<int8_t>(), stats.ptr<float>(),
+                                cols_t.ptr<uint8_t>());
+#endif
+  } else {
+    CpuStream::instance().enqueue([=] {
+      (ref ? cpu::int8_vectorwise_quant_ref : cpu::int8_vectorwise_quant)(
+          x.ptr(), x.dt, rows, cols, thf, out.ptr<int8_t>(), stats.ptr<float>(), cols_t.ptr<uint8_t>());
+    });
+  }
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("int8VectorwiseQuant", Int8VectorwiseQuant);
+
+// int8LinearMatmul(A i8 [.., K], B i8 [N, K], C i32 [.., N], ref?)
+Napi::Value Int8LinearMatmul(const Napi::CallbackInfo& info) {
+  const char* op = "int8LinearMatmul";
+  auto A = tensor_arg(info, 0, "A"), B = tensor_arg(info, 1, "B"), C = tensor_arg(info, 2, "C");
+  expect_dtype(op, "A", A, DType::I8), expect_dtype(op, "B", B, DType::I8), expect_dtype(op, "C", C, DType::I32);
+  not_empty(op, "A", A), not_empty(op, "B", B);
+  expect_rank(op, "B", B, 2);
+  if (A.shape.empty()) bad(std::string(op) + ": A must have at least one dimension");
+  const int64_t N = B.dim(0), K = B.dim(1);
+  if (A.dim(-1) != K)
+    bad(std::string(op) + ": shape mismatch: A " + A.describe() + " has " + std::to_string(A.dim(-1)) +
+        " columns but B " + B.describe() + " has " + std::to_string(K));
+  const int64_t M = A.numel() / K;
+  expect_numel(op, "C", C, M * N);
+  bool ref = use_ref(info, 3);
+  if (on_cuda(op, {&A, &B, &C})) {
+#if defined(NIBBLE_WITH_CUDA)
+    cuda::int8_linear_matmul(A.ptr<int8_t>(), B.ptr<int8_t>(), M, N, K, C.ptr<int32_t>());
+#endif
+  } else {
+    CpuStream::instance().enqueue([=] {
+      (ref ? cpu::int8_linear_matmul_ref : cpu::int8_linear_matmul)(A.ptr<int8_t>(), B.ptr<int8_t>(), M, N, K,
+                                                                    C.ptr<int32_t>());
+    });
+  }
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("int8LinearMatmul", Int8LinearMatmul);
+
+// int8MmDequant(C i32 [.., N], rowStats f32[M], colStats f32[N], bias f16[N] | null, out f16, ref?)
+Napi::Value Int8MmDequant(const Napi::CallbackInfo& info) {
+  const char* op = "int8MmDequant";
+  auto C = tensor_arg(info, 0, "C"), rs = tensor_arg(info, 1, "rowStats"), cs = tensor_arg(info, 2, "colStats");
+  TensorArg bias;
+  bool has_bias = optional_tensor_arg(info, 3, "bias", &bias);
+  auto out = tensor_arg(info, 4, "out");
+  expect_dtype(op, "C", C, DType::I32);
+  not_empty(op, "C", C);
+  if (C.shape.empty()) bad(std::string(op) + ": C must have at least one dimension");
+  const int64_t N = C.dim(-1), M = C.numel() / N;
+  expect_dtype(op, "rowStats", rs, DType::F32), expect_numel(op, "rowStats", rs, M);
+  expect_dtype(op, "colStats", cs, DType::F32), expect_numel(op, "colStats", cs, N);
+  if (has_bias) expect_dtype(op, "bias", bias, DType::F16), expect_numel(op, "bias", bias, N);
+  expect_dtype(op, "out", out, DType::F16), expect_numel(op, "out", out, M * N);
+  bool ref = use_ref(info, 5);
+  if (has_bias ? on_cuda(op, {&C, &rs, &cs, &bias, &out}) : on_cuda(op, {&C, &rs, &cs, &out})) {
+#if defined(NIBBLE_WITH_CUDA)
+    cuda::int8_mm_dequant(C.ptr<int32_t>(), rs.ptr<float>(), cs.ptr<float>(), has_bias ? bias.ptr<uint16_t>() : nullptr,
+                          M, N, out.ptr<uint16_t>());
+#endif
+  } else {
+    CpuStream::instance().enqueue([=] {
+      (ref ? cpu::int8_mm_dequant_ref : cpu::int8_mm_dequant)(C.ptr<int32_t>(), rs.ptr<float>(), cs.ptr<float>(),
+                                                              has_bias ? bias.ptr<uint16_t>() : nullptr, M, N,
+                                                              out.ptr<uint16_t>());
+    });
+  }
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("int8MmDequant", Int8MmDequant);
+
+// ---- 4-bit matmul ----------------------------------------------------------------------------
+
+// matmul4bit(x [.., K], packed u8, absmax (f32 | u8 when double-quantized), nestedAbsmax | null,
+//            nestedCode | null, offset f32[1] | null, bias | null, out [.., N], N, K, blocksize,
+//            quantType, ref?)
+Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
+  const char* op = "matmul4bit";
+  auto x = tensor_arg(info, 0, "x"), packed = tensor_arg(info, 1, "packed"), absmax = tensor_arg(info, 2, "absmax");
+  TensorArg nested, code, offset, bias;
+  bool dq = optional_tensor_arg(info, 3, "nestedAbsmax", &nested);
+  bool has_code = optional_tensor_arg(info, 4, "nestedCode", &code);
+  bool has_offset = optional_tensor_arg(info, 5, "offset", &offset);
+  bool has_bias = optional_tensor_arg(info, 6, "bias", &bias);
+  auto out = tensor_arg(info, 7, "out");
+  const int64_t N = int_arg(info, 8, "N"), K = int_arg(info, 9, "K");
+  int bs = blocksize_4bit(info, 10, op);
+  QuantType qt = quant_type_arg(info, 11, op);
+  bool ref = use_ref(info, 12);
+  expect_float(op, "x", x);
+  not_empty(op, "x", x);
+  if (N <= 0 || K <= 0) bad(std::string(op) + ": weight shape [" + std::to_string(N) + ", " + std::to_string(K) + "] is empty");
+  if (x.shape.empty() || x.dim(-1) != K)
+    bad(std::string(op) + ": shape mismatch: x " + x.describe() + " has " +
+        std::to_string(x.shape.empty() ? 0 : x.dim(-1)) + " features but the weight is [" + std::to_string(N) + ", " +
+        std::to_string(K) + "] (out_features, in_features)");
+  const int64_t M = x.numel() / K, nb = fmt::num_blocks(N * K, bs);
+  expect_dtype(op, "packed", packed, DType::U8), expect_numel(op, "packed", packed, fmt::packed4_bytes(N * K));
+  expect_numel(op, "absmax", absmax, nb);
+  if (dq) {
+    if (!has_code || !has_offset) bad(std::string(op) + ": double-quantized absmax needs nestedCode and offset");
+    expect_dtype(op, "absmax", absmax, DType::U8);
+    expect_dtype(op, "nestedAbsmax", nested, DType::F32);
+    expect_numel(op, "nestedAbsmax", nested, fmt::num_blocks(nb, fmt::kNestedBlocksize));
+    expect_dtype(op, "nestedCode", code, DType::F32), expect_numel(op, "nestedCode", code, 256);
+    expect_dtype(op, "offset", offset, DType::F32), expect_numel(op, "offset", offset, 1);
+  } else {
+    expect_dtype(op, "absmax", absmax, DType::F32);
+  }
+  if (has_bias) expect_dtype(op, "bias", bias, x.dt), expect_numel(op, "bias", bias, N);
+  expect_dtype(op, "out", out, x.dt), expect_numel(op, "out", out, M * N);
+  std::vector<const TensorArg*> all = {&x, &packed, &absmax, &out};
+  if (dq) all.insert(all.end(), {&nested, &code, &offset});
+  if (has_bias) all.push_back(&bias);
+  for (auto* t : all) expect_same_device(op, x, *t);
+  if (!x.on_cpu()) {
+#if defined(NIBBLE_WITH_CUDA)
+    cuda::Weight4bit w;
+    w.packed = packed.ptr<uint8_t>();
+    if (dq) {
+      w.qabsmax = absmax.ptr<uint8_t>(), w.nested_absmax = nested.ptr<float>(), w.nested_code = code.ptr<float>();
+      w.offset_ptr = offset.ptr<float>();
+    } else {
+      w.absmax = absmax.ptr<float>();
+    }
+    w.blocksize = bs, w.qt = qt, w.N = N, w.K = K;
+    cuda::matmul_4bit(x.ptr(), x.dt, M, w, has_bias ? bias.ptr() : nullptr, out.ptr());
+#else
+    on_cuda(op, {&x});
+#endif
+    return info.Env().Undefined();
+  }
+  CpuStream::instance().enqueue([=] {
+    cpu::Weight4bit w;
+    w.packed = packed.ptr<uint8_t>();
+    if (dq) {
+      w.qabsmax = absmax.ptr<uint8_t>(), w.nested_absmax = nested.ptr<float>(), w.nested_code = code.ptr<float>();
+      w.offset = *offset.ptr<float>();  // read when the kernel runs: compressAbsmax may still be queued
+    } else {
+      w.absmax = absmax.ptr<float>();
+    }
+    w.blocksize = bs, w.qt = qt, w.N = N, w.K = K;
+    (ref ? cpu::matmul_4bit_ref : cpu::matmul_4bit)(x.ptr(), x.dt, M, w, has_bias ? bias.ptr() : nullptr, out.ptr());
+  });
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("matmul4bit", Matmul4bit);
+
+// int8OutlierMatmulAdd(out f16 [M, N], x [M, K] float, cols i32[c], CB i8 [N, K], SCB f32[N]):
+// the 16-bit half of LLM.int8()'s mixed decomposition, added into out:
+//   out[m, n] = fp16(out[m, n] + sum_j x[m, cols_j] * fp16(CB[n, cols_j] * SCB[n] / 127)),
+// accumulated in float32 (bitsandbytes: subA @ subB in float16 with float32 accumulation).
+Napi::Value Int8OutlierMatmulAdd(const Napi::CallbackInfo& info) {
+  const char* op = "int8OutlierMatmulAdd";
+  auto out = tensor_arg(info, 0, "out"), x = tensor_arg(info, 1, "x"), cols = tensor_arg(info, 2, "cols"),
+       CB = tensor_arg(info, 3, "CB"), SCB = tensor_arg(info, 4, "SCB");
+  expect_dtype(op, "out", out, DType::F16), expect_float(op, "x", x);
+  expect_dtype(op, "cols", cols, DType::I32), expect_dtype(op, "CB", CB, DType::I8), expect_dtype(op, "SCB", SCB, DType::F32);
+  expect_rank(op, "CB", CB, 2);
+  const int64_t N = CB.dim(0), K = CB.dim(1);
+  if (x.shape.empty() || x.dim(-1) != K)
+    bad(std::string(op) + ": shape mismatch: x " + x.describe() + " vs CB " + CB.describe());
+  const int64_t M = x.numel() / K, nc = cols.numel();
+  expect_numel(op, "out", out, M * N), expect_numel(op, "SCB", SCB, N);
+  for (auto* t : {&x, &cols, &CB, &SCB}) expect_same_device(op, out, *t);
+  if (!out.on_cpu()) bad(std::string(op) + ": CUDA tensors are not supported by this op yet; got " + out.describe());
+  CpuStream::instance().enqueue([=] {
+    const int32_t* c = cols.ptr<int32_t>();
+    uint16_t* o = out.ptr<uint16_t>();
+    const int8_t* cb = CB.ptr<int8_t>();
+    const float* scb = SCB.ptr<float>();
+    for (int64_t j = 0; j < nc; j++)
+      if (c[j] < 0 || c[j] >= K) throw std::out_of_range("int8OutlierMatmulAdd: outlier column out of range");
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t m = 0; m < M; m++) {
+        float acc = half_to_float(o[m * N + n]);
+        for (int64_t j = 0; j < nc; j++) {
+          float wv = half_to_float(float_to_half((float)cb[n * K + c[j]] * scb[n] / 127.0f));
+          acc += half_to_float(float_to_half(load_as_float(x.ptr(), x.dt, m * K + c[j]))) * wv;
+        }
+        o[m * N + n] = float_to_half(acc);
+      }
+  });
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("int8OutlierMatmulAdd", Int8OutlierMatmulAdd);
+
+// Codebooks for QuantState.code / quant_map: quantMap(kind) with kind 'nf4' | 'fp4' |
+// 'dynamic' | 'dynamic_unsigned' -> Float32Array.
+Napi::Value QuantMap(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(info.Env(), "quantMap: kind must be a string");
+  std::string kind = info[0].As<Napi::String>().Utf8Value();
+  Napi::Float32Array a;
+  if (kind == "nf4" || kind == "fp4") {
+    a = Napi::Float32Array::New(info.Env(), 16);
+    for (int i = 0; i < 16; i++) a[i] = kind == "nf4" ? fmt::kNf4Values[i] : fmt::kFp4QuantMap[i];
+  } else if (kind == "dynamic" || kind == "dynamic_unsigned") {
+    a = Napi::Float32Array::New(info.Env(), 256);
+    const uint32_t* bits = kind == "dynamic" ? fmt::kDynamicMapSignedBits : fmt::kDynamicMapUnsignedBits;
+    for (int i = 0; i < 256; i++) a[i] = fmt::bits_to_float(bits[i]);
+  } else {
+    throw Napi::TypeError::New(info.Env(), "quantMap: unknown kind '" + kind + "' (nf4, fp4, dynamic, dynamic_unsigned)");
+  }
+  return a;
+}
+NIBBLE_BINDING("quantMap", QuantMap);
+
+}  // namespace
+}  // namespace nibble

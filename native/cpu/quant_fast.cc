@@ -1,0 +1,410 @@
+// Fast CPU quantization kernels: threaded over blocks/rows with AVX2/FMA inner loops chosen
+// at run time. Quantize/dequantize produce the same bytes as quant_ref.cc (same float32
+// operations in the same order per element); matmul_4bit differs only by summation order.
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "core/parallel.h"
+#include "cpu/cpu_features.h"
+#include "cpu/quant_ops.h"
+
+#define NIBBLE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace nibble {
+namespace cpu {
+
+namespace {
+
+bool use_avx2() { return features().avx2_fma; }
+
+// Blocks per parallel task: enough work per task (~16K elements) to amortise the pool.
+int64_t block_grain(int blocksize) { return std::max<int64_t>(1, 16384 / blocksize); }
+
+// ---- 4-bit codebook lookup with AVX2 ------------------------------------------------
+// One 32-bit word holds 8 packed codes; element j of the 8 sits at bits kShr[j]..+3 (the
+// high nibble of each byte comes first). vpermps uses only the low 3 bits of each lane's
+// index, and bit 3 (the table half) is moved into the sign bit for vblendvps, so no masks.
+struct Lut16 {
+  __m256 lo, hi;  // code values 0..7 and 8..15
+};
+
+NIBBLE_AVX2 inline Lut16 make_lut(QuantType qt) {
+  alignas(32) float v[16];
+  for (int i = 0; i < 16; i++) v[i] = fmt::code4_value((uint8_t)i, qt);
+  return {_mm256_load_ps(v), _mm256_load_ps(v + 8)};
+}
+
+NIBBLE_AVX2 inline __m256 lookup8(const Lut16& t, uint32_t word) {
+  const __m256i shr = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
+  const __m256i shl = _mm256_setr_epi32(24, 28, 16, 20, 8, 12, 0, 4);
+  __m256i w = _mm256_set1_epi32((int)word);
+  __m256i idx = _mm256_srlv_epi32(w, shr);
+  __m256i sel = _mm256_sllv_epi32(w, shl);
+  __m256 a = _mm256_permutevar8x32_ps(t.lo, idx);
+  __m256 b = _mm256_permutevar8x32_ps(t.hi, idx);
+  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(sel));
+}
+
+inline uint32_t load_u32(const uint8_t* p) {
+  uint32_t w;
+  std::memcpy(&w, p, 4);
+  return w;
+}
+
+NIBBLE_AVX2 inline float hsum256(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  __m128 sh = _mm_movehdup_ps(lo);
+  __m128 s = _mm_add_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, s);
+  s = _mm_add_ss(s, sh);
+  return _mm_cvtss_f32(s);
+}
+
+// Eight input elements as float32 (exact conversion).
+NIBBLE_AVX2 inline __m256 load8(const void* x, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::F16:
+      return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(x) + i)));
+    case DType::BF16: {
+      __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(x) + i)));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+    }
+    default:
+      return _mm256_loadu_ps(static_cast<const float*>(x) + i);
+  }
+}
+
+// Stores 8 float32 values rounded to dt (RNE); bf16 goes through the scalar rounding so
+// NaN payloads match dtype.h exactly.
+NIBBLE_AVX2 inline void store8(void* out, DType dt, int64_t i, __m256 v) {
+  switch (dt) {
+    case DType::F16:
+      _mm_storeu_si128((__m128i*)(static_cast<uint16_t*>(out) + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+      break;
+    case DType::BF16: {
+      alignas(32) float t[8];
+      _mm256_store_ps(t, v);
+      for (int j = 0; j < 8; j++) static_cast<uint16_t*>(out)[i + j] = float_to_bf16(t[j]);
+      break;
+    }
+    default:
+      _mm256_storeu_ps(static_cast<float*>(out) + i, v);
+  }
+}
+
+// Codes of 8 normalised values as int32 lanes; the same comparisons as fmt::quantize_*.
+NIBBLE_AVX2 inline __m256i codes8(__m256 v, QuantType qt) {
+  if (qt == QuantType::NF4) {
+    __m256i k = _mm256_setzero_si256();
+    for (int t = 0; t < 15; t++)
+      k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_set1_ps(fmt::kNf4Thresholds[t]), _CMP_GT_OQ)));
+    return k;
+  }
+  __m256 a = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)));
+  __m256i k = _mm256_setzero_si256();
+  for (int t = 0; t < 7; t++)
+    k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(fmt::kFp4Thresholds[t]), _CMP_GT_OQ)));
+  // rank -> 3-bit code through a permute of the rank table
+  __m256i code = _mm256_permutevar8x32_epi32(_mm256_setr_epi32(0, 1, 6, 7, 4, 5, 2, 3), k);
+  __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
+  return _mm256_or_si256(code, _mm256_and_si256(neg, _mm256_set1_epi32(8)));
+}
+
+NIBBLE_AVX2 void quantize_4bit_blocks_avx2(const void* x, DType dt, int64_t n, int bs, QuantType qt, uint8_t* packed,
+                                           float* absmax, int64_t b0, int64_t b1) {
+  alignas(32) int32_t c[8];
+  for (int64_t b = b0; b < b1; b++) {
+    int64_t begin = b * bs, end = std::min<int64_t>(n, begin + bs);
+    int64_t full = begin + ((end - begin) & ~int64_t(7));
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m8 = _mm256_set1_ps(-FLT_MAX);
+    // max_ps returns its second operand when the first is NaN: NaN inputs are skipped (fmaxf).
+    for (int64_t i = begin; i < full; i += 8) m8 = _mm256_max_ps(_mm256_and_ps(load8(x, dt, i), abs_mask), m8);
+    alignas(32) float mv[8];
+    _mm256_store_ps(mv, m8);
+    float m = -FLT_MAX;
+    for (int j = 0; j < 8; j++) m = std::fmax(m, mv[j]);
+    for (int64_t i = full; i < end; i++) m = std::fmax(m, std::fabs(load_as_float(x, dt, i)));
+    absmax[b] = m;
+    float inv = 1.0f / m;
+    __m256 inv8 = _mm256_set1_ps(inv);
+    for (int64_t i = begin; i < full; i += 8) {
+      _mm256_store_si256((__m256i*)c, codes8(_mm256_mul_ps(load8(x, dt, i), inv8), qt));
+      for (int j = 0; j < 8; j += 2) packed[(i + j) / 2] = fmt::pack4((uint8_t)c[j], (uint8_t)c[j + 1]);
+    }
+    for (int64_t i = full; i < end; i += 2) {
+      uint8_t hi = fmt::quantize_4bit_value(load_as_float(x, dt, i) * inv, qt);
+      float lo_x = i + 1 < end ? load_as_float(x, dt, i + 1) : 0.0f;
+      packed[i / 2] = fmt::pack4(hi, fmt::quantize_4bit_value(lo_x * inv, qt));
+    }
+  }
+}
+
+NIBBLE_AVX2 void dequantize_4bit_blocks_avx2(const uint8_t* packed, const float* absmax, int64_t n, int bs,
+                                             QuantType qt, void* out, DType dt, int64_t b0, int64_t b1) {
+  Lut16 lut = make_lut(qt);
+  for (int64_t b = b0; b < b1; b++) {
+    int64_t begin = b * bs, end = std::min<int64_t>(n, begin + bs);
+    int64_t full = begin + ((end - begin) & ~int64_t(7));
+    __m256 s = _mm256_set1_ps(absmax[b]);
+    for (int64_t i = begin; i < full; i += 8) store8(out, dt, i, _mm256_mul_ps(lookup8(lut, load_u32(packed + i / 2)), s));
+    for (int64_t i = full; i < end; i++) {
+      uint8_t byte = packed[i / 2];
+      uint8_t code = (i & 1) ? fmt::unpack4_lo(byte) : fmt::unpack4_hi(byte);
+      store_from_float(out, dt, i, fmt::code4_value(code, qt) * absmax[b]);
+    }
+  }
+}
+
+// Dot product of one weight row (K elements starting at element `start`, whole blocks,
+// start a multiple of blocksize) with x (float32): per block sum(code * x), then scaled by
+// the block absmax, so the inner loop is lookup + FMA only.
+NIBBLE_AVX2 float row_dot_avx2(const Weight4bit& w, const Lut16& lut, int64_t start, const float* x) {
+  const int bs = w.blocksize;
+  const uint8_t* p = w.packed + start / 2;
+  __m256 total = _mm256_setzero_ps();
+  const int64_t nblocks = w.K / bs;
+  const int64_t b0 = start / bs;
+  for (int64_t blk = 0; blk < nblocks; blk++) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    const uint8_t* pb = p + blk * (bs / 2);
+    const float* xb = x + blk * bs;
+    for (int j = 0; j < bs; j += 16) {
+      acc0 = _mm256_fmadd_ps(lookup8(lut, load_u32(pb + j / 2)), _mm256_loadu_ps(xb + j), acc0);
+      acc1 = _mm256_fmadd_ps(lookup8(lut, load_u32(pb + j / 2 + 4)), _mm256_loadu_ps(xb + j + 8), acc1);
+    }
+    total = _mm256_fmadd_ps(_mm256_add_ps(acc0, acc1), _mm256_set1_ps(weight_block_absmax(w, b0 + blk)), total);
+  }
+  return hsum256(total);
+}
+
+// GEMV rows [n0, n1) for weights whose rows are whole blocks.
+NIBBLE_AVX2 void gemv_rows_avx2(const Weight4bit& w, const float* xf, int64_t n0, int64_t n1, float* acc) {
+  Lut16 lut = make_lut(w.qt);
+  for (int64_t n = n0; n < n1; n++) acc[n - n0] = row_dot_avx2(w, lut, n * w.K, xf);
+}
+
+NIBBLE_AVX2 float dot_avx2(const float* a, const float* b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
+  }
+  float s = hsum256(_mm256_add_ps(acc0, acc1));
+  for (; k < n; k++) s += a[k] * b[k];
+  return s;
+}
+
+// Dequantizes `count` weight elements starting at flat element `start` into dst (float32):
+// the general path for rows that start mid-block or mid-byte.
+void dequant_span(const Weight4bit& w, int64_t start, int64_t count, float* dst) {
+  for (int64_t j = 0; j < count; j++) {
+    int64_t i = start + j;
+    uint8_t byte = w.packed[i / 2];
+    uint8_t code = (i & 1) ? fmt::unpack4_lo(byte) : fmt::unpack4_hi(byte);
+    dst[j] = fmt::code4_value(code, w.qt) * weight_block_absmax(w, i / w.blocksize);
+  }
+}
+
+float dot_scalar(const float* a, const float* b, int64_t n) {
+  float s = 0;
+  for (int64_t k = 0; k < n; k++) s += a[k] * b[k];
+  return s;
+}
+
+}  // namespace
+
+void quantize_4bit(const void* x, DType dt, int64_t n, int blocksize, QuantType qt, uint8_t* packed, float* absmax) {
+  int64_t nb = fmt::num_blocks(n, blocksize);
+  bool avx = use_avx2();
+  parallel_for(nb, block_grain(blocksize), [&](int64_t b0, int64_t b1) {
+    if (avx) {
+      quantize_4bit_blocks_avx2(x, dt, n, blocksize, qt, packed, absmax, b0, b1);
+      return;
+    }
+    // Whole blocks of the reference: blocks are independent and start on byte boundaries.
+    for (int64_t b = b0; b < b1; b++) {
+      int64_t begin = b * blocksize, cnt = std::min<int64_t>(n - begin, blocksize);
+      const char* xb = static_cast<const char*>(x) + begin * dtype_size(dt);
+      quantize_4bit_ref(xb, dt, cnt, blocksize, qt, packed + begin / 2, absmax + b);
+    }
+  });
+}
+
+void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int blocksize, QuantType qt, void* out,
+                     DType out_dt) {
+  int64_t nb = fmt::num_blocks(n, blocksize);
+  bool avx = use_avx2();
+  parallel_for(nb, block_grain(blocksize), [&](int64_t b0, int64_t b1) {
+    if (avx) {
+      dequantize_4bit_blocks_avx2(packed, absmax, n, blocksize, qt, out, out_dt, b0, b1);
+      return;
+    }
+    for (int64_t b = b0; b < b1; b++) {
+      int64_t begin = b * blocksize, cnt = std::min<int64_t>(n - begin, blocksize);
+      char* ob = static_cast<char*>(out) + begin * dtype_size(out_dt);
+      dequantize_4bit_ref(packed + begin / 2, absmax + b, cnt, blocksize, qt, ob, out_dt);
+    }
+  });
+}
+
+void quantize_blockwise(const float* code, const void* x, DType dt, int64_t n, int blocksize, uint8_t* q,
+                        float* absmax) {
+  int64_t nb = fmt::num_blocks(n, blocksize);
+  parallel_for(nb, block_grain(blocksize), [&](int64_t b0, int64_t b1) {
+    int64_t begin = b0 * blocksize, end = std::min<int64_t>(n, b1 * blocksize);
+    const char* xb = static_cast<const char*>(x) + begin * dtype_size(dt);
+    quantize_blockwise_ref(code, xb, dt, end - begin, blocksize, q + begin, absmax + b0);
+  });
+}
+
+void dequantize_blockwise(const float* code, const uint8_t* q, const float* absmax, int64_t n, int blocksize,
+                          void* out, DType out_dt) {
+  int64_t nb = fmt::num_blocks(n, blocksize);
+  parallel_for(nb, block_grain(blocksize), [&](int64_t b0, int64_t b1) {
+    int64_t begin = b0 * blocksize, end = std::min<int64_t>(n, b1 * blocksize);
+    char* ob = static_cast<char*>(out) + begin * dtype_size(out_dt);
+    dequantize_blockwise_ref(code, q + begin, absmax + b0, end - begin, blocksize, ob, out_dt);
+  });
+}
+
+void int8_vectorwise_quant(const void* x, DType dt, int64_t rows, int64_t cols, float threshold, int8_t* out,
+                           float* row_stats, uint8_t* outlier_cols) {
+  // Outlier columns need every row before any row can be quantized; split by columns first.
+  if (threshold > 0.0f) {
+    float th = dt == DType::F16 ? half_to_float(float_to_half(threshold)) : threshold;
+    parallel_for(cols, 256, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; c++) outlier_cols[c] = 0;
+      for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = c0; c < c1; c++)
+          if (std::fabs(load_as_float(x, dt, r * cols + c)) >= th) outlier_cols[c] = 1;
+    });
+    parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++) {
+        float m = 0.0f;
+        for (int64_t c = 0; c < cols; c++) {
+          float a = std::fabs(load_as_float(x, dt, r * cols + c));
+          if (a < th) m = std::fmax(m, a);
+        }
+        row_stats[r] = m;
+        float scale = 127.0f * rcp_approx(m);
+        for (int64_t c = 0; c < cols; c++) {
+          float v = load_as_float(x, dt, r * cols + c) * scale;
+          out[r * cols + c] = (outlier_cols[c] || std::isnan(v)) ? 0 : (int8_t)std::nearbyint(v);
+        }
+      }
+    });
+    return;
+  }
+  if (outlier_cols) std::fill(outlier_cols, outlier_cols + cols, 0);
+  parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+    const char* xb = static_cast<const char*>(x) + r0 * cols * dtype_size(dt);
+    int8_vectorwise_quant_ref(xb, dt, r1 - r0, cols, 0.0f, out + r0 * cols, row_stats + r0, nullptr);
+  });
+}
+
+namespace {
+NIBBLE_AVX2 int32_t dot_i8_avx2(const int8_t* a, const int8_t* b, int64_t K) {
+  __m256i acc = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m256i va = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(a + k)));
+    __m256i vb = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(b + k)));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(va, vb));
+  }
+  alignas(32) int32_t t[8];
+  _mm256_store_si256((__m256i*)t, acc);
+  int32_t s = 0;
+  for (int j = 0; j < 8; j++) s += t[j];
+  for (; k < K; k++) s += (int32_t)a[k] * (int32_t)b[k];
+  return s;
+}
+}  // namespace
+
+void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C) {
+  bool avx = use_avx2();
+  // Tiles of 4 weight rows x all activation rows keep the weight rows in L1 while reused.
+  parallel_for((N + 3) / 4, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t n0 = t0 * 4; n0 < std::min(N, t1 * 4); n0 += 4)
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t n = n0; n < std::min(N, n0 + 4); n++) {
+          if (avx) {
+            C[m * N + n] = dot_i8_avx2(A + m * K, B + n * K, K);
+          } else {
+            int32_t acc = 0;
+            for (int64_t k = 0; k < K; k++) acc += (int32_t)A[m * K + k] * (int32_t)B[n * K + k];
+            C[m * N + n] = acc;
+          }
+        }
+  });
+}
+
+void int8_mm_dequant(const int32_t* C, const float* row_stats, const float* col_stats, const uint16_t* bias,
+                     int64_t M, int64_t N, uint16_t* out) {
+  parallel_for(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)), [&](int64_t m0, int64_t m1) {
+    int8_mm_dequant_ref(C + m0 * N, row_stats + m0, col_stats, bias, m1 - m0, N, out + m0 * N);
+  });
+}
+
+void matmul_4bit(const void* x, DType x_dt, int64_t M, const Weight4bit& w, const void* bias, void* out) {
+  const int64_t N = w.N, K = w.K;
+  bool avx = use_avx2();
+  // x as float32 once: it is reused by every weight row.
+  std::vector<float> xf((size_t)(M * K));
+  for (int64_t i = 0; i < M * K; i++) xf[i] = load_as_float(x, x_dt, i);
+  const bool aligned = K % w.blocksize == 0;
+  auto finish = [&](int64_t m, int64_t n, float acc) {
+    if (bias) acc += load_as_float(bias, x_dt, n);
+    store_from_float(out, x_dt, m * N + n, acc);
+  };
+  if (M == 1) {
+    // GEMV: one pass over the packed weight, each row decoded straight into an FMA.
+    parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+      std::vector<float> row, acc((size_t)(n1 - n0));
+      if (avx && aligned) {
+        gemv_rows_avx2(w, xf.data(), n0, n1, acc.data());
+      } else {
+        row.resize((size_t)K);
+        for (int64_t n = n0; n < n1; n++) {
+          dequant_span(w, n * K, K, row.data());
+          acc[n - n0] = avx ? dot_avx2(row.data(), xf.data(), K) : dot_scalar(row.data(), xf.data(), K);
+        }
+      }
+      for (int64_t n = n0; n < n1; n++) finish(0, n, acc[n - n0]);
+    });
+    return;
+  }
+  // GEMM: decode a tile of 4 weight rows x 512 inputs into an L1-resident buffer, then use it
+  // for every activation row; partial sums live in acc until the row tile is done.
+  constexpr int64_t kRows = 4, kChunk = 512;
+  parallel_for((N + kRows - 1) / kRows, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> tile((size_t)(kRows * kChunk));
+    std::vector<float> acc((size_t)(M * kRows));
+    for (int64_t t = t0; t < t1; t++) {
+      int64_t n0 = t * kRows, nr = std::min(kRows, N - n0);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+        int64_t kc = std::min(kChunk, K - k0);
+        for (int64_t j = 0; j < nr; j++) dequant_span(w, (n0 + j) * K + k0, kc, tile.data() + j * kChunk);
+        for (int64_t m = 0; m < M; m++)
+          for (int64_t j = 0; j < nr; j++)
+            acc[m * kRows + j] += avx ? dot_avx2(tile.data() + j * kChunk, xf.data() + m * K + k0, kc)
+                                      : dot_scalar(tile.data() + j * kChunk, xf.data() + m * K + k0, kc);
+      }
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t j = 0; j < nr; j++) finish(m, n0 + j, acc[m * kRows + j]);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace nibble
