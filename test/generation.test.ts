@@ -181,6 +181,47 @@ describe('logits processors (hand-computed expectations)', () => {
     expect(kept(c)).toEqual([3]);
   });
 
+  it('fast topP and topK equal plain full-sort versions on random rows (odd sizes, ties, -Infinity)', () => {
+    // The plain algorithm: stable ascending sort of every token, running float32 total.
+    const topPPlain = (s: Float32Array, p: number) => {
+      let max = -Infinity;
+      for (const v of s) max = Math.max(max, v);
+      const e = Array.from(s, (v) => Math.exp(v - max));
+      const sum = e.reduce((a, b) => a + b, 0);
+      const probs = e.map((v) => Math.fround(v / sum));
+      const order = Array.from(s.keys()).sort((a, b) => s[a]! - s[b]! || a - b);
+      let cum = 0;
+      for (let j = 0; j < order.length - 1; j++) {
+        cum += probs[order[j]!]!;
+        if (Math.fround(cum) <= Math.fround(1 - p)) s[order[j]!] = NEG;
+      }
+    };
+    const r = mulberry32(2024);
+    let checked = 0;
+    for (const n of [1, 2, 7, 255, 256, 257, 1000, 5003, 50257]) {
+      for (const spread of [0.5, 4, 30]) {
+        const base = Float32Array.from({ length: n }, () => Math.round((r() * 2 - 1) * spread * 8) / 8); // many ties
+        for (let i = 0; i < n; i += 13) base[i] = NEG;
+        if (n > 1 && base.every((v) => v === NEG)) base[1] = 0;
+        for (const p of [0.05, 0.5, 0.9, 0.999]) {
+          const fast = base.slice();
+          const plain = base.slice();
+          applyTopP(fast, p);
+          topPPlain(plain, p);
+          expect(kept(fast), `n=${n} spread=${spread} p=${p}`).toEqual(kept(plain));
+          checked++;
+        }
+        for (const k of [1, 3, 50, 300]) {
+          const fast = base.slice();
+          applyTopK(fast, k);
+          const thr = [...base].sort((a, b) => b - a)[Math.min(k, n) - 1]!;
+          expect(kept(fast)).toEqual(kept(base.map((v) => (v < thr ? NEG : v))));
+        }
+      }
+    }
+    expect(checked).toBe(108);
+  });
+
   it('minP drops tokens below minP x the top probability', () => {
     const lp = (ps: number[]) => row(ps.map(Math.log));
     const a = lp([0.5, 0.25, 0.125, 0.125]);
