@@ -9,7 +9,11 @@ export { Linear } from './nn/Linear.js';
 export { LayerNorm } from './nn/LayerNorm.js';
 export { Embedding } from './nn/Embedding.js';
 export { readSafetensors, openSafetensors, openCheckpoint, writeSafetensors, writeCheckpoint, readSafetensorsHeader, SafetensorsError } from './io/safetensors.js';
-export { AutoTokenizer, PreTrainedTokenizer } from './tokenizer.js';
+export { AutoTokenizer, PreTrainedTokenizer, type BatchEncoding, type BatchEncodeOptions, type DecodeOptions } from './tokenizer.js';
 export { generate, type GenerateOptions, type GenerateInput } from './generation/generate.js';
-export { stream, type StreamChunk, type StreamOptions } from './generation/stream.js';
-export type { GenerationOptions } from './generation/generation-config.js';
+export { stream, TextStreamDecoder, type StreamChunk, type StreamOptions, type StreamTokenizer } from './generation/stream.js';
+export { loadGenerationConfig, resolveGenerationConfig, GENERATION_DEFAULTS, type GenerationOptions, type GenerationConfig } from './generation/generation-config.js';
+export {
+  applyRepetitionPenalty, applyTemperature, applyTopK, applyTopP, applyMinP, buildLogitsProcessors, type LogitsProcessor,
+} from './generation/logits-processors.js';
+export { Xoshiro128, argmax, sampleToken } from './generation/sampler.js';
