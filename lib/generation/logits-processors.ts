@@ -35,6 +35,11 @@ export function applyTemperature(scores: Float32Array, temperature: number): voi
 export function kthLargest(values: ArrayLike<number>, k: number): number {
   const n = values.length;
   if (!(k >= 1 && k <= n)) throw new RangeError(`kthLargest: k = ${k} is outside 1..${n}`);
+  if (k === 1) {
+    let m = -Infinity;
+    for (let i = 0; i < n; i++) if (values[i]! > m) m = values[i]!;
+    return m;
+  }
   const a = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     const v = values[i]!;
@@ -108,11 +113,14 @@ export function softmax(scores: Float32Array): Float64Array {
   if (max === -Infinity) return p;
   let sum = 0;
   for (let i = 0; i < scores.length; i++) {
-    const e = Math.exp(scores[i]! - max);
+    const v = scores[i]!;
+    if (v === -Infinity) continue; // filtered tokens: exp would give the 0 already there
+    const e = Math.exp(v - max);
     p[i] = e;
     sum += e;
   }
-  for (let i = 0; i < scores.length; i++) p[i] = Math.fround(p[i]! / sum);
+  const inv = 1 / sum;
+  for (let i = 0; i < scores.length; i++) if (p[i]! !== 0) p[i] = Math.fround(p[i]! * inv);
   return p;
 }
 
@@ -124,44 +132,38 @@ export function softmax(scores: Float32Array): Float64Array {
  */
 export function applyTopP(scores: Float32Array, topP: number, minTokensToKeep = 1): void {
   if (topP >= 1) return;
-  const n = scores.length;
   const probs = softmax(scores);
   // torch compares the float32 cumulative sum with (1 - top_p) rounded to float32; the CPU
   // cumsum accumulates in double.
   const limit = Math.fround(1 - topP);
-  let finite = 0;
-  for (let i = 0; i < n; i++) if (scores[i]! > -Infinity) finite++;
-  // Only the most likely tokens need sorting: if everything below some probability tau adds
-  // up to <= limit, all of it is removed whatever its order, and the running total resumes
-  // from that sum. A quickselect for the 256th largest usually finds such a tau; otherwise
-  // one native sort of the probabilities gives the exact one.
-  let tau = -Infinity;
-  const k = Math.max(256, minTokensToKeep);
-  if (k < finite) {
-    const t = kthLargest(probs, k);
-    if (t > 0 && Math.fround(sumBelow(probs, t)) <= limit) tau = t;
-  }
-  if (tau === -Infinity && finite > minTokensToKeep) {
-    const sorted = Float64Array.from(probs).sort();
-    let cum = 0;
-    for (let j = 0; j < sorted.length - minTokensToKeep; j++) {
-      if (Math.fround(cum + sorted[j]!) > limit) {
-        tau = sorted[j]!;
-        break;
-      }
-      cum += sorted[j]!;
+  // -Infinity entries have probability 0 and lead the ascending order, where they are
+  // removed anyway: only finite ones take part.
+  let nFinite = 0;
+  for (let i = 0; i < scores.length; i++) if (scores[i]! > -Infinity) nFinite++;
+  const finite = new Int32Array(nFinite);
+  const fp = new Float64Array(nFinite);
+  for (let i = 0, j = 0; i < scores.length; i++) {
+    if (scores[i]! > -Infinity) {
+      finite[j] = i;
+      fp[j++] = probs[i]!;
     }
-    if (tau === -Infinity) tau = sorted[sorted.length - minTokensToKeep]!;
   }
-  const below = tau === -Infinity ? 0 : sumBelow(probs, tau);
+  // Rather than sorting the whole row: find the probability tau at which the ascending
+  // running total first exceeds the limit (linear-time selection). Everything below tau is
+  // removed and everything above it kept; only tokens tied at tau need ordering. The best
+  // minTokensToKeep always stay, so tau is at most the minTokensToKeep-th largest.
+  const tau = nFinite === 0 ? Infinity : Math.min(ascendingCrossing(fp, limit), kthLargest(fp, Math.min(minTokensToKeep, nFinite)));
+  const below = sumBelow(fp, tau);
   const candidates: number[] = [];
-  for (let i = 0; i < n; i++) {
-    if (scores[i]! === -Infinity) continue; // probability 0: removed in any order
-    if (probs[i]! < tau) scores[i] = -Infinity;
+  let above = 0;
+  for (let j = 0; j < nFinite; j++) {
+    const i = finite[j]!;
+    if (fp[j]! < tau) scores[i] = -Infinity;
+    else if (fp[j]! > tau) above++;
     else candidates.push(i);
   }
   const order = ascendingOrder(scores, candidates);
-  const removable = order.length - Math.min(minTokensToKeep, order.length);
+  const removable = order.length - Math.min(Math.max(0, minTokensToKeep - above), order.length);
   let cum = below;
   for (let j = 0; j < removable; j++) {
     const id = order[j]!;
@@ -169,6 +171,50 @@ export function applyTopP(scores: Float32Array, topP: number, minTokensToKeep = 
     if (Math.fround(cum) <= limit) scores[id] = -Infinity;
     else break; // the running total only grows
   }
+}
+
+/**
+ * The value at which the ascending running total of `values` first exceeds `limit` (in
+ * float32, as torch compares): a quickselect that recurses on the side holding the crossing,
+ * so it costs O(n) where sorting would cost O(n log n). +Infinity if the total never does.
+ */
+export function ascendingCrossing(values: Float64Array, limit: number): number {
+  const a = values.slice();
+  let lo = 0;
+  let hi = a.length; // exclusive
+  let acc = 0; // sum of everything known to sort before a[lo]
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const x = a[lo]!, y = a[mid]!, z = a[hi - 1]!;
+    const pivot = x < y ? (y < z ? y : x < z ? z : x) : x < z ? x : y < z ? z : y;
+    // Three-way partition: [lo, lt) < pivot, [lt, gt) == pivot, [gt, hi) > pivot.
+    let lt = lo;
+    let i = lo;
+    let gt = hi;
+    let sumLess = 0;
+    while (i < gt) {
+      const v = a[i]!;
+      if (v < pivot) {
+        a[i] = a[lt]!;
+        a[lt++] = v;
+        sumLess += v;
+        i++;
+      } else if (v > pivot) {
+        a[i] = a[--gt]!;
+        a[gt] = v;
+      } else i++;
+    }
+    if (Math.fround(acc + sumLess) > limit) {
+      hi = lt;
+      continue;
+    }
+    let sumEq = 0;
+    for (let j = lt; j < gt; j++) sumEq += a[j]!;
+    if (Math.fround(acc + sumLess + sumEq) > limit) return pivot;
+    acc += sumLess + sumEq;
+    lo = gt;
+  }
+  return Infinity;
 }
 
 function sumBelow(probs: Float64Array, t: number): number {

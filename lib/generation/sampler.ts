@@ -94,7 +94,9 @@ export function sampleToken(scores: Float32Array, rng: Xoshiro128): number {
   let total = 0;
   const w = new Float64Array(scores.length);
   for (let i = 0; i < scores.length; i++) {
-    const e = Math.exp(scores[i]! - max);
+    const v = scores[i]!;
+    if (v === -Infinity) continue;
+    const e = Math.exp(v - max);
     w[i] = e;
     total += e;
   }
