@@ -460,3 +460,35 @@ it('keeps a 10 ms interval timer firing while generate runs (the loop yields eve
   expect(elapsed).toBeGreaterThan(150);
   expect(ticks).toBeGreaterThanOrEqual(Math.floor(elapsed / 10 / 3));
 });
+
+describe('with the embedded fortune-gpt2 model and its tokenizer', () => {
+  it('stream() text concatenates to the decoded tokens of generate(); a tokenizer batch gives each row its solo result', async () => {
+    const { AutoModelForCausalLM } = await import('../lib/models/auto.js');
+    const model = await AutoModelForCausalLM.fromPretrained();
+    const tok = AutoTokenizer.fromPretrainedSync(join(embeddedModelsDir, 'fortune-gpt2'));
+    try {
+      const prompt = tok.encode('The future of AI is');
+      const opts = { maxNewTokens: 30, doSample: true, seed: 11, topP: 0.95 };
+      const chunks = [];
+      for await (const c of stream(model, tok, prompt, opts)) chunks.push(c);
+      const generated = (await generate(model, prompt, opts))[0]!.slice(prompt.length);
+      expect(chunks.map((c) => c.token)).toEqual(generated);
+      expect(chunks.map((c) => c.text).join('')).toBe(tok.decode(generated, { skipSpecialTokens: true }));
+
+      const texts = ['Hello world', 'The future of AI is', 'A fortune: you will'];
+      const enc = tok.batchEncode(texts);
+      const batch = await generate(model, enc, { maxNewTokens: 12 });
+      for (let b = 0; b < texts.length; b++) {
+        const solo = (await generate(model, tok.encode(texts[b]!), { maxNewTokens: 12 }))[0]!;
+        const width = enc.inputIds[0]!.length;
+        const fresh = batch[b]!.slice(width);
+        // Rows that stop at eos are filled with eos (the pad id) up to the batch's length.
+        const soloFresh = solo.slice(tok.encode(texts[b]!).length);
+        expect(fresh.slice(0, soloFresh.length)).toEqual(soloFresh);
+        expect(fresh.slice(soloFresh.length).every((t) => t === 50256)).toBe(true);
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+});
