@@ -17,3 +17,11 @@ export {
   applyRepetitionPenalty, applyTemperature, applyTopK, applyTopP, applyMinP, buildLogitsProcessors, type LogitsProcessor,
 } from './generation/logits-processors.js';
 export { Xoshiro128, argmax, sampleToken } from './generation/sampler.js';
+export {
+  quantize4bit, dequantize4bit, quantizeBlockwise, dequantizeBlockwise, int8VectorwiseQuant, int8LinearMatmul,
+  int8MmDequant, matmul4bit, stateAbsmax, BLOCKSIZES_4BIT, BLOCKSIZES_8BIT,
+  type Quantize4bitOptions, type QuantizeBlockwiseOptions,
+} from './functional.js';
+export { QuantState, QuantStateError, quantMap, type QuantType, type QuantStateValue } from './quantization/quant-state.js';
+export { Linear4bit, type Linear4bitOptions } from './nn/Linear4bit.js';
+export { Linear8bitLt, type Linear8bitLtOptions } from './nn/Linear8bitLt.js';

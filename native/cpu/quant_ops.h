@@ -39,11 +39,17 @@ void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int 
                      void* out, DType out_dt);
 
 // Double quantization ("compress statistics") of the float32 absmax vector:
-//   offset = mean(absmax) (accumulated in double, rounded once to float32; bitsandbytes'
-//            torch mean on CUDA agrees within 1e-6 relative),
+//   offset = absmax_mean(absmax) — torch's CUDA mean, whose rounding decides nested codes
+//            bit-for-bit (a correctly rounded mean differs by 1 ulp on bnb's fixtures and
+//            then changes qabsmax/nested_absmax),
 //   quantize_blockwise(signed dynamic map, absmax[i] - offset (float32), blocksize 256)
 //   -> qabsmax[nblocks] uint8 and nested_absmax[ceil(nblocks/256)] float32.
 // Returns offset.
+// Mean in torch's CUDA reduction order (float32 throughout): element i is added to lane
+// (i/4)%32, slot i%4, in index order; each lane sums slots ((s0+s1)+s2)+s3; lanes fold in
+// halves (lane l += lane l+16, then +8, +4, +2, +1); result = lane0 * float32(1/n) with
+// 1/n rounded from double. Matches bitsandbytes' offsets on every fixture.
+float absmax_mean(const float* absmax, int64_t nblocks);
 float compress_absmax(const float* absmax, int64_t nblocks, uint8_t* qabsmax, float* nested_absmax);
 // Inverse: absmax[i] = code[q[i]] * nested_absmax[i/256] + offset, as two float32 operations
 // (product rounded, then sum rounded), exactly as bitsandbytes' dequantize_blockwise + add.

@@ -47,10 +47,21 @@ void dequantize_4bit_ref(const uint8_t* packed, const float* absmax, int64_t n, 
   }
 }
 
+float absmax_mean(const float* absmax, int64_t nblocks) {
+  // 32 lanes x 4 vector slots: element i goes to lane (i/4)%32, slot i%4 (float32 adds in
+  // index order); each lane adds its slots 0..3 in order, then lanes fold in halves
+  // (l += l+16, +8, +4, +2, +1), and the sum is multiplied by float32(1/n).
+  float slot[32][4] = {};
+  for (int64_t i = 0; i < nblocks; i++) slot[(i / 4) % 32][i % 4] += absmax[i];
+  float lane[32];
+  for (int l = 0; l < 32; l++) lane[l] = ((slot[l][0] + slot[l][1]) + slot[l][2]) + slot[l][3];
+  for (int h = 16; h > 0; h >>= 1)
+    for (int l = 0; l < h; l++) lane[l] += lane[l + h];
+  return lane[0] * (float)(1.0 / (double)nblocks);
+}
+
 float compress_absmax(const float* absmax, int64_t nblocks, uint8_t* qabsmax, float* nested_absmax) {
-  double sum = 0;
-  for (int64_t i = 0; i < nblocks; i++) sum += absmax[i];
-  float offset = (float)(sum / (double)nblocks);
+  float offset = absmax_mean(absmax, nblocks);
   std::vector<float> centered(nblocks);
   for (int64_t i = 0; i < nblocks; i++) centered[i] = absmax[i] - offset;
   float code[256];
