@@ -4,6 +4,7 @@ import type { CliCommand } from './args.js';
 const commands: Record<string, () => Promise<{ command: CliCommand }>> = {
   generate: () => import('./commands/generate.js'),
   inspect: () => import('./commands/inspect.js'),
+  info: () => import('./commands/info.js'),
 };
 
 function usage(): string {
