@@ -6,6 +6,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
+import { resolveModelDir, type ResolveModelOptions } from './io/hub.js';
 import { embeddedModelsDir } from './paths.js';
 
 export const EMBEDDED_MODEL_ID = 'fortune-gpt2';
@@ -282,28 +283,43 @@ const GPT2_DEFAULT_CONFIG = { bos_token: '<|endoftext|>', eos_token: '<|endoftex
 
 export class AutoTokenizer {
   /**
-   * Loads a tokenizer from a local model folder. No argument, or 'fortune-gpt2', loads the
-   * embedded default model's tokenizer.
+   * Loads a tokenizer: no argument or 'fortune-gpt2' gives the embedded default model's, a
+   * folder is read as it is, anything else is a Hugging Face Hub id, fetched into (or found
+   * in) the shared Hub cache with the rest of that model's files, so loading the model
+   * afterwards downloads nothing more.
    */
-  static async fromPretrained(pathOrId: string = EMBEDDED_MODEL_ID): Promise<PreTrainedTokenizer> {
-    return AutoTokenizer.fromPretrainedSync(pathOrId);
+  static async fromPretrained(pathOrId: string = EMBEDDED_MODEL_ID, options: ResolveModelOptions = {}): Promise<PreTrainedTokenizer> {
+    if (typeof pathOrId !== 'string' || pathOrId === '')
+      throw new TypeError(`AutoTokenizer.fromPretrained: expected a model folder, a Hub id or '${EMBEDDED_MODEL_ID}', got ${describe(pathOrId)}`);
+    let dir: string;
+    try {
+      dir = await resolveModelDir(pathOrId, options);
+    } catch (e) {
+      throw new Error(`AutoTokenizer.fromPretrained: ${(e as Error).message}`);
+    }
+    return loadFromDir(dir);
   }
 
+  /** The same for a local folder (or 'fortune-gpt2'), without touching the network. */
   static fromPretrainedSync(pathOrId: string = EMBEDDED_MODEL_ID): PreTrainedTokenizer {
     if (typeof pathOrId !== 'string' || pathOrId === '')
-      throw new TypeError(`AutoTokenizer.fromPretrained: expected a model folder or '${EMBEDDED_MODEL_ID}', got ${describe(pathOrId)}`);
+      throw new TypeError(`AutoTokenizer.fromPretrainedSync: expected a model folder or '${EMBEDDED_MODEL_ID}', got ${describe(pathOrId)}`);
     const dir = pathOrId === EMBEDDED_MODEL_ID ? join(embeddedModelsDir, EMBEDDED_MODEL_ID) : pathOrId;
     if (!existsSync(dir) || !statSync(dir).isDirectory())
-      throw new Error(`AutoTokenizer.fromPretrained: '${pathOrId}' is not a local folder (only local model folders and '${EMBEDDED_MODEL_ID}' are supported)`);
-    const configPath = join(dir, 'tokenizer_config.json');
-    const hasConfig = existsSync(configPath);
-    const config = hasConfig ? readJson(configPath) : {};
-    const fastPath = join(dir, 'tokenizer.json');
-    if (existsSync(fastPath)) return new PreTrainedTokenizer(readJson(fastPath), config, fastPath);
-    if (existsSync(join(dir, 'vocab.json')) && existsSync(join(dir, 'merges.txt'))) {
-      const cfg = hasConfig ? config : GPT2_DEFAULT_CONFIG;
-      return new PreTrainedTokenizer(tokenizerJsonFromVocabMerges(dir, cfg), cfg, dir);
-    }
-    throw new Error(`AutoTokenizer.fromPretrained: ${dir} has neither tokenizer.json nor vocab.json + merges.txt`);
+      throw new Error(`AutoTokenizer.fromPretrainedSync: '${pathOrId}' is not a local folder (use fromPretrained for Hub ids)`);
+    return loadFromDir(dir);
   }
+}
+
+function loadFromDir(dir: string): PreTrainedTokenizer {
+  const configPath = join(dir, 'tokenizer_config.json');
+  const hasConfig = existsSync(configPath);
+  const config = hasConfig ? readJson(configPath) : {};
+  const fastPath = join(dir, 'tokenizer.json');
+  if (existsSync(fastPath)) return new PreTrainedTokenizer(readJson(fastPath), config, fastPath);
+  if (existsSync(join(dir, 'vocab.json')) && existsSync(join(dir, 'merges.txt'))) {
+    const cfg = hasConfig ? config : GPT2_DEFAULT_CONFIG;
+    return new PreTrainedTokenizer(tokenizerJsonFromVocabMerges(dir, cfg), cfg, dir);
+  }
+  throw new Error(`AutoTokenizer: ${dir} has neither tokenizer.json nor vocab.json + merges.txt`);
 }

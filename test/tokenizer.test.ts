@@ -1,9 +1,11 @@
 // Tokenizer ids must be Hugging Face's, whichever file layout the model folder uses.
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AutoTokenizer } from '../lib/tokenizer.js';
 import { embeddedModelsDir } from '../lib/paths.js';
+import { HubServer, fakeCommit, readModelDir } from './helpers/hub-server.js';
 
 const fixtures = join(__dirname, 'fixtures');
 const fast = AutoTokenizer.fromPretrainedSync(join(embeddedModelsDir, 'fortune-gpt2'));
@@ -129,10 +131,26 @@ describe('AutoTokenizer', () => {
 
   describe('bad input gives a clear error', () => {
     it('missing folder', async () => {
-      await expect(AutoTokenizer.fromPretrained(join(fixtures, 'no-such-model'))).rejects.toThrow(/no-such-model' is not a local folder/);
+      await expect(AutoTokenizer.fromPretrained(join(fixtures, 'no-such-model'))).rejects.toThrow(/no-such-model' is neither an existing folder nor a valid Hugging Face Hub id/);
+      expect(() => AutoTokenizer.fromPretrainedSync(join(fixtures, 'no-such-model'))).toThrow(/no-such-model' is not a local folder/);
+      await expect(AutoTokenizer.fromPretrained('')).rejects.toThrow(/expected a model folder, a Hub id/);
     });
     it('folder without tokenizer files', async () => {
-      await expect(AutoTokenizer.fromPretrained(join(fixtures, 'tiny-random-gpt2'))).rejects.toThrow(/neither tokenizer.json nor vocab.json \+ merges.txt/);
+      await expect(AutoTokenizer.fromPretrained(join(fixtures, 'tiny-random-gpt2'))).rejects.toThrow(/tiny-random-gpt2 has neither tokenizer.json nor vocab.json \+ merges.txt/);
+    });
+    it('malformed vocab.json / merges.txt name the file', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'nibble-tok-'));
+      writeFileSync(join(dir, 'vocab.json'), '{"a": 0, "b": 1, "ab": 2');
+      writeFileSync(join(dir, 'merges.txt'), '#version: 0.2\na b\n');
+      await expect(AutoTokenizer.fromPretrained(dir)).rejects.toThrow(/vocab.json is not valid JSON/);
+      writeFileSync(join(dir, 'vocab.json'), '{"a": 0, "b": 1, "ab": 2}');
+      writeFileSync(join(dir, 'merges.txt'), '#version: 0.2\na b c\n');
+      await expect(AutoTokenizer.fromPretrained(dir)).rejects.toThrow(/merges.txt:2: expected two symbols separated by one space/);
+      writeFileSync(join(dir, 'merges.txt'), '#version: 0.2\na x\n');
+      await expect(AutoTokenizer.fromPretrained(dir)).rejects.toThrow(/merges.txt:2: merge "a x" uses a symbol missing from vocab.json/);
+      writeFileSync(join(dir, 'vocab.json'), '{"a": 0, "b": -1}');
+      await expect(AutoTokenizer.fromPretrained(dir)).rejects.toThrow(/token "b" has id -1/);
+      rmSync(dir, { recursive: true, force: true });
     });
     it('non-string text', () => {
       expect(() => fast.encode(42 as unknown as string)).toThrow(/text must be a string, got 42/);
@@ -148,5 +166,43 @@ describe('AutoTokenizer', () => {
       expect(() => fast.batchEncode(['a'], { paddingSide: 'middle' as 'left' })).toThrow(/paddingSide/);
       expect(() => fast.batchEncode(['a'], { maxLength: 0 })).toThrow(/maxLength must be a positive integer/);
     });
+  });
+});
+
+describe('AutoTokenizer from a Hub id (local Hub stand-in)', () => {
+  const tiny = readModelDir(join(fixtures, 'tiny-random-gpt2'));
+  const slowFiles = readModelDir(join(fixtures, 'gpt2-tokenizer'));
+  const fortune = readModelDir(join(embeddedModelsDir, 'fortune-gpt2'));
+  const server = new HubServer({
+    'nibble-test/gpt2-slow': { revisions: { main: { commit: fakeCommit('slow tok'), files: { ...tiny, ...slowFiles } } } },
+    'nibble-test/gpt2-fast': {
+      revisions: { main: { commit: fakeCommit('fast tok'), files: { ...tiny, 'tokenizer.json': fortune['tokenizer.json']!, 'tokenizer_config.json': fortune['tokenizer_config.json']! } } },
+    },
+  });
+  const cacheDir = mkdtempSync(join(tmpdir(), 'nibble-tok-hub-'));
+  beforeAll(async () => {
+    await server.start();
+  });
+  afterAll(async () => {
+    await server.stop();
+    rmSync(cacheDir, { recursive: true, force: true });
+  });
+
+  it('downloads tokenizer.json or vocab.json + merges.txt into the cache and gives HF ids', async () => {
+    const opts = { endpoint: server.hubUrl, cacheDir, token: '' };
+    for (const repo of ['nibble-test/gpt2-slow', 'nibble-test/gpt2-fast']) {
+      const tok = await AutoTokenizer.fromPretrained(repo, opts);
+      expect(tok.encode('The future of AI is')).toEqual([464, 2003, 286, 9552, 318]);
+      expect(tok.encode('<|endoftext|>')).toEqual([50256]);
+    }
+    // A second load is served from the cache, even offline.
+    const again = await AutoTokenizer.fromPretrained('nibble-test/gpt2-slow', { ...opts, offline: true });
+    expect(again.encode('Hello world')).toEqual([15496, 995]);
+  });
+
+  it('an unknown repository is a clear error', async () => {
+    await expect(AutoTokenizer.fromPretrained('nibble-test/missing', { endpoint: server.hubUrl, cacheDir, token: '' })).rejects.toThrow(
+      /AutoTokenizer.fromPretrained: .*nibble-test\/missing/,
+    );
   });
 });
