@@ -428,6 +428,22 @@ describe('bad input gives a clear error', () => {
     await expect(generate(model, [-1])).rejects.toThrow(/-1 is not a token id/);
     await expect(generate(model, 'hello' as unknown as number[])).rejects.toThrow(/input must be token ids/);
   });
+  it('an aborted signal stops generation between steps and frees the cache', async () => {
+    const m = new FakeLM();
+    const ac = new AbortController();
+    let seen = 0;
+    const run = (async () => {
+      for await (const c of stream(m, letterTokenizer, [1, 2, 3], { maxNewTokens: 40, signal: ac.signal })) {
+        if (++seen === 5) ac.abort(new Error('user stopped it'));
+        expect(c.token).toBeGreaterThanOrEqual(0);
+      }
+    })();
+    await expect(run).rejects.toThrow(/user stopped it/);
+    expect(seen).toBe(5);
+    expect(m.caches[0]!.disposed).toBe(true);
+    await expect(generate(m, [1], { signal: AbortSignal.abort() })).rejects.toThrow(/abort/i);
+    await expect(generate(m, [1], { signal: 'stop' as never })).rejects.toThrow(/signal must be an AbortSignal/);
+  });
   it('bad options', async () => {
     await expect(generate(model, [1], { max_new_tokens: 3 } as never)).rejects.toThrow(/unknown option 'max_new_tokens' \(did you mean maxNewTokens\?\)/);
     await expect(generate(model, [1], { doSample: true, temperature: 0 })).rejects.toThrow(/temperature must be > 0 when sampling/);

@@ -20,6 +20,8 @@ export interface GenerateOptions extends GenerationOptions {
   generationConfig?: GenerationOptions;
   /** Needed for stopStrings. */
   tokenizer?: TextDecoderLike;
+  /** Stops the generation between steps: generate() then rejects with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 /** A model that may carry its generation_config.json defaults. */
@@ -34,7 +36,7 @@ export interface GenerationStep {
   last: boolean;
 }
 
-const OWN_KEYS = new Set(['attentionMask', 'generationConfig', 'tokenizer']);
+const OWN_KEYS = new Set(['attentionMask', 'generationConfig', 'tokenizer', 'signal']);
 
 /**
  * Generates continuations. Returns, for each sequence, its input row followed by the new
@@ -104,7 +106,9 @@ export function startGeneration(model: GenerationModel, input: GenerateInput, op
   if (config.stopStrings.length > 0 && !options.tokenizer)
     throw new TypeError(`${where}: stopStrings need a tokenizer to decode text: pass options.tokenizer`);
 
-  const steps = decodeLoop(model, padded, mask, maxNew, config, options.tokenizer);
+  const signal = options.signal;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw new TypeError(`${where}: signal must be an AbortSignal`);
+  const steps = decodeLoop(model, padded, mask, maxNew, config, options.tokenizer, signal);
   return { rows: givenPadded ? padded : rows, config, steps };
 }
 
@@ -186,6 +190,7 @@ async function* decodeLoop(
   maxNew: number,
   config: GenerationConfig,
   tokenizer: TextDecoderLike | undefined,
+  signal: AbortSignal | undefined,
 ): AsyncGenerator<GenerationStep, void, undefined> {
   const batch = padded.length;
   const width = padded[0]!.length;
@@ -202,6 +207,7 @@ async function* decodeLoop(
   let cache: KVCache | undefined;
   let out: ForwardOutput | undefined;
   try {
+    signal?.throwIfAborted();
     out = await model.forward(seqs, {
       attentionMask: hasPadding ? masks : undefined,
       lastTokenOnly: true,
@@ -239,6 +245,7 @@ async function* decodeLoop(
       if (last) break;
 
       await yieldToEventLoop();
+      signal?.throwIfAborted();
       out = await model.forward(tokens.map((t) => [t]), {
         pastKeyValues: cache,
         attentionMask: hasPadding ? masks : undefined,
