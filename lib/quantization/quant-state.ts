@@ -154,7 +154,8 @@ export class QuantState {
       throw new QuantStateError(`QuantState.fromDict: 'shape' must be a list of sizes, got ${JSON.stringify(shape)}`);
     let offset: Tensor | null = null;
     let state2: QuantState | null = null;
-    if ('nested_absmax' in flat) {
+    // Any nested item means double quantization: then every nested item must be there.
+    if (['nested_absmax', 'nested_quant_map', 'nested_offset', 'nested_blocksize', 'nested_dtype'].some((k) => k in flat)) {
       const off = need('nested_offset');
       if (typeof off !== 'number') throw new QuantStateError(`QuantState.fromDict: 'nested_offset' must be a number`);
       offset = Tensor.from(new Float32Array([off]), [1], 'float32', device ?? tensor('nested_absmax').device);
