@@ -25,3 +25,5 @@ export {
 export { QuantState, QuantStateError, quantMap, type QuantType, type QuantStateValue } from './quantization/quant-state.js';
 export { Linear4bit, type Linear4bitOptions } from './nn/Linear4bit.js';
 export { Linear8bitLt, type Linear8bitLtOptions } from './nn/Linear8bitLt.js';
+export { resolveModelDir, hubCacheDir, type ResolveModelOptions, type HubProgress } from './io/hub.js';
+export { nativeLoadInfo, type NativeLoadInfo, type AddonVariant } from './native.js';
