@@ -114,7 +114,8 @@ export class PreTrainedTokenizer {
   }
 
   /** Ids to text. Bytes that do not form valid UTF-8 become U+FFFD. */
-  decode(ids: readonly number[], options: DecodeOptions = {}): string {
+  decode(ids: readonly number[] | Int32Array | Uint32Array, options: DecodeOptions = {}): string {
+    if (ids instanceof Int32Array || ids instanceof Uint32Array) ids = Array.from(ids);
     this.checkIds(ids, 'tokenizer.decode');
     if (ids.length === 0) return '';
     const kept = options.skipSpecialTokens ? ids.filter((i) => !this.specialIds.has(i)) : ids;

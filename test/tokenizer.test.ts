@@ -95,6 +95,7 @@ describe('AutoTokenizer', () => {
     expect(fast.decode(ids, { skipSpecialTokens: true })).toBe('Hello world .');
     expect(fast.decode(ids, { skipSpecialTokens: true, cleanUpTokenizationSpaces: true })).toBe('Hello world.');
     expect(fast.decode([])).toBe('');
+    expect(fast.decode(Int32Array.from([15496, 995]))).toBe('Hello world');
     expect(fast.decode([50256], { skipSpecialTokens: true })).toBe('');
     expect(fast.batchDecode([[15496], [995]])).toEqual(['Hello', ' world']);
   });
