@@ -1,25 +1,32 @@
-// CPU kernels for the GPT-2 forward pass, all float32. Each op has a plain `_ref` version
+// CPU kernels for the GPT-2 forward pass. Activations are float32; parameters (embedding
+// tables, norm weights, Linear weights and biases) may be float32, float16 or bfloat16 and are
+// widened as they are read. Each op has a plain `_ref` version
 // (the specification: obvious loops, no threads) and a fast version (AVX2/FMA when the CPU
 // has it, threaded over the pool). test/ and native/tests compare the two on random inputs.
 #pragma once
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace nibble {
 namespace cpu {
 
 // out[t,:] = wte[ids[t],:] + wpe[pos[t],:]
-void embedding_ref(float* out, const float* wte, const float* wpe, const int32_t* ids, const int32_t* pos,
+void embedding_ref(float* out, const void* wte, const void* wpe, DType pdt, const int32_t* ids, const int32_t* pos,
                    int64_t T, int64_t C);
-void embedding(float* out, const float* wte, const float* wpe, const int32_t* ids, const int32_t* pos,
+void embedding(float* out, const void* wte, const void* wpe, DType pdt, const int32_t* ids, const int32_t* pos,
                int64_t T, int64_t C);
 
 // Row-wise LayerNorm over C with biased variance, as torch.nn.LayerNorm.
-void layernorm_ref(float* out, const float* x, const float* w, const float* b, int64_t rows, int64_t C, float eps);
-void layernorm(float* out, const float* x, const float* w, const float* b, int64_t rows, int64_t C, float eps);
+void layernorm_ref(float* out, const float* x, const void* w, const void* b, DType pdt, int64_t rows, int64_t C,
+                   float eps);
+void layernorm(float* out, const float* x, const void* w, const void* b, DType pdt, int64_t rows, int64_t C, float eps);
 
-// out[M,N] = x[M,K] . w[N,K]^T + bias[N] (bias may be null). Weight in Linear [out,in] layout.
-void linear_ref(float* out, const float* x, const float* w, const float* bias, int64_t M, int64_t K, int64_t N);
-void linear(float* out, const float* x, const float* w, const float* bias, int64_t M, int64_t K, int64_t N);
+// out[M,N] = x[M,K] . w[N,K]^T + bias[N] (bias may be null; same dtype as w). Weight in
+// Linear [out,in] layout; accumulation in float32.
+void linear_ref(float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M, int64_t K,
+                int64_t N);
+void linear(float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M, int64_t K, int64_t N);
 
 // gelu_new (tanh approximation), as GPT-2 / transformers' NewGELUActivation.
 void gelu_new_ref(float* out, const float* x, int64_t n);

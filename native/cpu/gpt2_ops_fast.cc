@@ -12,7 +12,7 @@
 #include "cpu/cpu_features.h"
 #include "cpu/gpt2_ops.h"
 
-#define NIBBLE_AVX2 __attribute__((target("avx2,fma")))
+#define NIBBLE_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace nibble {
 namespace cpu {
@@ -41,9 +41,22 @@ NIBBLE_AVX2 inline float dot_avx2(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// Eight weights widened to float32: F16C for half, a 16-bit shift for bfloat16.
+template <DType WT>
+NIBBLE_AVX2 inline __m256 load8(const void* w, int64_t i) {
+  if constexpr (WT == DType::F32) {
+    return _mm256_loadu_ps(static_cast<const float*>(w) + i);
+  } else if constexpr (WT == DType::F16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i)));
+  } else {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  }
+}
+
 // MB x NB outputs of x . w^T, accumulated over K with AVX2 (MB rows of x, NB rows of w).
-template <int MB, int NB>
-NIBBLE_AVX2 void linear_tile_avx2(float* out, const float* x, const float* w, const float* bias, int64_t K,
+template <int MB, int NB, DType WT>
+NIBBLE_AVX2 void linear_tile_avx2(float* out, const float* x, const void* w, const void* bias, int64_t K,
                                   int64_t N, int64_t m0, int64_t n0) {
   __m256 acc[MB][NB];
   for (int i = 0; i < MB; i++)
@@ -53,40 +66,49 @@ NIBBLE_AVX2 void linear_tile_avx2(float* out, const float* x, const float* w, co
     __m256 xv[MB];
     for (int i = 0; i < MB; i++) xv[i] = _mm256_loadu_ps(x + (m0 + i) * K + k);
     for (int j = 0; j < NB; j++) {
-      __m256 wv = _mm256_loadu_ps(w + (n0 + j) * K + k);
+      __m256 wv = load8<WT>(w, (n0 + j) * K + k);
       for (int i = 0; i < MB; i++) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
     }
   }
   for (int i = 0; i < MB; i++)
     for (int j = 0; j < NB; j++) {
       float s = hsum256(acc[i][j]);
-      for (int64_t k = K8; k < K; k++) s += x[(m0 + i) * K + k] * w[(n0 + j) * K + k];
-      out[(m0 + i) * N + n0 + j] = s + (bias ? bias[n0 + j] : 0.f);
+      for (int64_t k = K8; k < K; k++) s += x[(m0 + i) * K + k] * load_as_float(w, WT, (n0 + j) * K + k);
+      out[(m0 + i) * N + n0 + j] = s + (bias ? load_as_float(bias, WT, n0 + j) : 0.f);
     }
 }
 
-using TileFn = void (*)(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t);
-template <int MB>
+using TileFn = void (*)(float*, const float*, const void*, const void*, int64_t, int64_t, int64_t, int64_t);
+template <int MB, DType WT>
 TileFn pick_nb(int nb) {
   switch (nb) {
-    case 1: return linear_tile_avx2<MB, 1>;
-    case 2: return linear_tile_avx2<MB, 2>;
-    case 3: return linear_tile_avx2<MB, 3>;
-    default: return linear_tile_avx2<MB, 4>;
+    case 1: return linear_tile_avx2<MB, 1, WT>;
+    case 2: return linear_tile_avx2<MB, 2, WT>;
+    case 3: return linear_tile_avx2<MB, 3, WT>;
+    default: return linear_tile_avx2<MB, 4, WT>;
   }
 }
-TileFn pick_tile(int mb, int nb) {
+template <DType WT>
+TileFn pick_mb(int mb, int nb) {
   switch (mb) {
-    case 1: return pick_nb<1>(nb);
-    case 2: return pick_nb<2>(nb);
-    case 3: return pick_nb<3>(nb);
-    default: return pick_nb<4>(nb);
+    case 1: return pick_nb<1, WT>(nb);
+    case 2: return pick_nb<2, WT>(nb);
+    case 3: return pick_nb<3, WT>(nb);
+    default: return pick_nb<4, WT>(nb);
+  }
+}
+TileFn pick_tile(int mb, int nb, DType wdt) {
+  switch (wdt) {
+    case DType::F16: return pick_mb<DType::F16>(mb, nb);
+    case DType::BF16: return pick_mb<DType::BF16>(mb, nb);
+    default: return pick_mb<DType::F32>(mb, nb);
   }
 }
 
-void linear_avx2(float* out, const float* x, const float* w, const float* bias, int64_t M, int64_t K, int64_t N) {
+void linear_avx2(float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M, int64_t K,
+                 int64_t N) {
   // Tile N so a tile of weight rows stays in L2 while every row of x passes over it.
-  int64_t ntile = std::max<int64_t>(4, std::min<int64_t>(64, (128 * 1024) / (K * 4)));
+  int64_t ntile = std::max<int64_t>(4, std::min<int64_t>(64, (128 * 1024) / (K * (int64_t)dtype_size(wdt))));
   ntile &= ~int64_t(3);
   if (M <= 4) ntile = 16;  // GEMV-like: weights are read once anyway; finer work split
   int64_t ntiles = (N + ntile - 1) / ntile;
@@ -97,38 +119,54 @@ void linear_avx2(float* out, const float* x, const float* w, const float* bias, 
         int mb = (int)std::min<int64_t>(4, M - m);
         for (int64_t n = nb0; n < nb1; n += 4) {
           int nb = (int)std::min<int64_t>(4, nb1 - n);
-          pick_tile(mb, nb)(out, x, w, bias, K, N, m, n);
+          pick_tile(mb, nb, wdt)(out, x, w, bias, K, N, m, n);
         }
       }
     }
   });
 }
 
-void linear_portable(float* out, const float* x, const float* w, const float* bias, int64_t M, int64_t K, int64_t N) {
+void linear_portable(float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M, int64_t K,
+                     int64_t N) {
   parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t m = 0; m < M; m++)
       for (int64_t n = n0; n < n1; n++) {
         float s = 0.f;
-        for (int64_t k = 0; k < K; k++) s += x[m * K + k] * w[n * K + k];
-        out[m * N + n] = s + (bias ? bias[n] : 0.f);
+        for (int64_t k = 0; k < K; k++) s += x[m * K + k] * load_as_float(w, wdt, n * K + k);
+        out[m * N + n] = s + (bias ? load_as_float(bias, wdt, n) : 0.f);
       }
   });
 }
 
 }  // namespace
 
-void embedding(float* out, const float* wte, const float* wpe, const int32_t* ids, const int32_t* pos, int64_t T,
-               int64_t C) {
+void embedding(float* out, const void* wte, const void* wpe, DType pdt, const int32_t* ids, const int32_t* pos,
+               int64_t T, int64_t C) {
   parallel_for(T, 8, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; t++) {
-      const float* a = wte + (int64_t)ids[t] * C;
-      const float* p = wpe + (int64_t)pos[t] * C;
-      for (int64_t c = 0; c < C; c++) out[t * C + c] = a[c] + p[c];
+      const int64_t a = (int64_t)ids[t] * C, p = (int64_t)pos[t] * C;
+      if (pdt == DType::F32) {
+        const float* wa = static_cast<const float*>(wte) + a;
+        const float* wp = static_cast<const float*>(wpe) + p;
+        for (int64_t c = 0; c < C; c++) out[t * C + c] = wa[c] + wp[c];
+      } else {
+        for (int64_t c = 0; c < C; c++) out[t * C + c] = load_as_float(wte, pdt, a + c) + load_as_float(wpe, pdt, p + c);
+      }
     }
   });
 }
 
-void layernorm(float* out, const float* x, const float* w, const float* b, int64_t rows, int64_t C, float eps) {
+void layernorm(float* out, const float* x, const void* wv, const void* bv, DType pdt, int64_t rows, int64_t C,
+               float eps) {
+  // Parameters widened once per call (C is small), so the row loop is float32 only.
+  std::vector<float> wbuf, bbuf;
+  const float* w = static_cast<const float*>(wv);
+  const float* b = static_cast<const float*>(bv);
+  if (pdt != DType::F32) {
+    wbuf.resize(C), bbuf.resize(C);
+    for (int64_t c = 0; c < C; c++) wbuf[c] = load_as_float(wv, pdt, c), bbuf[c] = load_as_float(bv, pdt, c);
+    w = wbuf.data(), b = bbuf.data();
+  }
   parallel_for(rows, 4, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
       const float* xr = x + r * C;
@@ -148,11 +186,11 @@ void layernorm(float* out, const float* x, const float* w, const float* b, int64
   });
 }
 
-void linear(float* out, const float* x, const float* w, const float* bias, int64_t M, int64_t K, int64_t N) {
+void linear(float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M, int64_t K, int64_t N) {
   if (features().avx2_fma)
-    linear_avx2(out, x, w, bias, M, K, N);
+    linear_avx2(out, x, w, bias, wdt, M, K, N);
   else
-    linear_portable(out, x, w, bias, M, K, N);
+    linear_portable(out, x, w, bias, wdt, M, K, N);
 }
 
 void gelu_new(float* out, const float* x, int64_t n) {

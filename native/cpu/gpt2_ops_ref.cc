@@ -7,13 +7,15 @@
 namespace nibble {
 namespace cpu {
 
-void embedding_ref(float* out, const float* wte, const float* wpe, const int32_t* ids, const int32_t* pos,
+void embedding_ref(float* out, const void* wte, const void* wpe, DType pdt, const int32_t* ids, const int32_t* pos,
                    int64_t T, int64_t C) {
   for (int64_t t = 0; t < T; t++)
-    for (int64_t c = 0; c < C; c++) out[t * C + c] = wte[(int64_t)ids[t] * C + c] + wpe[(int64_t)pos[t] * C + c];
+    for (int64_t c = 0; c < C; c++)
+      out[t * C + c] = load_as_float(wte, pdt, (int64_t)ids[t] * C + c) + load_as_float(wpe, pdt, (int64_t)pos[t] * C + c);
 }
 
-void layernorm_ref(float* out, const float* x, const float* w, const float* b, int64_t rows, int64_t C, float eps) {
+void layernorm_ref(float* out, const float* x, const void* w, const void* b, DType pdt, int64_t rows, int64_t C,
+                   float eps) {
   for (int64_t r = 0; r < rows; r++) {
     const float* xr = x + r * C;
     double mean = 0, var = 0;
@@ -22,15 +24,17 @@ void layernorm_ref(float* out, const float* x, const float* w, const float* b, i
     for (int64_t c = 0; c < C; c++) var += (xr[c] - mean) * (xr[c] - mean);
     var /= C;
     float rstd = (float)(1.0 / std::sqrt(var + eps));
-    for (int64_t c = 0; c < C; c++) out[r * C + c] = (float)(xr[c] - mean) * rstd * w[c] + b[c];
+    for (int64_t c = 0; c < C; c++)
+      out[r * C + c] = (float)(xr[c] - mean) * rstd * load_as_float(w, pdt, c) + load_as_float(b, pdt, c);
   }
 }
 
-void linear_ref(float* out, const float* x, const float* w, const float* bias, int64_t M, int64_t K, int64_t N) {
+void linear_ref(float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M, int64_t K,
+                int64_t N) {
   for (int64_t m = 0; m < M; m++)
     for (int64_t n = 0; n < N; n++) {
-      double acc = bias ? bias[n] : 0.0;
-      for (int64_t k = 0; k < K; k++) acc += (double)x[m * K + k] * w[n * K + k];
+      double acc = bias ? load_as_float(bias, wdt, n) : 0.0;
+      for (int64_t k = 0; k < K; k++) acc += (double)x[m * K + k] * load_as_float(w, wdt, n * K + k);
       out[m * N + n] = (float)acc;
     }
 }
