@@ -13,18 +13,23 @@ export type LogitsProcessor = (scores: Float32Array, inputIds: readonly number[]
  */
 export function applyRepetitionPenalty(scores: Float32Array, inputIds: readonly number[], penalty: number): void {
   if (penalty === 1) return;
+  // torch does this in float32 with the penalty cast to float32; the double operation on
+  // float32 inputs, rounded on store, is that same correctly rounded float32 result.
+  const p = Math.fround(penalty);
   const seen = new Set<number>();
   for (const id of inputIds) {
     if (seen.has(id) || id < 0 || id >= scores.length) continue;
     seen.add(id);
     const s = scores[id]!;
-    scores[id] = s < 0 ? s * penalty : s / penalty;
+    scores[id] = s < 0 ? s * p : s / p;
   }
 }
 
+/** Divides by the temperature in float32 arithmetic, bit for bit what torch's CPU division gives. */
 export function applyTemperature(scores: Float32Array, temperature: number): void {
   if (temperature === 1) return;
-  for (let i = 0; i < scores.length; i++) scores[i] = scores[i]! / temperature;
+  const t = Math.fround(temperature);
+  for (let i = 0; i < scores.length; i++) scores[i] = scores[i]! / t;
 }
 
 /**
@@ -228,7 +233,7 @@ export function applyMinP(scores: Float32Array, minP: number, minTokensToKeep = 
   const probs = softmax(scores);
   let top = 0;
   for (let i = 0; i < probs.length; i++) if (probs[i]! > top) top = probs[i]!;
-  const threshold = Math.fround(minP * top);
+  const threshold = Math.fround(Math.fround(minP) * top);
   let kept = 0;
   for (let i = 0; i < probs.length; i++) if (!(probs[i]! < threshold)) kept++;
   if (kept >= minTokensToKeep) {
