@@ -8,10 +8,12 @@ import { embeddedModelsDir } from '../paths.js';
 import { parseDevice, type Device } from '../tensor.js';
 import { AutoTokenizer, EMBEDDED_MODEL_ID } from '../tokenizer.js';
 import { loadGPT2Config } from './gpt2-config.js';
-import { loadGPT2, type LoadProgress } from './gpt2-loader.js';
+import { loadGPT2, type LoadProgress, type ParamDType } from './gpt2-loader.js';
 import type { GPT2LMHeadModel } from './gpt2.js';
 
 export interface FromPretrainedOptions {
+  /** Type of the unquantized parameters (transformers' `dtype`), default float32. */
+  dtype?: ParamDType;
   /** Where to run: 'cpu' (default), 'cuda', 'cuda:N', or {'': device}. */
   deviceMap?: string | Record<string, string>;
   /** Hub revision (branch, tag or commit) for Hub ids. */
@@ -43,7 +45,7 @@ export class AutoModelForCausalLM {
     const dir = await resolveModelDir(idOrDir);
     const device = deviceFromMap(options.deviceMap);
     const config = loadGPT2Config(dir);
-    const model = await loadGPT2(dir, { device, config, onProgress: options.onProgress });
+    const model = await loadGPT2(dir, { device, dtype: options.dtype, config, onProgress: options.onProgress });
     model.modelDir = dir;
     if (existsSync(join(dir, 'generation_config.json'))) model.generationConfig = loadGenerationConfig(dir);
     const hasTokenizer = ['tokenizer.json', 'vocab.json'].some((f) => existsSync(join(dir, f)));
