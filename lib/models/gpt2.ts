@@ -124,9 +124,11 @@ export class GPT2LMHeadModel implements CausalLM {
         }
       }
     }
-    const idsT = Tensor.from(ids, [B * T]);
-    const posT = Tensor.from(pos, [B * T]);
-    const maskT = padded ? Tensor.from(Int32Array.from(mask.flat(), (v) => (v ? 1 : 0)), [B, past + T]) : null;
+    // On a GPU these small index tensors are copied over with the kernels' inputs; the ids
+    // were range-checked above, since a kernel cannot throw.
+    const idsT = Tensor.from(ids, [B * T], 'int32', this.device);
+    const posT = Tensor.from(pos, [B * T], 'int32', this.device);
+    const maskT = padded ? Tensor.from(Int32Array.from(mask.flat(), (v) => (v ? 1 : 0)), [B, past + T], 'int32', this.device) : null;
 
     const x = ops.embedding(this.wte.weight, this.wpe.weight, idsT, posT); // [B*T, C]
     const scratch: Tensor[] = [idsT, posT];
@@ -183,6 +185,31 @@ export class GPT2LMHeadModel implements CausalLM {
     if (!this.tokenizer) throw new Error(`${where}: this model was loaded without a tokenizer (its folder has no tokenizer files); pass token ids or use lib/generation with a tokenizer`);
     return this.tokenizer;
   }
+
+  /**
+   * Bytes of parameters and buffers, as transformers' get_memory_footprint(): packed 4-bit and
+   * int8 weights count, their quantization constants (absmax, codebooks, scales) do not unless
+   * `includeQuantConstants`. Tied tensors count once.
+   */
+  getMemoryFootprint(options: { includeQuantConstants?: boolean } = {}): number {
+    const seen = new Set<Tensor>();
+    for (const [, m] of this.namedModules()) {
+      for (const t of Object.values(m.tensors())) seen.add(t);
+      if (options.includeQuantConstants) for (const t of Object.values(m.quantConstants())) seen.add(t);
+    }
+    let bytes = 0;
+    for (const t of seen) bytes += t.nbytes;
+    return bytes;
+  }
+
+  /** Writes config.json, model.safetensors (transformers + bitsandbytes format) and tokenizer files. */
+  async savePretrained(dir: string): Promise<void> {
+    const { saveGPT2 } = await import('./gpt2-save.js');
+    await saveGPT2(this, dir, this.quantizationConfig ? { quantization_config: this.quantizationConfig } : {});
+  }
+
+  /** config.json's quantization_config when the model is quantized (set by the loader). */
+  quantizationConfig?: Record<string, unknown>;
 
   /** Frees every weight now (also done by the finalizers when the model is collected). */
   dispose(): void {

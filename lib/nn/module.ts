@@ -12,6 +12,14 @@ export abstract class Module {
   quantConstants(): Record<string, Tensor> {
     return {};
   }
+  /**
+   * What a checkpoint stores for this module, keyed `${prefix}weight`, `${prefix}bias`,
+   * `${prefix}weight.absmax`, ... in transformers' serialized format (prefix ends with '.').
+   * Default: the module's tensors as they are.
+   */
+  stateDict(prefix = ''): Map<string, Tensor> {
+    return new Map(Object.entries(this.tensors()).map(([k, t]) => [prefix + k, t]));
+  }
   dispose(): void {
     for (const t of Object.values(this.tensors())) t.dispose();
     for (const t of Object.values(this.quantConstants())) t.dispose();
