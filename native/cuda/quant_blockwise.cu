@@ -1,0 +1,405 @@
+// Blockwise quantization on the GPU: 4-bit NF4/FP4 and 8-bit dynamic-map quantize and
+// dequantize, and the double quantization of absmax. Bit-exact with cpu::*_ref (see
+// native/cpu/quant_ops.h): same absmax (fmaxf from -FLT_MAX over the block's own elements),
+// same correctly rounded 1/absmax, same float32 product, same threshold searches.
+//
+// Layout of work: each thread owns EPT consecutive elements (16- or 32-byte vector loads),
+// the TPB = blocksize/EPT threads of a quantization block reduce their absmax with warp
+// shuffles (and shared memory for blocks wider than a warp), and each thread writes its
+// packed codes with one store.
+#include <cfloat>
+
+#include "cuda/quant_cuda.h"
+#include "cuda/quant_device.cuh"
+
+namespace nibble {
+namespace cuda {
+
+int sm_count() {
+  static int cached[64] = {0};
+  int dev = 0;
+  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < 64 && cached[dev]) return cached[dev];
+  int n = 0;
+  NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  if (dev < 64) cached[dev] = n;
+  return n;
+}
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// Loads EPT elements starting at i (zeros past n) as float.
+template <typename T, int EPT>
+__device__ __forceinline__ void load_elems(const T* x, int64_t i, int64_t n, bool vec_ok, float (&v)[EPT]) {
+  if (vec_ok && i + EPT <= n) {
+    constexpr int kVecs = EPT * (int)sizeof(T) / 16;
+    const uint4* p = reinterpret_cast<const uint4*>(x + i);
+#pragma unroll
+    for (int q = 0; q < kVecs; q++) {
+      uint4 u = __ldg(p + q);
+      const T* e = reinterpret_cast<const T*>(&u);
+      constexpr int kPer = 16 / (int)sizeof(T);
+#pragma unroll
+      for (int j = 0; j < kPer; j++) v[q * kPer + j] = dev::to_f32(e[j]);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < EPT; j++) v[j] = (i + j < n) ? dev::to_f32(x[i + j]) : 0.0f;
+  }
+}
+
+// KIND: 0 FP4, 1 NF4, 2 8-bit dynamic map. SUB: subtract *sub from every input (the centred
+// absmax of double quantization) before anything else.
+template <typename T, int BS, int KIND, bool SUB>
+__global__ void __launch_bounds__(kThreads) k_quantize(const T* __restrict__ x, int64_t n, uint8_t* __restrict__ out,
+                                                       float* __restrict__ absmax, const float* __restrict__ code,
+                                                       const float* __restrict__ sub, bool vec_ok) {
+  constexpr int EPT = BS >= 4096 ? 16 : 8;
+  constexpr int TPB = BS / EPT;  // threads per quantization block (4..256)
+  constexpr int BPC = kThreads / TPB;
+  __shared__ float s_tab[256];
+  __shared__ float s_red[kThreads / 32];
+  if (KIND == 2) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) s_tab[i] = code[i];
+  } else {
+    dev::load_tables4(s_tab);
+  }
+
+  const int64_t blk = (int64_t)blockIdx.x * BPC + threadIdx.x / TPB;
+  const int64_t begin = blk * BS + (int64_t)(threadIdx.x % TPB) * EPT;
+  float v[EPT];
+  load_elems<T, EPT>(x, begin, n, vec_ok, v);
+  if (SUB) {
+    const float off = *sub;
+#pragma unroll
+    for (int j = 0; j < EPT; j++) v[j] = __fsub_rn(v[j], off);
+  }
+  float m = -FLT_MAX;
+#pragma unroll
+  for (int j = 0; j < EPT; j++)
+    if (begin + j < n) m = fmaxf(m, fabsf(v[j]));
+  // Reduce over the TPB threads of this block (contiguous lanes; TPB is a power of two).
+#pragma unroll
+  for (int o = (TPB < 32 ? TPB : 32) / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (TPB > 32) {
+    const int warp = threadIdx.x / 32;
+    if ((threadIdx.x & 31) == 0) s_red[warp] = m;
+    __syncthreads();
+    constexpr int kWarpsPerBlock = TPB >= 32 ? TPB / 32 : 1;
+    const int first = (warp / kWarpsPerBlock) * kWarpsPerBlock;
+    m = s_red[first];
+    for (int w = 1; w < kWarpsPerBlock; w++) m = fmaxf(m, s_red[first + w]);
+  } else {
+    __syncthreads();  // the tables
+  }
+  const int64_t nblocks = (n + BS - 1) / BS;
+  if (blk >= nblocks) return;
+  if (threadIdx.x % TPB == 0) absmax[blk] = m;
+  const float inv = __fdiv_rn(1.0f, m);
+
+  if (KIND == 2) {
+    uint32_t q[EPT];
+#pragma unroll
+    for (int j = 0; j < EPT; j++) q[j] = dev::code8(s_tab, __fmul_rn(v[j], inv));
+    if (begin + EPT <= n && (((uintptr_t)(out + begin)) & 7) == 0) {
+#pragma unroll
+      for (int h = 0; h < EPT / 8; h++) {
+        uint2 w;
+        w.x = q[h * 8 + 0] | (q[h * 8 + 1] << 8) | (q[h * 8 + 2] << 16) | (q[h * 8 + 3] << 24);
+        w.y = q[h * 8 + 4] | (q[h * 8 + 5] << 8) | (q[h * 8 + 6] << 16) | (q[h * 8 + 7] << 24);
+        reinterpret_cast<uint2*>(out + begin)[h] = w;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < EPT; j++)
+        if (begin + j < n) out[begin + j] = (uint8_t)q[j];
+    }
+  } else {
+    // Pads past n are zeros, so the last low nibble of an odd n is the code of 0 * inv.
+    uint32_t b[EPT / 2];
+#pragma unroll
+    for (int j = 0; j < EPT / 2; j++)
+      b[j] = (dev::code4<KIND>(s_tab, __fmul_rn(v[2 * j], inv)) << 4) |
+             dev::code4<KIND>(s_tab, __fmul_rn(v[2 * j + 1], inv));
+    const int64_t ob = begin / 2;
+    if (begin + EPT <= n && (((uintptr_t)(out + ob)) & 3) == 0) {
+#pragma unroll
+      for (int h = 0; h < EPT / 8; h++)
+        reinterpret_cast<uint32_t*>(out + ob)[h] =
+            b[h * 4] | (b[h * 4 + 1] << 8) | (b[h * 4 + 2] << 16) | (b[h * 4 + 3] << 24);
+    } else {
+#pragma unroll
+      for (int j = 0; j < EPT / 2; j++)
+        if (begin + 2 * j < n) out[ob + j] = (uint8_t)b[j];
+    }
+  }
+}
+
+template <typename T, int KIND, bool SUB>
+void launch_quantize(const T* x, int64_t n, int bs, uint8_t* out, float* absmax, const float* code, const float* sub,
+                     cudaStream_t s, const char* op) {
+  const bool vec_ok = aligned16(x);
+  const int64_t nblocks = (n + bs - 1) / bs;
+#define NIBBLE_Q_CASE(B)                                                                          \
+  case B: {                                                                                       \
+    constexpr int EPT = B >= 4096 ? 16 : 8;                                                       \
+    constexpr int BPC = kThreads / (B / EPT);                                                     \
+    k_quantize<T, B, KIND, SUB><<<grid_1d(nblocks, BPC, op), kThreads, 0, s>>>(x, n, out, absmax, code, sub, \
+                                                                               vec_ok);           \
+    break;                                                                                        \
+  }
+  switch (bs) {
+    NIBBLE_Q_CASE(32)
+    NIBBLE_Q_CASE(64)
+    NIBBLE_Q_CASE(128)
+    NIBBLE_Q_CASE(256)
+    NIBBLE_Q_CASE(512)
+    NIBBLE_Q_CASE(1024)
+    NIBBLE_Q_CASE(2048)
+    NIBBLE_Q_CASE(4096)
+    default:
+      throw std::runtime_error(std::string(op) + ": unsupported blocksize " + std::to_string(bs));
+  }
+#undef NIBBLE_Q_CASE
+  NIBBLE_CUDA_CHECK_LAUNCH(op);
+}
+
+template <int KIND, bool SUB>
+void quantize_dispatch(const void* x, DType dt, int64_t n, int bs, uint8_t* out, float* absmax, const float* code,
+                       const float* sub, cudaStream_t s, const char* op) {
+  switch (dt) {
+    case DType::F32: launch_quantize<float, KIND, SUB>((const float*)x, n, bs, out, absmax, code, sub, s, op); break;
+    case DType::F16: launch_quantize<__half, KIND, SUB>((const __half*)x, n, bs, out, absmax, code, sub, s, op); break;
+    case DType::BF16:
+      launch_quantize<__nv_bfloat16, KIND, SUB>((const __nv_bfloat16*)x, n, bs, out, absmax, code, sub, s, op);
+      break;
+    default: throw std::runtime_error(std::string(op) + ": input must be float32, float16 or bfloat16");
+  }
+}
+
+// ---- dequantize -----------------------------------------------------------------------------
+// Each thread expands 16 packed bytes (32 elements, 4-bit) or 16 bytes (16 elements, 8-bit):
+// with blocksize >= 32 one absmax covers the whole chunk, so it is fetched (and for double
+// quantization decoded) once per thread.
+template <typename T, int KIND, bool DQ>
+__global__ void __launch_bounds__(kThreads)
+    k_dequantize(const uint8_t* __restrict__ q, const float* __restrict__ absmax, const uint8_t* __restrict__ qabsmax,
+                 const float* __restrict__ nested, const float* __restrict__ ncode, const float* __restrict__ offset,
+                 int64_t n, int log2_bs, T* __restrict__ out, const float* __restrict__ code8, bool vec_ok) {
+  __shared__ float s_tab[256];
+  __shared__ float s_ncode[DQ ? 256 : 1];
+  if (KIND == 2) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) s_tab[i] = code8[i];
+  } else {
+    dev::load_tables4(s_tab);
+  }
+  if (DQ)
+    for (int i = threadIdx.x; i < 256; i += kThreads) s_ncode[i] = ncode[i];
+  __syncthreads();
+
+  constexpr int EPC = KIND == 2 ? 16 : 32;  // elements per 16-byte chunk
+  const int64_t chunk = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+  const int64_t e0 = chunk * EPC;
+  if (e0 >= n) return;
+  float scale;
+  {
+    const int64_t b = e0 >> log2_bs;
+    scale = DQ ? dev::dq_absmax(s_ncode, qabsmax[b], nested[b / fmt::kNestedBlocksize], *offset) : absmax[b];
+  }
+  const bool full = e0 + EPC <= n;
+  uint4 raw;
+  if (full && vec_ok) {
+    raw = __ldg(reinterpret_cast<const uint4*>(q + (KIND == 2 ? e0 : e0 / 2)));
+  } else {
+    uint8_t* r = reinterpret_cast<uint8_t*>(&raw);
+    const int64_t nbytes = KIND == 2 ? n : (n + 1) / 2;
+    const int64_t b0 = KIND == 2 ? e0 : e0 / 2;
+#pragma unroll
+    for (int j = 0; j < 16; j++) r[j] = (b0 + j < nbytes) ? q[b0 + j] : 0;
+  }
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw);
+  __align__(16) T v[EPC];
+#pragma unroll
+  for (int j = 0; j < 16; j++) {
+    if (KIND == 2) {
+      v[j] = dev::from_f32<T>(__fmul_rn(s_tab[bytes[j]], scale));
+    } else {
+      v[2 * j] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] >> 4), scale));
+      v[2 * j + 1] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] & 15), scale));
+    }
+  }
+  if (full && vec_ok) {
+    uint4* o = reinterpret_cast<uint4*>(out + e0);
+    const uint4* src = reinterpret_cast<const uint4*>(v);
+#pragma unroll
+    for (int j = 0; j < EPC * (int)sizeof(T) / 16; j++) o[j] = src[j];
+  } else {
+#pragma unroll
+    for (int j = 0; j < EPC; j++)
+      if (e0 + j < n) out[e0 + j] = v[j];
+  }
+}
+
+int log2_exact(int bs, const char* op, int lo) {
+  if (bs < lo || bs > 4096 || (bs & (bs - 1)) != 0)
+    throw std::runtime_error(std::string(op) + ": unsupported blocksize " + std::to_string(bs));
+  int l = 0;
+  while ((1 << l) < bs) l++;
+  return l;
+}
+
+template <int KIND, bool DQ>
+void dequantize_dispatch(const uint8_t* q, const float* absmax, const uint8_t* qabsmax, const float* nested,
+                         const float* ncode, const float* offset, int64_t n, int bs, void* out, DType dt,
+                         const float* code8, cudaStream_t s, const char* op) {
+  const int l2 = log2_exact(bs, op, 32);
+  const int64_t chunks = (n + (KIND == 2 ? 16 : 32) - 1) / (KIND == 2 ? 16 : 32);
+  const bool vec_ok = aligned16(q) && aligned16(out);
+  const unsigned grid = grid_1d(chunks, kThreads, op);
+  switch (dt) {
+    case DType::F32:
+      k_dequantize<float, KIND, DQ><<<grid, kThreads, 0, s>>>(q, absmax, qabsmax, nested, ncode, offset, n, l2,
+                                                             (float*)out, code8, vec_ok);
+      break;
+    case DType::F16:
+      k_dequantize<__half, KIND, DQ><<<grid, kThreads, 0, s>>>(q, absmax, qabsmax, nested, ncode, offset, n, l2,
+                                                              (__half*)out, code8, vec_ok);
+      break;
+    case DType::BF16:
+      k_dequantize<__nv_bfloat16, KIND, DQ><<<grid, kThreads, 0, s>>>(q, absmax, qabsmax, nested, ncode, offset, n,
+                                                                      l2, (__nv_bfloat16*)out, code8, vec_ok);
+      break;
+    default: throw std::runtime_error(std::string(op) + ": output must be float32, float16 or bfloat16");
+  }
+  NIBBLE_CUDA_CHECK_LAUNCH(op);
+}
+
+// ---- double quantization ----------------------------------------------------------------------
+// The mean of absmax in double: per-CTA partial sums in a fixed order, then one CTA adds the
+// partials in order, so the offset is the same on every run.
+constexpr int kMeanThreads = 512;
+
+__global__ void __launch_bounds__(kMeanThreads) k_partial_sum(const float* __restrict__ a, int64_t n, int64_t per_cta,
+                                                              double* __restrict__ partial) {
+  __shared__ double s[kMeanThreads];
+  const int64_t begin = (int64_t)blockIdx.x * per_cta;
+  const int64_t end = begin + per_cta < n ? begin + per_cta : n;
+  double acc = 0.0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kMeanThreads) acc += (double)a[i];
+  s[threadIdx.x] = acc;
+  __syncthreads();
+  for (int o = kMeanThreads / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) s[threadIdx.x] += s[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+}
+
+__global__ void k_finish_mean(const double* __restrict__ partial, int nparts, int64_t n, float* __restrict__ offset) {
+  if (threadIdx.x == 0 && blockIdx.x == 0) {
+    double sum = 0.0;
+    for (int i = 0; i < nparts; i++) sum += partial[i];
+    *offset = (float)(sum / (double)n);
+  }
+}
+
+__global__ void k_decompress(const uint8_t* __restrict__ q, const float* __restrict__ nested,
+                             const float* __restrict__ ncode, const float* __restrict__ offset, int64_t n,
+                             float* __restrict__ out) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = __fadd_rn(__fmul_rn(ncode[q[i]], nested[i / fmt::kNestedBlocksize]), *offset);
+}
+
+// The signed dynamic map, uploaded once per device for compress_absmax.
+const float* dynamic_map_signed_device() {
+  static float* maps[64] = {nullptr};
+  int dev = 0;
+  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev >= 64) throw std::runtime_error("compress_absmax: device ordinal too large");
+  if (!maps[dev]) {
+    float host[256];
+    for (int i = 0; i < 256; i++) host[i] = fmt::bits_to_float(fmt::kDynamicMapSignedBits[i]);
+    float* d = nullptr;
+    NIBBLE_CUDA_CHECK(cudaMalloc(&d, sizeof(host)), "compress_absmax: cudaMalloc(code)");
+    NIBBLE_CUDA_CHECK(cudaMemcpy(d, host, sizeof(host), cudaMemcpyHostToDevice), "compress_absmax: upload code");
+    maps[dev] = d;
+  }
+  return maps[dev];
+}
+
+}  // namespace
+
+void quantize_4bit(const void* x, DType dt, int64_t n, int blocksize, QuantType qt, uint8_t* packed, float* absmax,
+                   cudaStream_t s) {
+  if (n <= 0) throw std::runtime_error("quantize_4bit: empty input");
+  if (qt == QuantType::NF4)
+    quantize_dispatch<1, false>(x, dt, n, blocksize, packed, absmax, nullptr, nullptr, s, "quantize_4bit");
+  else
+    quantize_dispatch<0, false>(x, dt, n, blocksize, packed, absmax, nullptr, nullptr, s, "quantize_4bit");
+}
+
+void quantize_blockwise(const float* code, const void* x, DType dt, int64_t n, int blocksize, uint8_t* q,
+                        float* absmax, cudaStream_t s) {
+  if (n <= 0) throw std::runtime_error("quantize_blockwise: empty input");
+  log2_exact(blocksize, "quantize_blockwise", 64);
+  quantize_dispatch<2, false>(x, dt, n, blocksize, q, absmax, code, nullptr, s, "quantize_blockwise");
+}
+
+void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int blocksize, QuantType qt, void* out,
+                     DType out_dt, cudaStream_t s) {
+  if (n <= 0) throw std::runtime_error("dequantize_4bit: empty input");
+  if (qt == QuantType::NF4)
+    dequantize_dispatch<1, false>(packed, absmax, nullptr, nullptr, nullptr, nullptr, n, blocksize, out, out_dt,
+                                  nullptr, s, "dequantize_4bit");
+  else
+    dequantize_dispatch<0, false>(packed, absmax, nullptr, nullptr, nullptr, nullptr, n, blocksize, out, out_dt,
+                                  nullptr, s, "dequantize_4bit");
+}
+
+void dequantize_4bit_dq(const uint8_t* packed, const uint8_t* qabsmax, const float* nested_absmax,
+                        const float* nested_code, const float* offset, int64_t n, int blocksize, QuantType qt,
+                        void* out, DType out_dt, cudaStream_t s) {
+  if (n <= 0) throw std::runtime_error("dequantize_4bit: empty input");
+  if (qt == QuantType::NF4)
+    dequantize_dispatch<1, true>(packed, nullptr, qabsmax, nested_absmax, nested_code, offset, n, blocksize, out,
+                                 out_dt, nullptr, s, "dequantize_4bit");
+  else
+    dequantize_dispatch<0, true>(packed, nullptr, qabsmax, nested_absmax, nested_code, offset, n, blocksize, out,
+                                 out_dt, nullptr, s, "dequantize_4bit");
+}
+
+void dequantize_blockwise(const float* code, const uint8_t* q, const float* absmax, int64_t n, int blocksize,
+                          void* out, DType out_dt, cudaStream_t s) {
+  if (n <= 0) throw std::runtime_error("dequantize_blockwise: empty input");
+  dequantize_dispatch<2, false>(q, absmax, nullptr, nullptr, nullptr, nullptr, n, blocksize, out, out_dt, code, s,
+                                "dequantize_blockwise");
+}
+
+void compress_absmax(const float* absmax, int64_t nblocks, uint8_t* qabsmax, float* nested_absmax, float* offset,
+                     cudaStream_t s) {
+  if (nblocks <= 0) throw std::runtime_error("compress_absmax: empty absmax");
+  const int64_t per_cta = 64 * 1024;
+  const int nparts = (int)((nblocks + per_cta - 1) / per_cta);
+  double* partial = nullptr;
+  NIBBLE_CUDA_CHECK(cudaMallocAsync((void**)&partial, sizeof(double) * nparts, s), "compress_absmax: cudaMallocAsync");
+  k_partial_sum<<<nparts, kMeanThreads, 0, s>>>(absmax, nblocks, per_cta, partial);
+  NIBBLE_CUDA_CHECK_LAUNCH("compress_absmax (sum)");
+  k_finish_mean<<<1, 32, 0, s>>>(partial, nparts, nblocks, offset);
+  NIBBLE_CUDA_CHECK_LAUNCH("compress_absmax (mean)");
+  NIBBLE_CUDA_CHECK(cudaFreeAsync(partial, s), "compress_absmax: cudaFreeAsync");
+  launch_quantize<float, 2, true>(absmax, nblocks, fmt::kNestedBlocksize, qabsmax, nested_absmax,
+                                  dynamic_map_signed_device(), offset, s, "compress_absmax");
+}
+
+void decompress_absmax(const uint8_t* qabsmax, const float* nested_absmax, const float* nested_code,
+                       const float* offset, int64_t nblocks, float* absmax, cudaStream_t s) {
+  if (nblocks <= 0) throw std::runtime_error("decompress_absmax: empty absmax");
+  k_decompress<<<grid_1d(nblocks, 256, "decompress_absmax"), 256, 0, s>>>(qabsmax, nested_absmax, nested_code, offset,
+                                                                         nblocks, absmax);
+  NIBBLE_CUDA_CHECK_LAUNCH("decompress_absmax");
+}
+
+}  // namespace cuda
+}  // namespace nibble

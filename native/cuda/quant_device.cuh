@@ -1,0 +1,181 @@
+// Device helpers shared by the quantization kernels: element loads/stores per dtype, the
+// 4-bit code searches over thresholds held in shared memory, and small PTX wrappers.
+// Every float operation that must match the CPU reference bit for bit is written with an
+// explicit _rn intrinsic, so nvcc cannot contract a multiply and an add into one FMA.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "core/dtype.h"
+#include "cuda/cuda_check.h"
+#include "formats.h"
+
+namespace nibble {
+namespace cuda {
+namespace dev {
+
+// ---- element conversion ---------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// ---- 4-bit code search ----------------------------------------------------------------------
+// Shared-memory table layout used by the quantize kernels: [0..14] NF4 thresholds, [16..22]
+// FP4 thresholds, [24..31] FP4 code by rank (as floats), [32..47] NF4 values, [48..63] FP4
+// values (sign applied: code 8 is -0.0f, as magnitude * -1 gives).
+struct Tables4 {
+  float t[64];
+};
+
+__device__ __forceinline__ void load_tables4(float* s) {
+  constexpr float nf4_t[15] = NIBBLE_NF4_THRESHOLDS;
+  constexpr float fp4_t[7] = NIBBLE_FP4_THRESHOLDS;
+  constexpr float nf4_v[16] = NIBBLE_NF4_VALUES;
+  constexpr float fp4_m[8] = NIBBLE_FP4_MAGNITUDES;
+  constexpr uint8_t fp4_rank[8] = NIBBLE_FP4_CODE_BY_RANK;
+  for (int i = threadIdx.x; i < 64; i += blockDim.x) {
+    float v = 0.0f;
+    if (i < 15) v = nf4_t[i];
+    else if (i >= 16 && i < 23) v = fp4_t[i - 16];
+    else if (i >= 24 && i < 32) v = (float)fp4_rank[i - 24];
+    else if (i >= 32 && i < 48) v = nf4_v[i - 32];
+    else if (i >= 48) v = (i - 48) < 8 ? fp4_m[i - 48] : -fp4_m[i - 56];
+    s[i] = v;
+  }
+}
+
+// Number of NF4 thresholds below x by binary search (4 probes instead of 15 compares);
+// equals the count formulation of formats.h for every float (NaN -> 0).
+__device__ __forceinline__ uint32_t nf4_code(const float* s, float x) {
+  uint32_t i = (x > s[7]) ? 8u : 0u;
+  i += (x > s[i + 3]) ? 4u : 0u;
+  i += (x > s[i + 1]) ? 2u : 0u;
+  i += (x > s[i]) ? 1u : 0u;
+  return i;
+}
+
+__device__ __forceinline__ uint32_t fp4_code(const float* s, float x) {
+  uint32_t sign = (x < 0.0f) ? 8u : 0u;
+  float a = fabsf(x);  // NaN stays NaN: every comparison below is false -> rank 0
+  uint32_t i = (a > s[16 + 3]) ? 4u : 0u;
+  i += (a > s[16 + i + 1]) ? 2u : 0u;
+  i += (a > s[16 + i]) ? 1u : 0u;
+  return (uint32_t)s[24 + i] | sign;
+}
+
+template <int KIND>  // 0 = FP4, 1 = NF4 (fmt::QuantType values)
+__device__ __forceinline__ uint32_t code4(const float* s, float x) {
+  return KIND == 1 ? nf4_code(s, x) : fp4_code(s, x);
+}
+
+template <int KIND>
+__device__ __forceinline__ float value4(const float* s, uint32_t c) {
+  return s[(KIND == 1 ? 32 : 48) + (c & 15)];
+}
+
+// bitsandbytes' 8-bit search (fmt::quantize_dynamic_value), code in shared memory.
+__device__ __forceinline__ uint32_t code8(const float* code, float x) {
+  int p = 127, lo_i = 0, hi_i = 255;
+  float lo = -1.0f, hi = 1.0f;
+  float v = code[p];
+#pragma unroll
+  for (int step = 64; step > 0; step >>= 1) {
+    if (x > v) {
+      lo_i = p;
+      lo = v;
+      p += step;
+    } else {
+      hi_i = p;
+      hi = v;
+      p -= step;
+    }
+    v = code[p];
+  }
+  if (hi_i == 255) hi = code[255];
+  if (lo_i == 0) lo = code[0];
+  if (x > v) return (x > __fmul_rn(__fadd_rn(hi, v), 0.5f)) ? hi_i : p;
+  return (x < __fmul_rn(__fadd_rn(lo, v), 0.5f)) ? lo_i : p;
+}
+
+// absmax of block b of a double-quantized state: code[q[b]] * nested[b/256] + offset.
+__device__ __forceinline__ float dq_absmax(const float* code_s, uint8_t q, float nested, float offset) {
+  return __fadd_rn(__fmul_rn(code_s[q], nested), offset);
+}
+
+// ---- PTX wrappers -------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+// 16-byte asynchronous global->shared copy; src_bytes < 16 zero-fills the rest (0 = all zeros).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Four 8x8 b16 matrices from shared memory, one row address per lane (lanes 8i..8i+7: matrix i).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_u32(p)));
+}
+
+// D += A(16x16, row) * B(16x8, col), fp16 or bf16 inputs, fp32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                         const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// D += A(16x32 int8, row) * B(32x8 int8, col), exact int32.
+__device__ __forceinline__ void mma_16832_s8(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+}  // namespace dev
+
+// ---- host helpers ---------------------------------------------------------------------------
+inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+inline unsigned grid_1d(int64_t items, int64_t per_block, const char* op) {
+  int64_t g = (items + per_block - 1) / per_block;
+  if (g > 0x7fffffffLL) throw std::runtime_error(std::string(op) + ": tensor too large for one launch");
+  return (unsigned)(g < 1 ? 1 : g);
+}
+int sm_count();  // multiprocessors of the current device (cached per device)
+
+}  // namespace cuda
+}  // namespace nibble

@@ -1,0 +1,614 @@
+// Dequant-fused 4-bit matmul: out[M, N] = x[M, K] @ Wdq[N, K]^T + bias, with W in the
+// bitsandbytes packed layout (flat N*K codes, two per byte, high nibble first; one absmax per
+// `blocksize` consecutive codes, optionally double-quantized). The dequantized weight only
+// ever exists in registers or shared memory.
+//
+// Variants (see Matmul4bitPath):
+//  1. GEMV (M == 1): each lane keeps 32 activations in float registers and streams 16-byte
+//     chunks of 8 rows at a time; codes are looked up in a 16-entry float table replicated
+//     per lane (bank-conflict free), so products use exact float32 code values.
+//  2. GEMV with a byte -> half2 table (one lookup per two codes, 32 KB replicated): fewer
+//     shared loads, codes rounded to float16.
+//  3. MMA (M > 1, float16/bfloat16, K % 32 == 0): 128-column CTA tiles, 3-stage cp.async
+//     pipeline for x and the packed weight; each warp turns packed bytes straight into
+//     m16n8k16 B fragments (byte -> code pair table, times the block absmax) and runs
+//     mma.sync. Split-K with a deterministic reduction fills the GPU at small M.
+//  4. SIMT fallback (float32, odd K, unaligned pointers): tiles of the dequantized weight in
+//     shared memory, float32 FMAs.
+#include <algorithm>
+#include <type_traits>
+
+#include "cuda/quant_cuda.h"
+#include "cuda/quant_device.cuh"
+
+namespace nibble {
+namespace cuda {
+namespace {
+
+struct W4 {
+  const uint8_t* packed;
+  const float* absmax;
+  const uint8_t* qabsmax;
+  const float* nested;
+  const float* ncode;
+  const float* offset_ptr;
+  float offset;
+  int log2_bs;
+  int64_t N, K;
+};
+
+template <bool DQ>
+__device__ __forceinline__ float block_absmax(const W4& w, const float* s_ncode, float off, int64_t b) {
+  if (DQ) return dev::dq_absmax(s_ncode, __ldg(w.qabsmax + b), __ldg(w.nested + (b >> 8)), off);
+  return __ldg(w.absmax + b);
+}
+
+template <bool DQ>
+__device__ __forceinline__ float load_offset(const W4& w) {
+  return DQ ? (w.offset_ptr ? *w.offset_ptr : w.offset) : 0.0f;
+}
+
+template <bool DQ>
+__device__ __forceinline__ void load_ncode(const W4& w, float* s_ncode) {
+  if (DQ)
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) s_ncode[i] = w.ncode[i];
+}
+
+template <typename T>
+__device__ __forceinline__ void load32(const T* p, float (&v)[32]) {
+  constexpr int kPer = 16 / (int)sizeof(T);
+#pragma unroll
+  for (int q = 0; q < 32 / kPer; q++) {
+    uint4 u = __ldg(reinterpret_cast<const uint4*>(p) + q);
+    const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int j = 0; j < kPer; j++) v[q * kPer + j] = dev::to_f32(e[j]);
+  }
+}
+
+// ---- GEMV ---------------------------------------------------------------------------------
+constexpr int kGemvThreads = 256, kGemvUnroll = 8;
+
+template <typename T, int KIND, bool DQ, bool HALF_LUT>
+__global__ void __launch_bounds__(kGemvThreads, 2)
+    k_gemv4(const T* __restrict__ x, W4 w, const T* __restrict__ bias, T* __restrict__ out, int KW, int nseg,
+            int iters_per_cta) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* s_ncode = reinterpret_cast<float*>(smem);                 // 256
+  float* s_part = s_ncode + 256;                                   // 2 x 64 x 8
+  uint32_t* s_lut = reinterpret_cast<uint32_t*>(s_part + 2 * 64 * 8);  // 16x32 floats or 256x32 half2
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (HALF_LUT) {
+    for (int i = threadIdx.x; i < 256 * 32; i += kGemvThreads) {
+      const int byte = i >> 5;
+      const float hi = KIND == 1 ? fmt::nf4_value(byte >> 4) : fmt::fp4_value(byte >> 4);
+      const float lo = KIND == 1 ? fmt::nf4_value(byte & 15) : fmt::fp4_value(byte & 15);
+      __half2 h = __floats2half2_rn(hi, lo);
+      s_lut[i] = *reinterpret_cast<uint32_t*>(&h);
+    }
+  } else {
+    float* f = reinterpret_cast<float*>(s_lut);
+    for (int i = threadIdx.x; i < 16 * 32; i += kGemvThreads)
+      f[i] = KIND == 1 ? fmt::nf4_value(i >> 5) : fmt::fp4_value(i >> 5);
+  }
+  load_ncode<DQ>(w, s_ncode);
+  __syncthreads();
+  const float off = load_offset<DQ>(w);
+
+  const int kw = warp % KW, rg = warp / KW, RW = (kGemvThreads / 32) / KW;
+  const int rows_per_iter = RW * kGemvUnroll;
+  const int64_t N = w.N, K = w.K, C = K / 32;
+  float xr[32];
+  auto load_x = [&](int seg) {
+    const int64_t c = (int64_t)seg * KW * 32 + kw * 32 + lane;
+    if (c < C) {
+      load32<T>(x + c * 32, xr);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 32; j++) xr[j] = 0.0f;
+    }
+  };
+  if (nseg == 1) load_x(0);
+  int buf = 0;
+  const int64_t it0 = (int64_t)blockIdx.x * iters_per_cta;
+  for (int64_t it = it0; it < it0 + iters_per_cta; it++) {
+    const int64_t base = it * rows_per_iter;
+    if (base >= N) break;  // uniform across the CTA
+    float acc[kGemvUnroll];
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; u++) acc[u] = 0.0f;
+    for (int seg = 0; seg < nseg; seg++) {
+      if (nseg > 1) load_x(seg);
+      const int64_t c = (int64_t)seg * KW * 32 + kw * 32 + lane;
+      uint4 wv[kGemvUnroll];
+      float am[kGemvUnroll];
+#pragma unroll
+      for (int u = 0; u < kGemvUnroll; u++) {
+        const int64_t row = base + rg * kGemvUnroll + u;
+        const bool ok = c < C && row < N;
+        const int64_t e = row * K + c * 32;
+        wv[u] = ok ? __ldcs(reinterpret_cast<const uint4*>(w.packed + e / 2)) : make_uint4(0, 0, 0, 0);
+        am[u] = ok ? block_absmax<DQ>(w, s_ncode, off, e >> w.log2_bs) : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kGemvUnroll; u++) {
+        const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+        float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+#pragma unroll
+          for (int b = 0; b < 4; b++) {
+            const uint32_t byte = (words[q] >> (8 * b)) & 0xffu;
+            const int j = (q * 4 + b) * 2;
+            if (HALF_LUT) {
+              const uint32_t h = s_lut[(byte << 5) | lane];
+              const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
+              d0 = fmaf(f.x, xr[j], d0);
+              d1 = fmaf(f.y, xr[j + 1], d1);
+            } else {
+              const float* f = reinterpret_cast<const float*>(s_lut);
+              d0 = fmaf(f[((byte >> 4) << 5) | lane], xr[j], d0);
+              d1 = fmaf(f[((byte & 15u) << 5) | lane], xr[j + 1], d1);
+            }
+          }
+        }
+        acc[u] = fmaf(am[u], d0 + d1, acc[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; u++)
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc[u] += __shfl_xor_sync(0xffffffffu, acc[u], o);
+    if (KW == 1) {
+      if (lane == 0)
+#pragma unroll
+        for (int u = 0; u < kGemvUnroll; u++) {
+          const int64_t row = base + rg * kGemvUnroll + u;
+          if (row < N) out[row] = dev::from_f32<T>(acc[u] + (bias ? dev::to_f32(bias[row]) : 0.0f));
+        }
+    } else {
+      float* part = s_part + buf * 64 * 8;
+      if (lane == 0)
+#pragma unroll
+        for (int u = 0; u < kGemvUnroll; u++) part[(rg * kGemvUnroll + u) * 8 + kw] = acc[u];
+      __syncthreads();
+      if (threadIdx.x < rows_per_iter) {
+        const int64_t row = base + threadIdx.x;
+        float s = 0.0f;
+        for (int i = 0; i < KW; i++) s += part[threadIdx.x * 8 + i];
+        if (row < N) out[row] = dev::from_f32<T>(s + (bias ? dev::to_f32(bias[row]) : 0.0f));
+      }
+      buf ^= 1;
+    }
+  }
+}
+
+// ---- SIMT fallback --------------------------------------------------------------------------------
+constexpr int kSimtBM = 32, kSimtBN = 64, kSimtBK = 32;
+
+template <typename T, int KIND, bool DQ>
+__global__ void __launch_bounds__(256)
+    k_simt4(const T* __restrict__ x, int64_t M, W4 w, const T* __restrict__ bias, T* __restrict__ out) {
+  __shared__ float s_x[kSimtBM][kSimtBK + 1];
+  __shared__ float s_w[kSimtBN][kSimtBK + 1];
+  __shared__ float s_ncode[256];
+  __shared__ float s_tab[64];
+  dev::load_tables4(s_tab);
+  load_ncode<DQ>(w, s_ncode);
+  __syncthreads();
+  const float off = load_offset<DQ>(w);
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const int64_t m0 = (int64_t)blockIdx.y * kSimtBM, n0 = (int64_t)blockIdx.x * kSimtBN;
+  const int64_t N = w.N, K = w.K;
+  float acc[2][4] = {};
+  for (int64_t k0 = 0; k0 < K; k0 += kSimtBK) {
+    for (int i = tid; i < kSimtBM * kSimtBK; i += 256) {
+      const int r = i / kSimtBK, c = i % kSimtBK;
+      const int64_t m = m0 + r, k = k0 + c;
+      s_x[r][c] = (m < M && k < K) ? dev::to_f32(x[m * K + k]) : 0.0f;
+    }
+    for (int i = tid; i < kSimtBN * kSimtBK; i += 256) {
+      const int r = i / kSimtBK, c = i % kSimtBK;
+      const int64_t n = n0 + r, k = k0 + c;
+      float v = 0.0f;
+      if (n < N && k < K) {
+        const int64_t e = n * K + k;
+        const uint8_t byte = w.packed[e >> 1];
+        const uint32_t code = (e & 1) ? (byte & 15u) : (byte >> 4);
+        v = __fmul_rn(dev::value4<KIND>(s_tab, code), block_absmax<DQ>(w, s_ncode, off, e >> w.log2_bs));
+      }
+      s_w[r][c] = v;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int c = 0; c < kSimtBK; c++) {
+      const float a0 = s_x[ty * 2][c], a1 = s_x[ty * 2 + 1][c];
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const float b = s_w[tx + 16 * j][c];
+        acc[0][j] = fmaf(a0, b, acc[0][j]);
+        acc[1][j] = fmaf(a1, b, acc[1][j]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int64_t m = m0 + ty * 2 + i, n = n0 + tx + 16 * j;
+      if (m < M && n < N) out[m * N + n] = dev::from_f32<T>(acc[i][j] + (bias ? dev::to_f32(bias[n]) : 0.0f));
+    }
+}
+
+// ---- tensor-core GEMM ---------------------------------------------------------------------------------
+constexpr int kBN = 128, kBK = 64, kStages = 3;
+
+template <typename T> struct Pair;
+template <> struct Pair<__half> {
+  using type = __half2;
+  static __device__ __forceinline__ __half2 make(float a, float b) { return __floats2half2_rn(a, b); }
+  static __device__ __forceinline__ __half2 splat(float a) { return __float2half2_rn(a); }
+};
+template <> struct Pair<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+  static __device__ __forceinline__ __nv_bfloat162 make(float a, float b) { return __floats2bfloat162_rn(a, b); }
+  static __device__ __forceinline__ __nv_bfloat162 splat(float a) { return __float2bfloat162_rn(a); }
+};
+
+template <int BM>
+struct MmaCfg {
+  static constexpr int WM = BM >= 64 ? 2 : 1;  // warps along M
+  static constexpr int WN = 4;                 // warps along N (32 columns each)
+  static constexpr int kThreads = 32 * WM * WN;
+  static constexpr int MT = BM / WM / 16;       // m16 tiles per warp
+  static constexpr int kLutBytes = 256 * 32 * 4;
+  static constexpr int kABytes = BM * kBK * 2;  // per stage
+  static constexpr int kBBytes = kBN * kBK / 2;
+  static constexpr int kAbsBytes = kBN * 2 * 4;
+  static constexpr int kSmem = kLutBytes + kStages * (kABytes + kBBytes + kAbsBytes) + 256 * 4;
+};
+
+// x rows are 128 bytes per k-tile (eight 16-byte chunks): chunk c of row r at c ^ (r & 7).
+__device__ __forceinline__ int a_off(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
+// weight rows are 32 bytes per k-tile: chunk c of row r at c ^ ((r >> 2) & 1).
+__device__ __forceinline__ int b_off(int r, int c) { return r * 32 + ((c ^ ((r >> 2) & 1)) << 4); }
+
+template <typename T, int BM, int KIND, bool DQ>
+__global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
+    k_mma4(const T* __restrict__ x, int M, W4 w, const T* __restrict__ bias, T* __restrict__ out,
+           float* __restrict__ ws, int ktiles_per_split) {
+  using Cfg = MmaCfg<BM>;
+  using P2 = Pair<T>;
+  using T2 = typename P2::type;
+  extern __shared__ __align__(128) uint8_t smem[];
+  uint32_t* s_lut = reinterpret_cast<uint32_t*>(smem);
+  uint8_t* s_a = smem + Cfg::kLutBytes;
+  uint8_t* s_b = s_a + kStages * Cfg::kABytes;
+  float* s_abs = reinterpret_cast<float*>(s_b + kStages * Cfg::kBBytes);
+  float* s_ncode = s_abs + kStages * kBN * 2;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / Cfg::WN, wn = warp % Cfg::WN;
+  for (int i = tid; i < 256 * 32; i += Cfg::kThreads) {
+    const int byte = i >> 5;
+    const float hi = KIND == 1 ? fmt::nf4_value(byte >> 4) : fmt::fp4_value(byte >> 4);
+    const float lo = KIND == 1 ? fmt::nf4_value(byte & 15) : fmt::fp4_value(byte & 15);
+    T2 h = P2::make(hi, lo);
+    s_lut[i] = *reinterpret_cast<uint32_t*>(&h);
+  }
+  load_ncode<DQ>(w, s_ncode);
+  __syncthreads();
+  const float off = load_offset<DQ>(w);
+
+  const int N = (int)w.N, K = (int)w.K;
+  const int n0 = blockIdx.x * kBN, m0 = blockIdx.y * BM;
+  const int ktiles = (K + kBK - 1) / kBK;
+  const int kt_begin = blockIdx.z * ktiles_per_split;
+  const int kt_end = min(ktiles, kt_begin + ktiles_per_split);
+  const int nk = kt_end - kt_begin;
+
+  auto issue_tile = [&](int stage, int kt) {
+    const int k0 = kt * kBK;
+    for (int i = tid; i < BM * 8; i += Cfg::kThreads) {  // x: BM rows x 8 chunks
+      const int r = i >> 3, c = i & 7;
+      const int m = m0 + r, k = k0 + c * 8;
+      const bool ok = m < M && k < K;
+      dev::cp_async16(s_a + stage * Cfg::kABytes + a_off(r, c), ok ? x + (int64_t)m * K + k : x, ok ? 16 : 0);
+    }
+    for (int i = tid; i < kBN * 2; i += Cfg::kThreads) {  // weight: 128 rows x 2 chunks
+      const int r = i >> 1, c = i & 1;
+      const int n = n0 + r, k = k0 + c * 32;
+      const bool ok = n < N && k < K;
+      const uint8_t* src = ok ? w.packed + ((int64_t)n * K + k) / 2 : w.packed;
+      dev::cp_async16(s_b + stage * Cfg::kBBytes + b_off(r, c), src, ok ? 16 : 0);
+    }
+  };
+  // Absmax of (row, 32-element half of the k-tile): each half lies inside one block
+  // because K % 32 == 0 and blocksize >= 32.
+  constexpr int kAbsPer = (kBN * 2 + Cfg::kThreads - 1) / Cfg::kThreads;
+  auto fetch_abs = [&](int kt, float (&v)[kAbsPer]) {
+#pragma unroll
+    for (int q = 0; q < kAbsPer; q++) {
+      const int i = tid + q * Cfg::kThreads;
+      const int r = i >> 1, h = i & 1;
+      const int n = n0 + r, k = kt * kBK + h * 32;
+      v[q] = (i < kBN * 2 && n < N && k < K) ? block_absmax<DQ>(w, s_ncode, off, ((int64_t)n * K + k) >> w.log2_bs)
+                                             : 0.0f;
+    }
+  };
+  auto store_abs = [&](int stage, const float (&v)[kAbsPer]) {
+#pragma unroll
+    for (int q = 0; q < kAbsPer; q++) {
+      const int i = tid + q * Cfg::kThreads;
+      if (i < kBN * 2) s_abs[stage * kBN * 2 + i] = v[q];
+    }
+  };
+
+  float acc[Cfg::MT][4][4];
+#pragma unroll
+  for (int i = 0; i < Cfg::MT; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+      for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
+
+  float pf[kAbsPer];
+  if (nk > 0) {
+    issue_tile(0, kt_begin);
+    fetch_abs(kt_begin, pf);
+    store_abs(0, pf);
+  }
+  dev::cp_async_commit();
+  if (nk > 1) {
+    issue_tile(1, kt_begin + 1);
+    fetch_abs(kt_begin + 1, pf);
+  }
+  dev::cp_async_commit();
+
+  const int g = lane >> 2, t = lane & 3;
+  for (int it = 0; it < nk; it++) {
+    dev::cp_async_wait<1>();
+    __syncthreads();
+    if (it + 2 < nk) issue_tile((it + 2) % kStages, kt_begin + it + 2);
+    dev::cp_async_commit();
+    if (it + 1 < nk) store_abs((it + 1) % kStages, pf);
+    if (it + 2 < nk) fetch_abs(kt_begin + it + 2, pf);
+
+    const int st = it % kStages;
+    const uint8_t* a_s = s_a + st * Cfg::kABytes;
+    const uint8_t* b_s = s_b + st * Cfg::kBBytes;
+    const float* abs_s = s_abs + st * kBN * 2;
+    // B fragments for this warp's four n8 tiles: row (wn*32 + j*8 + g), byte t of each word.
+    uint32_t words[4][8];
+    T2 scale[4][2];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int r = wn * 32 + j * 8 + g;
+      const uint4 lo = *reinterpret_cast<const uint4*>(b_s + b_off(r, 0));
+      const uint4 hi = *reinterpret_cast<const uint4*>(b_s + b_off(r, 1));
+      words[j][0] = lo.x; words[j][1] = lo.y; words[j][2] = lo.z; words[j][3] = lo.w;
+      words[j][4] = hi.x; words[j][5] = hi.y; words[j][6] = hi.z; words[j][7] = hi.w;
+      scale[j][0] = P2::splat(abs_s[r * 2]);
+      scale[j][1] = P2::splat(abs_s[r * 2 + 1]);
+    }
+#pragma unroll
+    for (int s = 0; s < 4; s++) {
+      uint32_t af[Cfg::MT][4];
+#pragma unroll
+      for (int i = 0; i < Cfg::MT; i++) {
+        const int mat = lane >> 3;
+        const int r = wm * (BM / Cfg::WM) + i * 16 + (mat & 1) * 8 + (lane & 7);
+        dev::ldmatrix_x4(af[i], a_s + a_off(r, 2 * s + (mat >> 1)));
+      }
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        uint32_t bf[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const uint32_t byte = (words[j][2 * s + h] >> (8 * t)) & 0xffu;
+          uint32_t code = s_lut[(byte << 5) | lane];
+          T2 v = *reinterpret_cast<T2*>(&code);
+          v = __hmul2(v, scale[j][s >> 1]);
+          bf[h] = *reinterpret_cast<uint32_t*>(&v);
+        }
+#pragma unroll
+        for (int i = 0; i < Cfg::MT; i++) dev::mma_16816<T>(acc[i][j], af[i], bf);
+      }
+    }
+  }
+  dev::cp_async_wait<0>();
+
+#pragma unroll
+  for (int i = 0; i < Cfg::MT; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        const int m = m0 + wm * (BM / Cfg::WM) + i * 16 + g + (q >> 1) * 8;
+        const int n = n0 + wn * 32 + j * 8 + t * 2 + (q & 1);
+        if (m < M && n < N) {
+          if (ws) {
+            ws[((int64_t)blockIdx.z * M + m) * N + n] = acc[i][j][q];
+          } else {
+            out[(int64_t)m * N + n] = dev::from_f32<T>(acc[i][j][q] + (bias ? dev::to_f32(bias[n]) : 0.0f));
+          }
+        }
+      }
+}
+
+template <typename T>
+__global__ void k_splitk_reduce(const float* __restrict__ ws, int splits, int64_t MN, int64_t N,
+                                const T* __restrict__ bias, T* __restrict__ out) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < MN; i += (int64_t)gridDim.x * blockDim.x) {
+    float s = 0.0f;
+    for (int z = 0; z < splits; z++) s += ws[z * MN + i];
+    out[i] = dev::from_f32<T>(s + (bias ? dev::to_f32(bias[i % N]) : 0.0f));
+  }
+}
+
+// ---- host side --------------------------------------------------------------------------------------
+W4 make_w4(const Weight4bit& w, const char* op) {
+  if (!w.packed) throw std::runtime_error(std::string(op) + ": missing packed weight");
+  if (!w.absmax && !(w.qabsmax && w.nested_absmax && w.nested_code))
+    throw std::runtime_error(std::string(op) + ": missing absmax (or double-quantized absmax state)");
+  if (w.N <= 0 || w.K <= 0) throw std::runtime_error(std::string(op) + ": empty weight");
+  if (w.N > 0x7fffffffLL || w.K > 0x7fffffffLL) throw std::runtime_error(std::string(op) + ": weight too large");
+  int l2 = 0;
+  if (!fmt::valid_4bit_blocksize(w.blocksize))
+    throw std::runtime_error(std::string(op) + ": unsupported blocksize " + std::to_string(w.blocksize));
+  while ((1 << l2) < w.blocksize) l2++;
+  W4 d;
+  d.packed = w.packed;
+  d.absmax = w.absmax;
+  d.qabsmax = w.qabsmax;
+  d.nested = w.nested_absmax;
+  d.ncode = w.nested_code;
+  d.offset_ptr = w.offset_ptr;
+  d.offset = w.offset;
+  d.log2_bs = l2;
+  d.N = w.N;
+  d.K = w.K;
+  return d;
+}
+
+bool gemv_ok(const void* x, const Weight4bit& w) { return w.K % 32 == 0 && aligned16(x) && aligned16(w.packed); }
+bool mma_ok(const void* x, DType dt, const Weight4bit& w) {
+  return (dt == DType::F16 || dt == DType::BF16) && w.K % 32 == 0 && aligned16(x) && aligned16(w.packed);
+}
+
+template <typename T, int KIND, bool DQ>
+void run_gemv(bool half_lut, const T* x, const W4& w, const T* bias, T* out, cudaStream_t s, const char* op) {
+  const int64_t C = w.K / 32;
+  int KW = 1;
+  while (KW < 8 && (int64_t)KW * 32 < C) KW *= 2;
+  const int nseg = (int)((C + KW * 32 - 1) / (KW * 32));
+  const int rows_per_iter = (8 / KW) * kGemvUnroll;
+  const int64_t iters = (w.N + rows_per_iter - 1) / rows_per_iter;
+  const int64_t slots = (int64_t)sm_count() * 2;
+  const int64_t per_cta = (iters + slots - 1) / slots;
+  const unsigned grid = (unsigned)((iters + per_cta - 1) / per_cta);
+  const size_t smem = (256 + 2 * 64 * 8) * 4 + (half_lut ? 256 * 32 * 4 : 16 * 32 * 4);
+  if (half_lut) {
+    auto k = k_gemv4<T, KIND, DQ, true>;
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), op);
+    k<<<grid, kGemvThreads, smem, s>>>(x, w, bias, out, KW, nseg, (int)per_cta);
+  } else {
+    k_gemv4<T, KIND, DQ, false><<<grid, kGemvThreads, smem, s>>>(x, w, bias, out, KW, nseg, (int)per_cta);
+  }
+  NIBBLE_CUDA_CHECK_LAUNCH(op);
+}
+
+template <typename T, int KIND, bool DQ>
+void run_simt(const T* x, int64_t M, const W4& w, const T* bias, T* out, cudaStream_t s, const char* op) {
+  dim3 grid((unsigned)((w.N + kSimtBN - 1) / kSimtBN), (unsigned)((M + kSimtBM - 1) / kSimtBM));
+  if (grid.y > 65535) throw std::runtime_error(std::string(op) + ": too many rows for one launch");
+  k_simt4<T, KIND, DQ><<<grid, 256, 0, s>>>(x, M, w, bias, out);
+  NIBBLE_CUDA_CHECK_LAUNCH(op);
+}
+
+template <typename T, int BM, int KIND, bool DQ>
+void run_mma_bm(const T* x, int64_t M, const W4& w, const T* bias, T* out, cudaStream_t s, const char* op) {
+  using Cfg = MmaCfg<BM>;
+  const int ktiles = (int)((w.K + kBK - 1) / kBK);
+  const int64_t ctas = ((w.N + kBN - 1) / kBN) * ((M + BM - 1) / BM);
+  const int64_t target = (int64_t)sm_count() * 3 / 2;
+  int splits = (int)std::min<int64_t>(std::max<int64_t>(1, (target + ctas - 1) / ctas), 8);
+  splits = std::min(splits, std::max(1, ktiles / 8));
+  const int per_split = (ktiles + splits - 1) / splits;
+  splits = (ktiles + per_split - 1) / per_split;
+  dim3 grid((unsigned)((w.N + kBN - 1) / kBN), (unsigned)((M + BM - 1) / BM), (unsigned)splits);
+  if (grid.y > 65535) throw std::runtime_error(std::string(op) + ": too many rows for one launch");
+  auto k = k_mma4<T, BM, KIND, DQ>;
+  NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem), op);
+  float* ws = nullptr;
+  if (splits > 1)
+    NIBBLE_CUDA_CHECK(cudaMallocAsync((void**)&ws, sizeof(float) * splits * M * w.N, s),
+                      std::string(op) + ": split-K workspace");
+  k<<<grid, Cfg::kThreads, Cfg::kSmem, s>>>(x, (int)M, w, bias, out, ws, per_split);
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess && ws) {
+    const int64_t MN = M * w.N;
+    const unsigned g = (unsigned)std::min<int64_t>((MN + 255) / 256, (int64_t)sm_count() * 16);
+    k_splitk_reduce<T><<<g, 256, 0, s>>>(ws, splits, MN, w.N, bias, out);
+    e = cudaGetLastError();
+  }
+  if (ws) cudaFreeAsync(ws, s);
+  NIBBLE_CUDA_CHECK(e, std::string("launch ") + op);
+}
+
+template <typename T, int KIND, bool DQ>
+void run_mma(const T* x, int64_t M, const W4& w, const T* bias, T* out, cudaStream_t s, const char* op) {
+  if (M <= 16) run_mma_bm<T, 16, KIND, DQ>(x, M, w, bias, out, s, op);
+  else if (M <= 32) run_mma_bm<T, 32, KIND, DQ>(x, M, w, bias, out, s, op);
+  else if (M <= 64) run_mma_bm<T, 64, KIND, DQ>(x, M, w, bias, out, s, op);
+  else run_mma_bm<T, 128, KIND, DQ>(x, M, w, bias, out, s, op);
+}
+
+template <typename T, int KIND, bool DQ>
+void dispatch_path(Matmul4bitPath path, const T* x, int64_t M, const W4& w, const T* bias, T* out, cudaStream_t s,
+                   const char* op) {
+  switch (path) {
+    case Matmul4bitPath::Gemv:
+    case Matmul4bitPath::GemvHalfLut:
+      for (int64_t m = 0; m < M; m++)
+        run_gemv<T, KIND, DQ>(path == Matmul4bitPath::GemvHalfLut, x + m * w.K, w, bias, out + m * w.N, s, op);
+      break;
+    case Matmul4bitPath::Mma:
+      if constexpr (std::is_same<T, float>::value) {
+        throw std::runtime_error(std::string(op) + ": the tensor-core path needs float16 or bfloat16");
+      } else {
+        run_mma<T, KIND, DQ>(x, M, w, bias, out, s, op);
+      }
+      break;
+    default: run_simt<T, KIND, DQ>(x, M, w, bias, out, s, op); break;
+  }
+}
+
+template <typename T>
+void dispatch_kind(Matmul4bitPath path, QuantType qt, bool dq, const void* x, int64_t M, const W4& w,
+                   const void* bias, void* out, cudaStream_t s, const char* op) {
+  const T* xt = static_cast<const T*>(x);
+  const T* bt = static_cast<const T*>(bias);
+  T* ot = static_cast<T*>(out);
+  if (qt == QuantType::NF4) {
+    if (dq) dispatch_path<T, 1, true>(path, xt, M, w, bt, ot, s, op);
+    else dispatch_path<T, 1, false>(path, xt, M, w, bt, ot, s, op);
+  } else {
+    if (dq) dispatch_path<T, 0, true>(path, xt, M, w, bt, ot, s, op);
+    else dispatch_path<T, 0, false>(path, xt, M, w, bt, ot, s, op);
+  }
+}
+
+}  // namespace
+
+void matmul_4bit_path(Matmul4bitPath path, const void* x, DType dt, int64_t M, const Weight4bit& wt,
+                      const void* bias, void* out, cudaStream_t s) {
+  const char* op = "matmul_4bit";
+  if (M <= 0) throw std::runtime_error(std::string(op) + ": empty input");
+  const W4 w = make_w4(wt, op);
+  if (path == Matmul4bitPath::Auto) {
+    if (M == 1 && gemv_ok(x, wt)) path = Matmul4bitPath::Gemv;
+    else if (M > 1 && mma_ok(x, dt, wt)) path = Matmul4bitPath::Mma;
+    else path = Matmul4bitPath::Simt;
+  }
+  if ((path == Matmul4bitPath::Gemv || path == Matmul4bitPath::GemvHalfLut) && !gemv_ok(x, wt))
+    throw std::runtime_error(std::string(op) + ": GEMV path needs K % 32 == 0 and 16-byte aligned operands");
+  if (path == Matmul4bitPath::Mma && !mma_ok(x, dt, wt))
+    throw std::runtime_error(std::string(op) + ": tensor-core path needs float16/bfloat16, K % 32 == 0, aligned operands");
+  const bool dq = wt.absmax == nullptr;
+  switch (dt) {
+    case DType::F32: dispatch_kind<float>(path, wt.qt, dq, x, M, w, bias, out, s, op); break;
+    case DType::F16: dispatch_kind<__half>(path, wt.qt, dq, x, M, w, bias, out, s, op); break;
+    case DType::BF16: dispatch_kind<__nv_bfloat16>(path, wt.qt, dq, x, M, w, bias, out, s, op); break;
+    default: throw std::runtime_error(std::string(op) + ": x must be float32, float16 or bfloat16");
+  }
+}
+
+void matmul_4bit(const void* x, DType dt, int64_t M, const Weight4bit& w, const void* bias, void* out,
+                 cudaStream_t s) {
+  matmul_4bit_path(Matmul4bitPath::Auto, x, dt, M, w, bias, out, s);
+}
+
+}  // namespace cuda
+}  // namespace nibble
