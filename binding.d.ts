@@ -46,6 +46,8 @@ export interface NativeBinding {
   setNumThreads(n: number): void;
   cudaProbe(n: number, device?: number): Float32Array;
   memoryBandwidth(nbytes: number, iters: number): { readBytesPerSec: number; copyBytesPerSec: number };
+  /** cudaMemGetInfo for a GPU (bytes). */
+  cudaMemInfo(device?: number): { free: number; total: number };
 
   embedding(out: TensorLike, wte: TensorLike, wpe: TensorLike, ids: TensorLike, pos: TensorLike, ref?: boolean): void;
   layernorm(out: TensorLike, x: TensorLike, w: TensorLike, b: TensorLike, eps: number, ref?: boolean): void;

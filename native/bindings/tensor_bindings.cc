@@ -10,6 +10,7 @@
 #include "core/stream.h"
 #include "cpu/cpu_features.h"
 #include "cuda/cuda_api.h"
+#include "cuda/gpt2_cuda.h"
 
 namespace nibble {
 namespace {
@@ -200,6 +201,7 @@ class SyncWorker : public Napi::AsyncWorker {
   void Execute() override {
     try {
       CpuStream::instance().sync();
+      gpt2_cuda::synchronize_all();  // GPU kernels are queued on CUDA streams, not the CPU queue
     } catch (const std::exception& e) {
       SetError(e.what());
     }
@@ -221,6 +223,7 @@ NIBBLE_BINDING("sync", Sync);
 
 Napi::Value SyncBlocking(const Napi::CallbackInfo& info) {
   CpuStream::instance().sync();
+  gpt2_cuda::synchronize_all();
   return info.Env().Undefined();
 }
 NIBBLE_BINDING("syncBlocking", SyncBlocking);

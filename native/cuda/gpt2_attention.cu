@@ -1,0 +1,131 @@
+// Causal self-attention over a KV cache. Two launches: the new tokens' keys and values are
+// copied into the cache, then one block per (query, head, sequence) scores every allowed
+// key, takes the softmax in shared memory and sums the values. A decode step (T = 1) thus
+// reads each cached key and value row exactly once.
+#include <cmath>
+
+#include "cuda/gpt2_device.cuh"
+
+namespace nibble {
+namespace gpt2_cuda {
+
+namespace {
+
+__global__ void kv_write_kernel(const float* __restrict__ qkv, float* __restrict__ kc, float* __restrict__ vc,
+                                int64_t B, int64_t T, int64_t past, int64_t Tmax, int64_t H, int64_t D) {
+  const int64_t C = H * D, total = B * T * C;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t d = i % D, h = (i / D) % H, t = (i / C) % T, b = i / (C * T);
+    const float* row = qkv + (b * T + t) * 3 * C;
+    const int64_t dst = ((b * H + h) * Tmax + past + t) * D + d;
+    kc[dst] = row[C + h * D + d];
+    vc[dst] = row[2 * C + h * D + d];
+  }
+}
+
+// Shared memory: q[D] | p[L] | part[blockDim.x].
+template <bool VEC>
+__global__ void attention_kernel(float* __restrict__ out, const float* __restrict__ qkv, const float* __restrict__ kc,
+                                 const float* __restrict__ vc, const int32_t* __restrict__ mask, int64_t T,
+                                 int64_t past, int64_t Tmax, int64_t H, int D, float scale) {
+  extern __shared__ float sm[];
+  __shared__ float scratch[32];
+  const int64_t t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int64_t C = H * D, L = past + T, last = past + t;
+  float* q = sm;
+  float* p = sm + D;
+  float* part = p + L;
+  const int tid = threadIdx.x;
+  const float* qrow = qkv + (b * T + t) * 3 * C + h * D;
+  for (int d = tid; d < D; d += blockDim.x) q[d] = qrow[d];
+  __syncthreads();
+  const float* Kb = kc + (b * H + h) * Tmax * D;
+  const float* Vb = vc + (b * H + h) * Tmax * D;
+
+  float mx = -INFINITY;
+  for (int64_t j = tid; j <= last; j += blockDim.x) {
+    float s = -INFINITY;
+    if (!mask || mask[b * L + j]) {
+      float acc = 0.f;
+      const float* kr = Kb + j * D;
+      if (VEC) {
+        for (int d = 0; d < D; d += 4) {
+          float4 kv = *reinterpret_cast<const float4*>(kr + d);
+          acc = fmaf(q[d], kv.x, acc);
+          acc = fmaf(q[d + 1], kv.y, acc);
+          acc = fmaf(q[d + 2], kv.z, acc);
+          acc = fmaf(q[d + 3], kv.w, acc);
+        }
+      } else {
+        for (int d = 0; d < D; d++) acc = fmaf(q[d], kr[d], acc);
+      }
+      s = acc * scale;
+    }
+    p[j] = s;
+    mx = fmaxf(mx, s);
+  }
+  mx = block_max(mx, scratch);
+  float* o = out + (b * T + t) * C + h * D;
+  if (mx == -INFINITY) {  // a padding slot with nothing to attend to: zeros, as the CPU does
+    for (int d = tid; d < D; d += blockDim.x) o[d] = 0.f;
+    return;
+  }
+  float sum = 0.f;
+  for (int64_t j = tid; j <= last; j += blockDim.x) {
+    const float e = p[j] == -INFINITY ? 0.f : expf(p[j] - mx);
+    p[j] = e;
+    sum += e;
+  }
+  sum = block_sum(sum, scratch);  // its barriers also publish p[]
+
+  // Groups of D threads split the keys; each thread owns one output dimension.
+  const int G = blockDim.x / D, g = tid / D, d = tid % D;
+  float acc = 0.f;
+  if (g < G)
+    for (int64_t j = g; j <= last; j += G) acc = fmaf(p[j], Vb[j * D + d], acc);
+  part[tid] = acc;
+  __syncthreads();
+  if (tid < D) {
+    float r = 0.f;
+    for (int k = 0; k < G; k++) r += part[k * D + tid];
+    o[tid] = r / sum;
+  }
+}
+
+}  // namespace
+
+void attention(float* out, const float* qkv, float* kc, float* vc, const int32_t* mask, int64_t B, int64_t T,
+               int64_t past, int64_t Tmax, int64_t H, int64_t D, int device) {
+  if (B == 0 || T == 0 || H == 0 || D == 0) return;
+  if (D > 1024) throw std::runtime_error("attention: head size " + std::to_string(D) + " exceeds 1024");
+  if (T > 0x7fffffff || H > 65535 || B > 65535)
+    throw std::runtime_error("attention: B=" + std::to_string(B) + " T=" + std::to_string(T) + " H=" +
+                             std::to_string(H) + " exceeds one launch");
+  cudaStream_t s = begin(device);
+  const int64_t n = B * T * H * D;
+  int64_t g = (n + 255) / 256;
+  kv_write_kernel<<<(unsigned)(g < 65535 ? g : 65535), 256, 0, s>>>(qkv, kc, vc, B, T, past, Tmax, H, D);
+  NIBBLE_CUDA_CHECK_LAUNCH("attention (cache write)");
+
+  const int threads = D <= 128 ? 128 : (int)((D + 31) / 32 * 32);
+  const size_t smem = sizeof(float) * (size_t)(D + past + T + threads);
+  const bool vec = D % 4 == 0 && (reinterpret_cast<uintptr_t>(kc) & 15) == 0;
+  auto kernel = vec ? attention_kernel<true> : attention_kernel<false>;
+  if (smem > 48 * 1024) {
+    int dev_max = 0;
+    NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&dev_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                      "cudaDeviceGetAttribute");
+    if (smem > (size_t)dev_max)
+      throw std::runtime_error("attention: " + std::to_string(past + T) +
+                               " positions need more shared memory than the GPU has per block");
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                      "cudaFuncSetAttribute(attention)");
+  }
+  const float scale = (float)(1.0 / std::sqrt((double)D));
+  dim3 grid((unsigned)T, (unsigned)H, (unsigned)B);
+  kernel<<<grid, threads, smem, s>>>(out, qkv, kc, vc, mask, T, past, Tmax, H, (int)D, scale);
+  NIBBLE_CUDA_CHECK_LAUNCH("attention");
+}
+
+}  // namespace gpt2_cuda
+}  // namespace nibble

@@ -1,0 +1,39 @@
+// Used only when the addon is built without nvcc: the GPT-2 CUDA entry points explain why
+// they cannot run instead of failing to link.
+#include <stdexcept>
+
+#include "cuda/gpt2_cuda.h"
+
+namespace nibble {
+namespace gpt2_cuda {
+
+static const char* kNoCuda =
+    "this nibble binary was built without CUDA support (no nvcc at build time); "
+    "rebuild with nvcc on PATH (npm rebuild nibble-llm) to run GPT-2 on a GPU";
+
+cudaStream_t stream(int) { throw std::runtime_error(kNoCuda); }
+void synchronize_all() {}
+void mem_info(int, size_t*, size_t*) { throw std::runtime_error(kNoCuda); }
+void embedding(float*, const void*, const void*, DType, const int32_t*, const int32_t*, int64_t, int64_t, int64_t,
+               int64_t, int) {
+  throw std::runtime_error(kNoCuda);
+}
+void layernorm(float*, const float*, const void*, const void*, DType, int64_t, int64_t, float, int) {
+  throw std::runtime_error(kNoCuda);
+}
+void linear(float*, const float*, const void*, const void*, DType, int64_t, int64_t, int64_t, int) {
+  throw std::runtime_error(kNoCuda);
+}
+void linear_path(int, float*, const float*, const void*, const void*, DType, int64_t, int64_t, int64_t, int) {
+  throw std::runtime_error(kNoCuda);
+}
+void gelu_new(float*, const float*, int64_t, int) { throw std::runtime_error(kNoCuda); }
+void add(float*, const float*, const float*, int64_t, int) { throw std::runtime_error(kNoCuda); }
+void softmax(float*, const float*, int64_t, int64_t, int) { throw std::runtime_error(kNoCuda); }
+void attention(float*, const float*, float*, float*, const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+               int64_t, int) {
+  throw std::runtime_error(kNoCuda);
+}
+
+}  // namespace gpt2_cuda
+}  // namespace nibble

@@ -1,0 +1,198 @@
+// Unquantized linear layers, out[M,N] = x[M,K] . w[N,K]^T + bias, float32 activations and
+// float32/float16/bfloat16 weights, float32 products and sums.
+//  1. small M (decode, M <= 16): one warp per output feature streams its weight row once
+//     with 16-byte loads and keeps M accumulators in registers: the weight bytes dominate
+//     and are read exactly once, so this runs at memory speed.
+//  2. larger M (prefill): a 64x64 shared-memory tile per block, 4x4 outputs per thread.
+// Plain FMA, no TF32 tensor cores: float32 weights must match the CPU within 1e-4.
+#include <cstdint>
+
+#include "cuda/gpt2_device.cuh"
+
+namespace nibble {
+namespace gpt2_cuda {
+
+namespace {
+
+constexpr int kSmallMax = 16;
+constexpr int kWarpsPerBlock = 8;
+
+// 16 bytes of weights -> 16/sizeof(T) floats.
+__device__ __forceinline__ void unpack16(const uint4& r, float* f, float) {
+  f[0] = __uint_as_float(r.x), f[1] = __uint_as_float(r.y), f[2] = __uint_as_float(r.z), f[3] = __uint_as_float(r.w);
+}
+__device__ __forceinline__ void unpack16(const uint4& r, float* f, __half) {
+  const __half2* h = reinterpret_cast<const __half2*>(&r);
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float2 v = __half22float2(h[i]);
+    f[2 * i] = v.x, f[2 * i + 1] = v.y;
+  }
+}
+__device__ __forceinline__ void unpack16(const uint4& r, float* f, __nv_bfloat16) {
+  const uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) f[2 * i] = __uint_as_float(u[i] << 16), f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+}
+
+// Streams the weight past the L1: it is read once per call and would only evict x.
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+template <typename T, int MT>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    linear_small_m_kernel(float* __restrict__ out, const float* __restrict__ x, const T* __restrict__ w,
+                          const T* __restrict__ bias, int M, int64_t K, int64_t N, bool vec) {
+  constexpr int VEC = 16 / sizeof(T);
+  const int lane = threadIdx.x & 31;
+  const int64_t n = (int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const T* wr = w + n * K;
+  float acc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; m++) acc[m] = 0.f;
+  if (vec) {
+#pragma unroll 2
+    for (int64_t k = (int64_t)lane * VEC; k < K; k += 32 * VEC) {
+      float wf[VEC];
+      unpack16(load_stream(wr + k), wf, T());
+#pragma unroll
+      for (int m = 0; m < MT; m++) {
+        if (m < M) {
+          const float4* xp = reinterpret_cast<const float4*>(x + m * K + k);
+#pragma unroll
+          for (int v = 0; v < VEC / 4; v++) {
+            float4 xv = __ldg(xp + v);
+            acc[m] = fmaf(wf[4 * v], xv.x, acc[m]);
+            acc[m] = fmaf(wf[4 * v + 1], xv.y, acc[m]);
+            acc[m] = fmaf(wf[4 * v + 2], xv.z, acc[m]);
+            acc[m] = fmaf(wf[4 * v + 3], xv.w, acc[m]);
+          }
+        }
+      }
+    }
+  } else {
+    for (int64_t k = lane; k < K; k += 32) {
+      const float wk = to_f32(wr[k]);
+#pragma unroll
+      for (int m = 0; m < MT; m++)
+        if (m < M) acc[m] = fmaf(wk, x[m * K + k], acc[m]);
+    }
+  }
+  const float b = bias ? to_f32(bias[n]) : 0.f;
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    float s = warp_sum(acc[m]);
+    if (lane == 0 && m < M) out[m * N + n] = s + b;
+  }
+}
+
+constexpr int kTile = 64, kTileK = 16;
+
+template <typename T>
+__global__ void __launch_bounds__(256)
+    linear_tiled_kernel(float* __restrict__ out, const float* __restrict__ x, const T* __restrict__ w,
+                        const T* __restrict__ bias, int64_t M, int64_t K, int64_t N) {
+  __shared__ float xs[kTileK][kTile + 4];
+  __shared__ float ws[kTileK][kTile + 4];
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int64_t m0 = (int64_t)blockIdx.y * kTile, n0 = (int64_t)blockIdx.x * kTile;
+  float acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const int e = tid + i * 256, r = e / kTileK, kk = e % kTileK;
+      const int64_t gk = k0 + kk, gm = m0 + r, gn = n0 + r;
+      xs[kk][r] = (gm < M && gk < K) ? x[gm * K + gk] : 0.f;
+      ws[kk][r] = (gn < N && gk < K) ? to_f32(w[gn * K + gk]) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk++) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) a[i] = xs[kk][ty * 4 + i], b[i] = ws[kk][tx * 4 + i];
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int64_t m = m0 + ty * 4 + i;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int64_t n = n0 + tx * 4 + j;
+      if (n < N) out[m * N + n] = acc[i][j] + (bias ? to_f32(bias[n]) : 0.f);
+    }
+  }
+}
+
+template <typename T>
+void launch_small(float* out, const float* x, const T* w, const T* bias, int64_t M, int64_t K, int64_t N,
+                  cudaStream_t s) {
+  constexpr int VEC = 16 / sizeof(T);
+  const bool vec = K % VEC == 0 && (reinterpret_cast<uintptr_t>(w) & 15) == 0 &&
+                   (reinterpret_cast<uintptr_t>(x) & 15) == 0;
+  const unsigned grid = blocks_for(N, kWarpsPerBlock);
+  const int threads = kWarpsPerBlock * 32, m = (int)M;
+  if (M == 1) linear_small_m_kernel<T, 1><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
+  else if (M == 2) linear_small_m_kernel<T, 2><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
+  else if (M <= 4) linear_small_m_kernel<T, 4><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
+  else if (M <= 8) linear_small_m_kernel<T, 8><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
+  else linear_small_m_kernel<T, 16><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
+}
+
+template <typename T>
+void launch_tiled(float* out, const float* x, const T* w, const T* bias, int64_t M, int64_t K, int64_t N,
+                  cudaStream_t s) {
+  const int64_t gy = (M + kTile - 1) / kTile;
+  if (gy > 65535) throw std::runtime_error("linear: " + std::to_string(M) + " rows exceed one launch");
+  dim3 grid(blocks_for(N, kTile), (unsigned)gy);
+  linear_tiled_kernel<T><<<grid, 256, 0, s>>>(out, x, w, bias, M, K, N);
+}
+
+template <typename T>
+void run(int path, float* out, const float* x, const T* w, const T* bias, int64_t M, int64_t K, int64_t N,
+         cudaStream_t s) {
+  if (path == 0) path = M <= kSmallMax ? 1 : 2;
+  if (path == 1) {
+    if (M > kSmallMax) throw std::runtime_error("linear: the small-M kernel takes at most 16 rows");
+    launch_small(out, x, w, bias, M, K, N, s);
+  } else {
+    launch_tiled(out, x, w, bias, M, K, N, s);
+  }
+}
+
+}  // namespace
+
+void linear_path(int path, float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M,
+                 int64_t K, int64_t N, int device) {
+  if (M == 0 || N == 0) return;
+  cudaStream_t s = begin(device);
+  // K == 0 needs no special case: both kernels then write the bias (or zeros).
+  switch (wdt) {
+    case DType::F32: run(path, out, x, (const float*)w, (const float*)bias, M, K, N, s); break;
+    case DType::F16: run(path, out, x, (const __half*)w, (const __half*)bias, M, K, N, s); break;
+    case DType::BF16: run(path, out, x, (const __nv_bfloat16*)w, (const __nv_bfloat16*)bias, M, K, N, s); break;
+    default: throw std::runtime_error(std::string("linear: weights of ") + dtype_name(wdt) + " are not supported");
+  }
+  NIBBLE_CUDA_CHECK_LAUNCH("linear [" + std::to_string(M) + "x" + std::to_string(K) + "] x [" + std::to_string(N) +
+                           "x" + std::to_string(K) + "]^T");
+}
+
+void linear(float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M, int64_t K, int64_t N,
+            int device) {
+  linear_path(0, out, x, w, bias, wdt, M, K, N, device);
+}
+
+}  // namespace gpt2_cuda
+}  // namespace nibble

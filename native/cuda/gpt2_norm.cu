@@ -1,0 +1,75 @@
+// Row reductions: LayerNorm and softmax, one block per row. Two passes over the row (mean,
+// then the centred variance) as the CPU reference does, so large offsets do not cancel.
+#include "cuda/gpt2_device.cuh"
+
+namespace nibble {
+namespace gpt2_cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename P>
+__global__ void layernorm_kernel(float* __restrict__ out, const float* __restrict__ x, const P* __restrict__ w,
+                                 const P* __restrict__ b, int64_t C, float eps) {
+  __shared__ float scratch[32];
+  const float* xr = x + blockIdx.x * C;
+  float* orow = out + blockIdx.x * C;
+  float s = 0.f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
+  const float mean = block_sum(s, scratch) / (float)C;
+  float v = 0.f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float d = xr[c] - mean;
+    v += d * d;
+  }
+  const float rstd = rsqrtf(block_sum(v, scratch) / (float)C + eps);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) orow[c] = (xr[c] - mean) * rstd * to_f32(w[c]) + to_f32(b[c]);
+}
+
+__global__ void softmax_kernel(float* __restrict__ out, const float* __restrict__ x, int64_t cols) {
+  __shared__ float scratch[32];
+  const float* xr = x + blockIdx.x * cols;
+  float* orow = out + blockIdx.x * cols;
+  float m = -INFINITY;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, xr[c]);
+  m = block_max(m, scratch);
+  float s = 0.f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += expf(xr[c] - m);
+  const float inv = 1.f / block_sum(s, scratch);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) orow[c] = expf(xr[c] - m) * inv;
+}
+
+void check_rows(const char* op, int64_t rows) {
+  if (rows > 0x7fffffff) throw std::runtime_error(std::string(op) + ": too many rows for one launch");
+}
+
+}  // namespace
+
+void layernorm(float* out, const float* x, const void* w, const void* b, DType pdt, int64_t rows, int64_t C,
+               float eps, int device) {
+  if (rows == 0 || C == 0) return;
+  check_rows("layernorm", rows);
+  cudaStream_t s = begin(device);
+  const unsigned g = (unsigned)rows;
+  switch (pdt) {
+    case DType::F32: layernorm_kernel<<<g, kThreads, 0, s>>>(out, x, (const float*)w, (const float*)b, C, eps); break;
+    case DType::F16: layernorm_kernel<<<g, kThreads, 0, s>>>(out, x, (const __half*)w, (const __half*)b, C, eps); break;
+    case DType::BF16:
+      layernorm_kernel<<<g, kThreads, 0, s>>>(out, x, (const __nv_bfloat16*)w, (const __nv_bfloat16*)b, C, eps);
+      break;
+    default: throw std::runtime_error(std::string("layernorm: parameters of ") + dtype_name(pdt) + " are not supported");
+  }
+  NIBBLE_CUDA_CHECK_LAUNCH("layernorm");
+}
+
+void softmax(float* out, const float* x, int64_t rows, int64_t cols, int device) {
+  if (rows == 0 || cols == 0) return;
+  check_rows("softmax", rows);
+  cudaStream_t s = begin(device);
+  softmax_kernel<<<(unsigned)rows, kThreads, 0, s>>>(out, x, cols);
+  NIBBLE_CUDA_CHECK_LAUNCH("softmax");
+}
+
+}  // namespace gpt2_cuda
+}  // namespace nibble

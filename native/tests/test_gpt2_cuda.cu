@@ -1,0 +1,241 @@
+// GPT-2 CUDA kernels vs the CPU reference (native/cpu/gpt2_ops.h), on fresh random inputs
+// and awkward sizes. Runs on the GPU host without Node.js:
+//   build-gpu/test_gpt2_cuda [seed]
+// Every output is poisoned (NaN bytes) before the kernel runs, so an unwritten element fails.
+// Prints one line per case and a summary; exit status 1 on any failure.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "cpu/gpt2_ops.h"
+#include "cuda/gpt2_cuda.h"
+
+using namespace nibble;
+
+namespace {
+
+#define CHECK(x)                                                                                          \
+  do {                                                                                                    \
+    cudaError_t e_ = (x);                                                                                 \
+    if (e_ != cudaSuccess) throw std::runtime_error(std::string(#x) + ": " + cudaGetErrorString(e_));     \
+  } while (0)
+
+std::mt19937_64 rng;
+int failures = 0, cases = 0;
+
+std::vector<float> randn(size_t n, float scale = 1.f, float mean = 0.f) {
+  std::normal_distribution<float> d(mean, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Host bytes of `v` in dtype dt, and the float32 values those bytes hold.
+std::vector<uint8_t> encode(const std::vector<float>& v, DType dt, std::vector<float>* widened) {
+  std::vector<uint8_t> b(v.size() * dtype_size(dt));
+  widened->resize(v.size());
+  for (size_t i = 0; i < v.size(); i++) {
+    store_from_float(b.data(), dt, i, v[i]);
+    (*widened)[i] = load_as_float(b.data(), dt, i);
+  }
+  return b;
+}
+
+struct Dev {
+  void* p = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t bytes) : n(bytes) { CHECK(cudaMalloc(&p, bytes ? bytes : 4)); }
+  template <typename T>
+  Dev(const std::vector<T>& v) : Dev(v.size() * sizeof(T)) {
+    CHECK(cudaMemcpy(p, v.data(), n, cudaMemcpyHostToDevice));
+  }
+  ~Dev() { cudaFree(p); }
+  void poison() { CHECK(cudaMemset(p, 0xff, n)); }  // 0xffffffff is a NaN
+  template <typename T = float>
+  T* as() const { return static_cast<T*>(p); }
+  std::vector<float> get() const {
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) throw std::runtime_error(std::string("kernel: ") + cudaGetErrorString(e));
+    std::vector<float> v(n / 4);
+    CHECK(cudaMemcpy(v.data(), p, n, cudaMemcpyDeviceToHost));
+    return v;
+  }
+};
+
+// ||got - want|| / ||want|| (absolute when want is all zeros); NaN fails.
+void compare(const std::string& name, const std::vector<float>& got, const std::vector<float>& want, double tol) {
+  cases++;
+  double num = 0, den = 0, maxd = 0;
+  bool nan = got.size() != want.size();
+  for (size_t i = 0; i < want.size() && !nan; i++) {
+    if (std::isnan(got[i]) != std::isnan(want[i])) nan = true;
+    double d = (double)got[i] - want[i];
+    num += d * d, den += (double)want[i] * want[i];
+    maxd = std::fmax(maxd, std::fabs(d));
+  }
+  double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  bool ok = !nan && rel <= tol;
+  if (!ok) failures++;
+  std::printf("%-4s %-58s rel %.2e  max|d| %.2e%s\n", ok ? "ok" : "FAIL", name.c_str(), rel, maxd,
+              nan ? "  (NaN / size mismatch)" : "");
+}
+
+const char* dtn(DType d) { return dtype_name(d); }
+
+void test_embedding(int64_t T, int64_t C, int64_t V, int64_t P, DType dt) {
+  std::vector<float> wte_f, wpe_f;
+  auto wte_b = encode(randn(V * C), dt, &wte_f);
+  auto wpe_b = encode(randn(P * C, 0.1f), dt, &wpe_f);
+  std::vector<int32_t> ids(T), pos(T);
+  for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(rng() % V), pos[t] = (int32_t)(rng() % P);
+  std::vector<float> want(T * C);
+  cpu::embedding_ref(want.data(), wte_b.data(), wpe_b.data(), dt, ids.data(), pos.data(), T, C);
+  Dev wte(wte_b), wpe(wpe_b), di(ids), dp(pos), out(T * C * 4);
+  out.poison();
+  gpt2_cuda::embedding(out.as(), wte.p, wpe.p, dt, di.as<int32_t>(), dp.as<int32_t>(), T, C, V, P, 0);
+  compare("embedding T=" + std::to_string(T) + " C=" + std::to_string(C) + " " + dtn(dt), out.get(), want, 1e-6);
+}
+
+void test_layernorm(int64_t rows, int64_t C, DType dt) {
+  auto x = randn(rows * C, 2.f, 3.f);  // an offset mean: the centred variance must not cancel
+  std::vector<float> wf, bf;
+  auto wb = encode(randn(C, 0.5f, 1.f), dt, &wf);
+  auto bb = encode(randn(C, 0.2f), dt, &bf);
+  std::vector<float> want(rows * C);
+  cpu::layernorm_ref(want.data(), x.data(), wb.data(), bb.data(), dt, rows, C, 1e-5f);
+  Dev dx(x), dw(wb), db(bb), out(rows * C * 4);
+  out.poison();
+  gpt2_cuda::layernorm(out.as(), dx.as(), dw.p, db.p, dt, rows, C, 1e-5f, 0);
+  compare("layernorm rows=" + std::to_string(rows) + " C=" + std::to_string(C) + " " + dtn(dt), out.get(), want,
+          1e-5);
+}
+
+void test_linear(int path, int64_t M, int64_t K, int64_t N, DType dt, bool bias) {
+  auto x = randn(M * K);
+  std::vector<float> wf, bf;
+  auto wb = encode(randn(N * K, 1.f / std::sqrt((float)K + 1)), dt, &wf);
+  auto bb = encode(randn(N), dt, &bf);
+  std::vector<float> want(M * N);
+  cpu::linear_ref(want.data(), x.data(), wb.data(), bias ? bb.data() : nullptr, dt, M, K, N);
+  Dev dx(x), dw(wb), db(bb), out(M * N * 4);
+  out.poison();
+  gpt2_cuda::linear_path(path, out.as(), dx.as(), dw.p, bias ? db.p : nullptr, dt, M, K, N, 0);
+  compare(std::string("linear/") + (path == 1 ? "small" : "tiled") + " M=" + std::to_string(M) + " K=" +
+              std::to_string(K) + " N=" + std::to_string(N) + " " + dtn(dt) + (bias ? " +bias" : ""),
+          out.get(), want, 1e-5);
+}
+
+void test_pointwise(int64_t n) {
+  auto x = randn(n, 3.f), y = randn(n);
+  std::vector<float> want(n);
+  Dev dx(x), dy(y), out(n * 4);
+  cpu::gelu_new_ref(want.data(), x.data(), n);
+  out.poison();
+  gpt2_cuda::gelu_new(out.as(), dx.as(), n, 0);
+  compare("gelu_new n=" + std::to_string(n), out.get(), want, 1e-6);
+  cpu::add_ref(want.data(), x.data(), y.data(), n);
+  out.poison();
+  gpt2_cuda::add(out.as(), dx.as(), dy.as(), n, 0);
+  compare("add n=" + std::to_string(n), out.get(), want, 1e-7);
+  gpt2_cuda::add(dx.as(), dx.as(), dy.as(), n, 0);  // in place, as the residual stream does
+  compare("add in place n=" + std::to_string(n), dx.get(), want, 1e-7);
+}
+
+void test_softmax(int64_t rows, int64_t cols) {
+  auto x = randn(rows * cols, 4.f);
+  std::vector<float> want(rows * cols);
+  cpu::softmax_ref(want.data(), x.data(), rows, cols);
+  Dev dx(x), out(rows * cols * 4);
+  out.poison();
+  gpt2_cuda::softmax(out.as(), dx.as(), rows, cols, 0);
+  compare("softmax rows=" + std::to_string(rows) + " cols=" + std::to_string(cols), out.get(), want, 1e-5);
+}
+
+// Runs a prefill of T0 tokens, then `steps` single-token decode steps, on both sides, with
+// the first `pad[b]` positions of sequence b masked (left padding) when masked is set.
+void test_attention(int64_t B, int64_t H, int64_t D, int64_t T0, int steps, int64_t Tmax, bool masked) {
+  const int64_t C = H * D;
+  std::vector<float> kc(B * H * Tmax * D, 0.f), vc(kc.size(), 0.f);
+  Dev dk(kc), dv(vc);
+  std::vector<int64_t> pad(B);
+  for (int64_t b = 0; b < B; b++) pad[b] = masked ? (int64_t)(rng() % (T0 + 1)) : 0;  // may mask a whole prompt
+  int64_t past = 0;
+  for (int s = 0; s <= steps; s++) {
+    const int64_t T = s == 0 ? T0 : 1, L = past + T;
+    auto qkv = randn(B * T * 3 * C);
+    std::vector<int32_t> mask(B * L);
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t j = 0; j < L; j++) mask[b * L + j] = j >= pad[b] ? 1 : 0;
+    std::vector<float> want(B * T * C);
+    cpu::attention_ref(want.data(), qkv.data(), kc.data(), vc.data(), masked ? mask.data() : nullptr, B, T, past, Tmax,
+                       H, D);
+    Dev dq(qkv), dm(mask), out(B * T * C * 4);
+    out.poison();
+    gpt2_cuda::attention(out.as(), dq.as(), dk.as(), dv.as(), masked ? dm.as<int32_t>() : nullptr, B, T, past, Tmax,
+                         H, D, 0);
+    compare("attention B=" + std::to_string(B) + " H=" + std::to_string(H) + " D=" + std::to_string(D) +
+                " past=" + std::to_string(past) + " T=" + std::to_string(T) + (masked ? " masked" : ""),
+            out.get(), want, 2e-5);
+    past += T;
+  }
+  auto kgot = dk.get();
+  compare("attention cache contents B=" + std::to_string(B) + " D=" + std::to_string(D), kgot, kc, 0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::random_device{}();
+  rng.seed(seed);
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    std::printf("no CUDA device: nothing to test\n");
+    return 2;
+  }
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("test_gpt2_cuda on %s, seed %llu\n", prop.name, (unsigned long long)seed);
+  try {
+    const DType dts[] = {DType::F32, DType::F16, DType::BF16};
+    for (DType dt : dts) {
+      test_embedding(1, 64, 100, 50, dt);
+      test_embedding(37, 771, 1000, 64, dt);
+      test_layernorm(1, 768, dt);
+      test_layernorm(7, 1601, dt);
+      test_layernorm(3, 33, dt);
+    }
+    for (int path : {1, 2})
+      for (DType dt : dts)
+        for (int64_t M : {1, 2, 3, 5, 8, 13, 16})
+          for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{768, 257}, {67, 96}, {1, 5}, {1600, 33}}) {
+            if (path == 2 && M < 3 && kn.first == 1) continue;
+            test_linear(path, M, kn.first, kn.second, dt, (M + kn.second) % 2 == 0);
+          }
+    for (DType dt : dts)
+      for (int64_t M : {17, 64, 70, 131}) test_linear(2, M, 200, 131, dt, M % 2 == 1);
+    test_linear(2, 70, 0, 9, DType::F32, true);  // K = 0: the bias alone
+    test_linear(1, 3, 0, 9, DType::F32, true);
+    test_pointwise(1), test_pointwise(1000003);
+    test_softmax(1, 1), test_softmax(5, 50257), test_softmax(33, 7);
+    test_attention(1, 12, 64, 16, 4, 32, false);
+    test_attention(3, 4, 16, 9, 3, 20, true);
+    test_attention(2, 3, 5, 7, 2, 12, true);     // D not a multiple of 4: the scalar path
+    test_attention(2, 2, 160, 4, 2, 8, false);   // D > 128: a wider block
+    test_attention(1, 25, 64, 1, 40, 64, false); // XL's head count, decode only
+    test_attention(2, 2, 8, 600, 1, 700, true);  // a long prompt: many keys per thread
+  } catch (const std::exception& e) {
+    std::printf("FAIL exception: %s\n", e.what());
+    return 1;
+  }
+  std::printf("%s: %d of %d cases passed (seed %llu)\n", failures ? "FAILED" : "PASSED", cases - failures, cases,
+              (unsigned long long)seed);
+  return failures ? 1 : 0;
+}
