@@ -7,11 +7,18 @@ import { loadGenerationConfig } from '../generation/generation-config.js';
 import { embeddedModelsDir } from '../paths.js';
 import { parseDevice, type Device } from '../tensor.js';
 import { AutoTokenizer, EMBEDDED_MODEL_ID } from '../tokenizer.js';
+import { BitsAndBytesConfig } from '../quantization/bitsandbytes-config.js';
+import { loadQuantizedLinear, quantizeLinear } from '../quantization/quantize-on-load.js';
 import { loadGPT2Config } from './gpt2-config.js';
 import { loadGPT2, type LoadProgress, type ParamDType } from './gpt2-loader.js';
 import type { GPT2LMHeadModel } from './gpt2.js';
 
 export interface FromPretrainedOptions {
+  /**
+   * Quantize Linear layers while loading (4-bit NF4/FP4 or LLM.int8()). Ignored, as in
+   * transformers, when the checkpoint is already quantized (its config.json says how).
+   */
+  quantizationConfig?: BitsAndBytesConfig;
   /** Type of the unquantized parameters (transformers' `dtype`), default float32. */
   dtype?: ParamDType;
   /** Where to run: 'cpu' (default), 'cuda', 'cuda:N', or {'': device}. */
@@ -45,7 +52,19 @@ export class AutoModelForCausalLM {
     const dir = await resolveModelDir(idOrDir);
     const device = deviceFromMap(options.deviceMap);
     const config = loadGPT2Config(dir);
-    const model = await loadGPT2(dir, { device, dtype: options.dtype, config, onProgress: options.onProgress });
+    if (options.quantizationConfig !== undefined && !(options.quantizationConfig instanceof BitsAndBytesConfig))
+      throw new TypeError('fromPretrained: quantizationConfig must be a BitsAndBytesConfig');
+    // A checkpoint saved quantized says so in config.json and is read as stored.
+    const saved = config.quantizationConfig ? BitsAndBytesConfig.fromDict(config.quantizationConfig) : null;
+    const quant = saved ?? (options.quantizationConfig?.quantized ? options.quantizationConfig : null);
+    const model = await loadGPT2(dir, {
+      device,
+      dtype: options.dtype,
+      config,
+      onProgress: options.onProgress,
+      ...(saved ? { loadLinear: loadQuantizedLinear(saved) } : quant ? { makeLinear: quantizeLinear(quant) } : {}),
+    });
+    if (quant) model.quantizationConfig = quant.toDict();
     model.modelDir = dir;
     if (existsSync(join(dir, 'generation_config.json'))) model.generationConfig = loadGenerationConfig(dir);
     const hasTokenizer = ['tokenizer.json', 'vocab.json'].some((f) => existsSync(join(dir, f)));

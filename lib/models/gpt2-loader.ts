@@ -42,6 +42,11 @@ export interface GPT2LoadOptions {
    * the bytes a decode step reads.
    */
   dtype?: ParamDType;
+  /**
+   * Builds a Linear straight from the checkpoint without reading a float weight (checkpoints
+   * saved quantized). Takes precedence over makeLinear.
+   */
+  loadLinear?: (name: string, inF: number, outF: number, ck: Checkpoint, prefix: string, device: Device) => LinearLike | Promise<LinearLike>;
   /** Replaces Linear construction (quantize on load). Takes ownership of weight and bias. */
   makeLinear?: (spec: LinearSpec, ck: Checkpoint, prefix: string) => LinearLike | Promise<LinearLike>;
   onProgress?: (p: LoadProgress) => void;
@@ -100,6 +105,7 @@ export async function loadGPT2(dir: string, opts: GPT2LoadOptions = {}): Promise
     };
     const get = (name: string, shape: number[]): Tensor => asDType(getRaw(name, shape), dtype, prefix + name);
     const conv1d = async (name: string, inF: number, outF: number): Promise<LinearLike> => {
+      if (opts.loadLinear) return opts.loadLinear(`transformer.${name}`, inF, outF, ck, prefix, device);
       const w = get(`${name}.weight`, [inF, outF]);
       const wt = Tensor.empty([outF, inF], w.dtype);
       native().transpose2d(wt, w);
