@@ -5,6 +5,8 @@ const commands: Record<string, () => Promise<{ command: CliCommand }>> = {
   generate: () => import('./commands/generate.js'),
   inspect: () => import('./commands/inspect.js'),
   info: () => import('./commands/info.js'),
+  perplexity: () => import('./commands/perplexity.js'),
+  quantize: () => import('./commands/quantize.js'),
 };
 
 function usage(): string {

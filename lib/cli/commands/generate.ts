@@ -1,6 +1,7 @@
 // nibble generate: stream a continuation of a prompt to stdout.
 import { AutoModelForCausalLM } from '../../models/auto.js';
 import { numberOption, parse, stringOption, type CliCommand } from '../args.js';
+import { loadOptionsFromFlags, quantizationFlags, quantizationHelp } from '../quant-flags.js';
 
 const help = `Usage: nibble generate [prompt] [options]
 
@@ -17,6 +18,7 @@ Options:
   --seed <S>              seed for reproducible sampling
   --greedy                always take the most likely token
   --device <cpu|cuda:N>   where to run (default cpu)
+${quantizationHelp}
   -h, --help              show this help`;
 
 export const command: CliCommand = {
@@ -32,6 +34,7 @@ export const command: CliCommand = {
       seed: { type: 'string' },
       greedy: { type: 'boolean' },
       device: { type: 'string' },
+      ...quantizationFlags,
     });
     if (values.help) {
       process.stdout.write(help + '\n');
@@ -46,7 +49,9 @@ export const command: CliCommand = {
     const sampling = temperature !== undefined || topK !== undefined || topP !== undefined;
     if (values.greedy && sampling) throw new Error('generate: --greedy cannot be combined with --temperature, --top-k or --top-p');
 
-    const model = await AutoModelForCausalLM.fromPretrained(stringOption(values.model), { deviceMap: stringOption(values.device) });
+    const model = await AutoModelForCausalLM.fromPretrained(stringOption(values.model), {
+      deviceMap: stringOption(values.device), ...loadOptionsFromFlags('generate', values),
+    });
     const tokenizer = model.tokenizer;
     if (!tokenizer) throw new Error(`generate: ${model.modelDir} has no tokenizer files`);
     const prompt = positionals[0] ?? '';

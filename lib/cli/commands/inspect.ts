@@ -3,14 +3,18 @@ import { AutoModelForCausalLM } from '../../models/auto.js';
 import type { Module } from '../../nn/module.js';
 import type { Tensor } from '../../tensor.js';
 import { parse, stringOption, type CliCommand } from '../args.js';
+import { loadOptionsFromFlags, quantizationFlags, quantizationHelp } from '../quant-flags.js';
 
 const help = `Usage: nibble inspect [options]
 
 Prints every module of the model: name, type, dtype, shape, device and bytes, then totals.
+With quantization flags, loads the model that way and prints its memory footprint next to
+the unquantized float32 one (transformers' get_memory_footprint definition).
 
 Options:
   --model <dir|id>        model folder or name (default: the embedded fortune-gpt2)
   --device <cpu|cuda:N>   where to load it (default cpu)
+${quantizationHelp}
   -h, --help              show this help`;
 
 export function formatBytes(n: number): string {
@@ -46,15 +50,28 @@ export const command: CliCommand = {
   name: 'inspect',
   help,
   async run(argv) {
-    const { values, positionals } = parse('inspect', argv, { model: { type: 'string' }, device: { type: 'string' } });
+    const { values, positionals } = parse('inspect', argv, { model: { type: 'string' }, device: { type: 'string' }, ...quantizationFlags });
     if (values.help) {
       process.stdout.write(help + '\n');
       return 0;
     }
     if (positionals.length) throw new Error(`inspect: unexpected argument '${positionals[0]}'`);
-    const model = await AutoModelForCausalLM.fromPretrained(stringOption(values.model), { deviceMap: stringOption(values.device), noTokenizer: true });
+    const load = loadOptionsFromFlags('inspect', values);
+    const id = stringOption(values.model);
+    const model = await AutoModelForCausalLM.fromPretrained(id, { deviceMap: stringOption(values.device), noTokenizer: true, ...load });
     process.stdout.write(moduleTable(model.namedModules()) + '\n');
+    const after = model.getMemoryFootprint();
+    const withConsts = model.getMemoryFootprint({ includeQuantConstants: true });
     model.dispose();
+    if (load.quantizationConfig || load.dtype) {
+      const base = await AutoModelForCausalLM.fromPretrained(id, { noTokenizer: true });
+      const before = base.getMemoryFootprint();
+      base.dispose();
+      process.stdout.write(`\nmemory footprint: before ${before} bytes (${formatBytes(before)}, float32), after ${after} bytes (${formatBytes(after)}), ` +
+        `${(before / after).toFixed(2)}x smaller; with quantization constants ${withConsts} bytes (${formatBytes(withConsts)})\n`);
+    } else {
+      process.stdout.write(`\nmemory footprint: ${after} bytes (${formatBytes(after)})\n`);
+    }
     return 0;
   },
 };
