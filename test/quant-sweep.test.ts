@@ -147,13 +147,13 @@ describe(`8-bit blockwise and LLM.int8 ops: fast == reference (seed ${SEED})`, (
 describe(`matmul4bit: fast (GEMV / tiled) vs reference (seed ${SEED})`, () => {
   let s = SEED + 2000;
   const shapes: [number, number, number][] = [
-    [1, 96, 128], [1, 33, 200], [1, 17, 77], [3, 40, 64], [16, 64, 256], [17, 31, 100], [64, 48, 320], [130, 20, 96],
+    [1, 96, 128], [1, 35, 256], [1, 5, 4096], [1, 33, 200], [1, 17, 77], [3, 40, 64], [16, 64, 256], [17, 31, 100], [64, 48, 320], [130, 20, 96],
   ];
   for (const dtype of DTYPES) {
     for (const dq of [false, true]) {
       it(`${dtype}${dq ? ' double-quant' : ''}: M in 1..130, K not a multiple of 64, with and without bias`, () => {
         for (const [M, N, K] of shapes) {
-          for (const bs of [32, 64, 256]) {
+          for (const bs of K === 4096 ? [4096, 2048] : [32, 64, 256]) {
             const w = tensorOf(randn(N * K, ++s), [N, K], dtype);
             const [packed, state] = quantize4bit(w, { quantType: s % 2 ? 'nf4' : 'fp4', blocksize: bs, compressStatistics: dq });
             const x = tensorOf(randn(M * K, ++s), [M, K], dtype);

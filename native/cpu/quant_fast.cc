@@ -186,6 +186,59 @@ NIBBLE_AVX2 float row_dot_avx2(const Weight4bit& w, const Lut16& lut, int64_t st
   return hsum256(total);
 }
 
+// GEMV for blocksizes that are multiples of 64: one 256-bit load covers 64 codes; lane j
+// holds elements 8j..8j+7, and shifting every lane right by 4s exposes element 8j + (s^1)
+// (the high nibble of each byte comes first). x is pre-permuted once per call to that
+// order (xp[64g + 8s + j] = x[64g + 8j + (s^1)]) so each step is shift, two permutes, a
+// blend and an FMA, with no per-word broadcast. Two rows share every xp load.
+NIBBLE_AVX2 void permute_x64(const float* x, int64_t K, float* xp) {
+  for (int64_t g = 0; g < K; g += 64)
+    for (int s = 0; s < 8; s++)
+      for (int j = 0; j < 8; j++) xp[g + 8 * s + j] = x[g + 8 * j + (s ^ 1)];
+}
+
+template <int R>
+NIBBLE_AVX2 inline void strided_rows(const Weight4bit& w, const Lut16& lut, int64_t n, const float* xp, float* acc) {
+  const int64_t K = w.K, bs = w.blocksize;
+  const uint8_t* p[R];
+  __m256 total[R];
+  for (int r = 0; r < R; r++) p[r] = w.packed + (n + r) * K / 2, total[r] = _mm256_setzero_ps();
+  for (int64_t k0 = 0; k0 < K; k0 += bs) {
+    __m256 a[R][2];
+    for (int r = 0; r < R; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+    for (int64_t g = k0; g < k0 + bs; g += 64) {
+      __m256i v[R];
+      for (int r = 0; r < R; r++) v[r] = _mm256_loadu_si256((const __m256i*)(p[r] + g / 2));
+#define NIBBLE_STEP(S)                                                                                    \
+  {                                                                                                      \
+    __m256 xv = _mm256_loadu_ps(xp + g + 8 * (S));                                                       \
+    for (int r = 0; r < R; r++) {                                                                        \
+      __m256i idx = (S) == 0 ? v[r] : _mm256_srli_epi32(v[r], 4 * (S));                                  \
+      __m256i sel = (S) == 7 ? v[r] : _mm256_slli_epi32(v[r], 28 - 4 * (S));                             \
+      __m256 val = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lut.lo, idx), _mm256_permutevar8x32_ps(lut.hi, idx), \
+                                    _mm256_castsi256_ps(sel));                                           \
+      a[r][(S)&1] = _mm256_fmadd_ps(val, xv, a[r][(S)&1]);                                               \
+    }                                                                                                    \
+  }
+      NIBBLE_STEP(0) NIBBLE_STEP(1) NIBBLE_STEP(2) NIBBLE_STEP(3)
+      NIBBLE_STEP(4) NIBBLE_STEP(5) NIBBLE_STEP(6) NIBBLE_STEP(7)
+#undef NIBBLE_STEP
+    }
+    for (int r = 0; r < R; r++) {
+      float s = weight_block_absmax(w, ((n + r) * K + k0) / bs);
+      total[r] = _mm256_fmadd_ps(_mm256_add_ps(a[r][0], a[r][1]), _mm256_set1_ps(s), total[r]);
+    }
+  }
+  for (int r = 0; r < R; r++) acc[r] = hsum256(total[r]);
+}
+
+NIBBLE_AVX2 void gemv_rows_strided_avx2(const Weight4bit& w, const float* xp, int64_t n0, int64_t n1, float* acc) {
+  Lut16 lut = make_lut(w.qt);
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2) strided_rows<2>(w, lut, n, xp, acc + (n - n0));
+  for (; n < n1; n++) strided_rows<1>(w, lut, n, xp, acc + (n - n0));
+}
+
 // GEMV rows [n0, n1) for weights whose rows are whole blocks.
 NIBBLE_AVX2 void gemv_rows_avx2(const Weight4bit& w, const float* xf, int64_t n0, int64_t n1, float* acc) {
   Lut16 lut = make_lut(w.qt);
@@ -401,9 +454,17 @@ void matmul_4bit(const void* x, DType x_dt, int64_t M, const Weight4bit& w, cons
   };
   if (M == 1) {
     // GEMV: one pass over the packed weight, each row decoded straight into an FMA.
+    const bool strided = avx && aligned && w.blocksize % 64 == 0;
+    std::vector<float> xp;
+    if (strided) {
+      xp.resize((size_t)K);
+      permute_x64(xf.data(), K, xp.data());
+    }
     parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
       std::vector<float> row, acc((size_t)(n1 - n0));
-      if (avx && aligned) {
+      if (strided) {
+        gemv_rows_strided_avx2(w, xp.data(), n0, n1, acc.data());
+      } else if (avx && aligned) {
         gemv_rows_avx2(w, xf.data(), n0, n1, acc.data());
       } else {
         row.resize((size_t)K);
