@@ -14,6 +14,7 @@
 #include "core/stream.h"
 #include "cpu/quant_ops.h"
 #if defined(NIBBLE_WITH_CUDA)
+#include "cuda/gpt2_cuda.h"
 #include "cuda/quant_cuda.h"
 #endif
 
@@ -64,6 +65,12 @@ bool on_cuda(const char* op, std::initializer_list<const TensorArg*> ts) {
   return true;
 }
 
+#if defined(NIBBLE_WITH_CUDA)
+// Quantization kernels share the device's compute stream with the GPT-2 kernels, so a
+// quantized linear is ordered with the layers around it.
+cudaStream_t stream_of(const TensorArg& t) { return gpt2_cuda::stream(t.device()); }
+#endif
+
 // ---- 4-bit ------------------------------------------------------------------------------
 
 // quantize4bit(x, packed u8[(n+1)/2], absmax f32[nblocks], blocksize, quantType, ref?)
@@ -80,7 +87,7 @@ Napi::Value Quantize4bit(const Napi::CallbackInfo& info) {
   bool ref = use_ref(info, 5);
   if (on_cuda(op, {&x, &packed, &absmax})) {
 #if defined(NIBBLE_WITH_CUDA)
-    cuda::quantize_4bit(x.ptr(), x.dt, n, bs, qt, packed.ptr<uint8_t>(), absmax.ptr<float>());
+    cuda::quantize_4bit(x.ptr(), x.dt, n, bs, qt, packed.ptr<uint8_t>(), absmax.ptr<float>(), stream_of(x));
 #endif
   } else {
     CpuStream::instance().enqueue([=] {
@@ -106,7 +113,7 @@ Napi::Value Dequantize4bit(const Napi::CallbackInfo& info) {
   bool ref = use_ref(info, 5);
   if (on_cuda(op, {&packed, &absmax, &out})) {
 #if defined(NIBBLE_WITH_CUDA)
-    cuda::dequantize_4bit(packed.ptr<uint8_t>(), absmax.ptr<float>(), n, bs, qt, out.ptr(), out.dt);
+    cuda::dequantize_4bit(packed.ptr<uint8_t>(), absmax.ptr<float>(), n, bs, qt, out.ptr(), out.dt, stream_of(out));
 #endif
   } else {
     CpuStream::instance().enqueue([=] {
@@ -132,7 +139,7 @@ Napi::Value CompressAbsmax(const Napi::CallbackInfo& info) {
   expect_dtype(op, "offset", offset, DType::F32), expect_numel(op, "offset", offset, 1);
   if (on_cuda(op, {&absmax, &q, &nested, &offset})) {
 #if defined(NIBBLE_WITH_CUDA)
-    cuda::compress_absmax(absmax.ptr<float>(), nb, q.ptr<uint8_t>(), nested.ptr<float>(), offset.ptr<float>());
+    cuda::compress_absmax(absmax.ptr<float>(), nb, q.ptr<uint8_t>(), nested.ptr<float>(), offset.ptr<float>(), stream_of(absmax));
 #endif
   } else {
     CpuStream::instance().enqueue([=] {
@@ -159,7 +166,7 @@ Napi::Value DecompressAbsmax(const Napi::CallbackInfo& info) {
   if (on_cuda(op, {&q, &nested, &code, &offset, &out})) {
 #if defined(NIBBLE_WITH_CUDA)
     cuda::decompress_absmax(q.ptr<uint8_t>(), nested.ptr<float>(), code.ptr<float>(), offset.ptr<float>(), nb,
-                            out.ptr<float>());
+                            out.ptr<float>(), stream_of(out));
 #endif
   } else {
     CpuStream::instance().enqueue([=] {
@@ -192,7 +199,7 @@ Napi::Value QuantizeBlockwise(const Napi::CallbackInfo& info) {
   bool ref = use_ref(info, 5);
   if (on_cuda(op, {&code, &x, &q, &absmax})) {
 #if defined(NIBBLE_WITH_CUDA)
-    cuda::quantize_blockwise(code.ptr<float>(), x.ptr(), x.dt, n, bs, q.ptr<uint8_t>(), absmax.ptr<float>());
+    cuda::quantize_blockwise(code.ptr<float>(), x.ptr(), x.dt, n, bs, q.ptr<uint8_t>(), absmax.ptr<float>(), stream_of(x));
 #endif
   } else {
     CpuStream::instance().enqueue([=] {
@@ -219,7 +226,7 @@ Napi::Value DequantizeBlockwise(const Napi::CallbackInfo& info) {
   bool ref = use_ref(info, 5);
   if (on_cuda(op, {&code, &q, &absmax, &out})) {
 #if defined(NIBBLE_WITH_CUDA)
-    cuda::dequantize_blockwise(code.ptr<float>(), q.ptr<uint8_t>(), absmax.ptr<float>(), n, bs, out.ptr(), out.dt);
+    cuda::dequantize_blockwise(code.ptr<float>(), q.ptr<uint8_t>(), absmax.ptr<float>(), n, bs, out.ptr(), out.dt, stream_of(out));
 #endif
   } else {
     CpuStream::instance().enqueue([=] {
@@ -252,7 +259,7 @@ Napi::Value Int8VectorwiseQuant(const Napi::CallbackInfo& info) {
   if (on_cuda(op, {&x, &out, &stats, &cols_t})) {
 #if defined(NIBBLE_WITH_CUDA)
     cuda::int8_vectorwise_quant(x.ptr(), x.dt, rows, cols, thf, out.ptr<int8_t>(), stats.ptr<float>(),
-                                cols_t.ptr<uint8_t>());
+                                cols_t.ptr<uint8_t>(), stream_of(x));
 #endif
   } else {
     CpuStream::instance().enqueue([=] {
@@ -281,7 +288,7 @@ Napi::Value Int8LinearMatmul(const Napi::CallbackInfo& info) {
   bool ref = use_ref(info, 3);
   if (on_cuda(op, {&A, &B, &C})) {
 #if defined(NIBBLE_WITH_CUDA)
-    cuda::int8_linear_matmul(A.ptr<int8_t>(), B.ptr<int8_t>(), M, N, K, C.ptr<int32_t>());
+    cuda::int8_linear_matmul(A.ptr<int8_t>(), B.ptr<int8_t>(), M, N, K, C.ptr<int32_t>(), stream_of(C));
 #endif
   } else {
     CpuStream::instance().enqueue([=] {
@@ -312,7 +319,7 @@ Napi::Value Int8MmDequant(const Napi::CallbackInfo& info) {
   if (has_bias ? on_cuda(op, {&C, &rs, &cs, &bias, &out}) : on_cuda(op, {&C, &rs, &cs, &out})) {
 #if defined(NIBBLE_WITH_CUDA)
     cuda::int8_mm_dequant(C.ptr<int32_t>(), rs.ptr<float>(), cs.ptr<float>(), has_bias ? bias.ptr<uint16_t>() : nullptr,
-                          M, N, out.ptr<uint16_t>());
+                          M, N, out.ptr<uint16_t>(), stream_of(out));
 #endif
   } else {
     CpuStream::instance().enqueue([=] {
@@ -380,7 +387,7 @@ Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
       w.absmax = absmax.ptr<float>();
     }
     w.blocksize = bs, w.qt = qt, w.N = N, w.K = K;
-    cuda::matmul_4bit(x.ptr(), x.dt, M, w, has_bias ? bias.ptr() : nullptr, out.ptr());
+    cuda::matmul_4bit(x.ptr(), x.dt, M, w, has_bias ? bias.ptr() : nullptr, out.ptr(), stream_of(out));
 #else
     on_cuda(op, {&x});
 #endif
