@@ -45,12 +45,25 @@ export class Linear8bitLt extends Module implements LinearLike {
     const [CA, SCA, outlierCols] = int8VectorwiseQuant(xh, this.threshold);
     const C = int8LinearMatmul(CA, this.CB);
     const out = int8MmDequant(C, SCA, this.SCB, { bias: this.bias });
-    if (outlierCols && outlierCols.numel > 0) int8OutlierMatmulAdd(out, xh, outlierCols, this.CB, this.SCB);
+    let result = out;
+    if (outlierCols && outlierCols.numel > 0) {
+      if (out.device === 'cpu') {
+        int8OutlierMatmulAdd(out, xh, outlierCols, this.CB, this.SCB);
+      } else {
+        // The 16-bit outlier product has no CUDA kernel yet: it runs on host copies (outlier
+        // columns are few, so this moves little compute but costs two transfers).
+        const host = [out, xh, outlierCols, this.CB, this.SCB].map((t) => t.toDevice('cpu'));
+        int8OutlierMatmulAdd(host[0]!, host[1]!, host[2]!, host[3]!, host[4]!);
+        result = host[0]!.toDevice(out.device);
+        out.dispose();
+        for (const t of host) t.dispose();
+      }
+    }
     for (const t of [CA, SCA, C, outlierCols]) t?.dispose();
     if (xh !== x) xh.dispose();
-    if (x.dtype === 'float16') return out;
-    const cast = out.to(x.dtype);
-    out.dispose();
+    if (x.dtype === 'float16') return result;
+    const cast = result.to(x.dtype);
+    result.dispose();
     return cast;
   }
 
