@@ -60,7 +60,7 @@ export class Linear4bit extends Module implements LinearLike {
   }
 
   /** Checkpoint tensors under bitsandbytes' names (weight, weight.absmax, weight.quant_state.bitsandbytes__nf4, ...). */
-  stateDict(prefix = ''): Map<string, Tensor> {
+  override stateDict(prefix = ''): Map<string, Tensor> {
     const m = new Map<string, Tensor>();
     m.set(`${prefix}weight`, this.weight);
     for (const [k, v] of Object.entries(this.quantState.asDict(true))) m.set(`${prefix}weight.${k}`, v as Tensor);

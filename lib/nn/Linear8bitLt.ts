@@ -76,7 +76,7 @@ export class Linear8bitLt extends Module implements LinearLike {
   }
 
   /** Checkpoint tensors under bitsandbytes' names: weight (int8), SCB, weight_format (uint8 0 = row). */
-  stateDict(prefix = ''): Map<string, Tensor> {
+  override stateDict(prefix = ''): Map<string, Tensor> {
     const m = new Map<string, Tensor>([[`${prefix}weight`, this.CB], [`${prefix}SCB`, this.SCB]]);
     m.set(`${prefix}weight_format`, Tensor.from(new Uint8Array([0]), [], 'uint8'));
     if (this.bias) m.set(`${prefix}bias`, this.bias);
