@@ -8,6 +8,8 @@ export interface StorageRef {
   release(): void;
   /** A new handle on the same memory (views hold their own). */
   share(): StorageRef;
+  /** Memory-mapped files only: release the pages read so far (they are re-read if touched). */
+  dropPages(): void;
 }
 
 /** What a JS Tensor looks like to the native side. */

@@ -27,3 +27,5 @@ export { Linear4bit, type Linear4bitOptions } from './nn/Linear4bit.js';
 export { Linear8bitLt, type Linear8bitLtOptions } from './nn/Linear8bitLt.js';
 export { resolveModelDir, hubCacheDir, type ResolveModelOptions, type HubProgress } from './io/hub.js';
 export { nativeLoadInfo, type NativeLoadInfo, type AddonVariant } from './native.js';
+export { BitsAndBytesConfig, QuantizationConfigError, type BitsAndBytesConfigOptions } from './quantization/bitsandbytes-config.js';
+export { perplexity, type PerplexityResult } from './evaluation/perplexity.js';

@@ -1,12 +1,12 @@
 // AutoModelForCausalLM.fromPretrained: resolve the name to a local folder, read its config,
 // build the model (quantizing on load when asked) and attach tokenizer and generation
 // defaults, so `model.generate()` / `model.stream()` work out of the box.
-import { existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadGenerationConfig } from '../generation/generation-config.js';
-import { embeddedModelsDir } from '../paths.js';
+import { resolveModelDir, type HubProgress } from '../io/hub.js';
 import { parseDevice, type Device } from '../tensor.js';
-import { AutoTokenizer, EMBEDDED_MODEL_ID } from '../tokenizer.js';
+import { AutoTokenizer } from '../tokenizer.js';
 import { BitsAndBytesConfig } from '../quantization/bitsandbytes-config.js';
 import { loadQuantizedLinear, quantizeLinear } from '../quantization/quantize-on-load.js';
 import { loadGPT2Config } from './gpt2-config.js';
@@ -26,16 +26,10 @@ export interface FromPretrainedOptions {
   /** Hub revision (branch, tag or commit) for Hub ids. */
   revision?: string;
   onProgress?: (p: LoadProgress) => void;
+  /** Download progress for Hub ids (bytes of each file). */
+  onDownloadProgress?: (p: HubProgress) => void;
   /** Skip loading the tokenizer even when the folder has one. */
   noTokenizer?: boolean;
-}
-
-/** A local folder for a model name: the embedded default, an existing folder, or an error. */
-export async function resolveModelDir(idOrDir: string | undefined): Promise<string> {
-  if (idOrDir === undefined || idOrDir === EMBEDDED_MODEL_ID) return join(embeddedModelsDir, EMBEDDED_MODEL_ID);
-  if (typeof idOrDir !== 'string' || !idOrDir) throw new TypeError(`fromPretrained: expected a model folder or Hub id, got ${JSON.stringify(idOrDir)}`);
-  if (existsSync(idOrDir) && statSync(idOrDir).isDirectory()) return idOrDir;
-  throw new Error(`fromPretrained: '${idOrDir}' is not a local folder`);
 }
 
 export function deviceFromMap(deviceMap: FromPretrainedOptions['deviceMap']): Device {
@@ -49,7 +43,7 @@ export function deviceFromMap(deviceMap: FromPretrainedOptions['deviceMap']): De
 export class AutoModelForCausalLM {
   /** Loads a GPT-2 checkpoint. No name, or 'fortune-gpt2', loads the embedded default model. */
   static async fromPretrained(idOrDir?: string, options: FromPretrainedOptions = {}): Promise<GPT2LMHeadModel> {
-    const dir = await resolveModelDir(idOrDir);
+    const dir = await resolveModelDir(idOrDir, { revision: options.revision, onProgress: options.onDownloadProgress });
     const device = deviceFromMap(options.deviceMap);
     const config = loadGPT2Config(dir);
     if (options.quantizationConfig !== undefined && !(options.quantizationConfig instanceof BitsAndBytesConfig))

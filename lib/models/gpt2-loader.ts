@@ -136,6 +136,7 @@ export async function loadGPT2(dir: string, opts: GPT2LoadOptions = {}): Promise
       // Let queued conversions of this layer finish before reading the next one: bounds
       // peak memory to about one layer of float32 beyond the converted model.
       await native().sync();
+      ck.dropPages();
       opts.onProgress?.({ stage: 'load', done: i + 2, total });
     }
     const lnF = norm('ln_f');

@@ -1,6 +1,10 @@
 #include "bindings/tensor_arg.h"
 
+#include <sys/mman.h>
+
 #include <sstream>
+
+#include "core/stream.h"
 
 #include "bindings/registry.h"
 
@@ -14,6 +18,7 @@ void StorageRef::Define(Napi::Env env, Napi::Object exports) {
   Napi::Function ctor = DefineClass(env, "StorageRef",
                                     {InstanceMethod("release", &StorageRef::Release),
                                      InstanceMethod("share", &StorageRef::Share),
+                                     InstanceMethod("dropPages", &StorageRef::DropPages),
                                      InstanceAccessor("nbytes", &StorageRef::GetNbytes, nullptr),
                                      InstanceAccessor("device", &StorageRef::GetDevice, nullptr),
                                      InstanceAccessor("alive", &StorageRef::GetAlive, nullptr),
@@ -63,6 +68,18 @@ Napi::Value StorageRef::Share(const Napi::CallbackInfo& info) {
   if (!storage) throw Napi::Error::New(info.Env(), "Tensor was used after dispose()");
   return Wrap(info.Env(), storage);
 }
+// For a memory-mapped file: lets the kernel drop the pages read so far from this process
+// (they are re-read from the file if touched again). Loading a checkpoint layer by layer
+// calls it after each layer, so resident memory stays near the converted model's size
+// instead of growing to the whole file. Never loses data: the mapping is never written.
+Napi::Value StorageRef::DropPages(const Napi::CallbackInfo& info) {
+  if (storage && storage->kind == StorageKind::Mapped && storage->data && storage->nbytes) {
+    CpuStream::instance().sync();  // queued kernels may still be reading the mapping
+    madvise(storage->data, storage->nbytes, MADV_DONTNEED);
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Value StorageRef::GetNbytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), storage ? (double)storage->nbytes : 0);
 }

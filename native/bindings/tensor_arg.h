@@ -25,6 +25,7 @@ class StorageRef : public Napi::ObjectWrap<StorageRef> {
  private:
   Napi::Value Release(const Napi::CallbackInfo& info);
   Napi::Value Share(const Napi::CallbackInfo& info);
+  Napi::Value DropPages(const Napi::CallbackInfo& info);
   Napi::Value GetNbytes(const Napi::CallbackInfo& info);
   Napi::Value GetDevice(const Napi::CallbackInfo& info);
   Napi::Value GetAlive(const Napi::CallbackInfo& info);
