@@ -179,6 +179,19 @@ describe('nn layers vs bitsandbytes', () => {
   }
 });
 
+describe('Linear4bit compute dtype bfloat16 (no bnb fixture: compared with its float32 output)', () => {
+  for (const qt of ['nf4', 'fp4'] as const) {
+    it(`${qt}: within bfloat16 precision of bitsandbytes' float32 result`, () => {
+      const w = get('i8.w').to('float32'), bias = get('i8.bias').to('bfloat16'), x = get('i8.x').to('bfloat16');
+      const layer = Linear4bit.fromFloat(w, bias, { quantType: qt, blocksize: 64, compressStatistics: true, computeDtype: 'bfloat16' });
+      const out = layer.forward(x);
+      expect(out.dtype).toBe('bfloat16');
+      // bfloat16 keeps 8 significant bits: inputs, bias and output rounding give ~4e-3 rel L2
+      expect(relL2(out.toFloat32Sync(), get(`lin4.${qt}.float32.out_b64`).toFloat32Sync())).toBeLessThan(1e-2);
+    });
+  }
+});
+
 describe('round-trip error of bitsandbytes (fixture metadata q4_errors)', () => {
   const errs = (JSON.parse(metadata.meta ?? '{}') as { q4_errors?: Record<string, { mean_abs: number; max_abs: number }> }).q4_errors ?? {};
   it('the fixture carries the error table', () => expect(Object.keys(errs).length).toBeGreaterThanOrEqual(20));
