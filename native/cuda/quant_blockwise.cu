@@ -7,6 +7,7 @@
 // the TPB = blocksize/EPT threads of a quantization block reduce their absmax with warp
 // shuffles (and shared memory for blocks wider than a warp), and each thread writes its
 // packed codes with one store.
+#include <algorithm>
 #include <cfloat>
 
 #include "cuda/quant_cuda.h"
@@ -67,72 +68,76 @@ __global__ void __launch_bounds__(kThreads) k_quantize(const T* __restrict__ x, 
     dev::load_tables4(s_tab);
   }
 
-  const int64_t blk = (int64_t)blockIdx.x * BPC + threadIdx.x / TPB;
-  const int64_t begin = blk * BS + (int64_t)(threadIdx.x % TPB) * EPT;
-  float v[EPT];
-  load_elems<T, EPT>(x, begin, n, vec_ok, v);
-  if (SUB) {
-    const float off = *sub;
-#pragma unroll
-    for (int j = 0; j < EPT; j++) v[j] = __fsub_rn(v[j], off);
-  }
-  float m = -FLT_MAX;
-#pragma unroll
-  for (int j = 0; j < EPT; j++)
-    if (begin + j < n) m = fmaxf(m, fabsf(v[j]));
-  // Reduce over the TPB threads of this block (contiguous lanes; TPB is a power of two).
-#pragma unroll
-  for (int o = (TPB < 32 ? TPB : 32) / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  if (TPB > 32) {
-    const int warp = threadIdx.x / 32;
-    if ((threadIdx.x & 31) == 0) s_red[warp] = m;
-    __syncthreads();
-    constexpr int kWarpsPerBlock = TPB >= 32 ? TPB / 32 : 1;
-    const int first = (warp / kWarpsPerBlock) * kWarpsPerBlock;
-    m = s_red[first];
-    for (int w = 1; w < kWarpsPerBlock; w++) m = fmaxf(m, s_red[first + w]);
-  } else {
-    __syncthreads();  // the tables
-  }
+  __syncthreads();
   const int64_t nblocks = (n + BS - 1) / BS;
-  if (blk >= nblocks) return;
-  if (threadIdx.x % TPB == 0) absmax[blk] = m;
-  const float inv = __fdiv_rn(1.0f, m);
+  const int64_t ctas_needed = (nblocks + BPC - 1) / BPC;
+  const float off = SUB ? *sub : 0.0f;
+  // Grid-stride over groups of BPC blocks, so the tables above are loaded once per CTA.
+  for (int64_t cg = blockIdx.x; cg < ctas_needed; cg += gridDim.x) {
+    const int64_t blk = cg * BPC + threadIdx.x / TPB;
+    const int64_t begin = blk * BS + (int64_t)(threadIdx.x % TPB) * EPT;
+    float v[EPT];
+    load_elems<T, EPT>(x, begin, n, vec_ok, v);
+    if (SUB) {
+#pragma unroll
+      for (int j = 0; j < EPT; j++) v[j] = __fsub_rn(v[j], off);
+    }
+    float m = -FLT_MAX;
+#pragma unroll
+    for (int j = 0; j < EPT; j++)
+      if (begin + j < n) m = fmaxf(m, fabsf(v[j]));
+    // Reduce over the TPB threads of this block (contiguous lanes; TPB is a power of two).
+#pragma unroll
+    for (int o = (TPB < 32 ? TPB : 32) / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (TPB > 32) {
+      const int warp = threadIdx.x / 32;
+      if ((threadIdx.x & 31) == 0) s_red[warp] = m;
+      __syncthreads();
+      constexpr int kWarpsPerBlock = TPB >= 32 ? TPB / 32 : 1;
+      const int first = (warp / kWarpsPerBlock) * kWarpsPerBlock;
+      m = s_red[first];
+      for (int w = 1; w < kWarpsPerBlock; w++) m = fmaxf(m, s_red[first + w]);
+      __syncthreads();  // s_red is rewritten by the next group
+    }
+    if (blk >= nblocks) continue;
+    if (threadIdx.x % TPB == 0) absmax[blk] = m;
+    const float inv = __fdiv_rn(1.0f, m);
 
-  if (KIND == 2) {
-    uint32_t q[EPT];
+    if (KIND == 2) {
+      uint32_t q[EPT];
 #pragma unroll
-    for (int j = 0; j < EPT; j++) q[j] = dev::code8(s_tab, __fmul_rn(v[j], inv));
-    if (begin + EPT <= n && (((uintptr_t)(out + begin)) & 7) == 0) {
+      for (int j = 0; j < EPT; j++) q[j] = dev::code8(s_tab, __fmul_rn(v[j], inv));
+      if (begin + EPT <= n && (((uintptr_t)(out + begin)) & 7) == 0) {
 #pragma unroll
-      for (int h = 0; h < EPT / 8; h++) {
-        uint2 w;
-        w.x = q[h * 8 + 0] | (q[h * 8 + 1] << 8) | (q[h * 8 + 2] << 16) | (q[h * 8 + 3] << 24);
-        w.y = q[h * 8 + 4] | (q[h * 8 + 5] << 8) | (q[h * 8 + 6] << 16) | (q[h * 8 + 7] << 24);
-        reinterpret_cast<uint2*>(out + begin)[h] = w;
+        for (int h = 0; h < EPT / 8; h++) {
+          uint2 w;
+          w.x = q[h * 8 + 0] | (q[h * 8 + 1] << 8) | (q[h * 8 + 2] << 16) | (q[h * 8 + 3] << 24);
+          w.y = q[h * 8 + 4] | (q[h * 8 + 5] << 8) | (q[h * 8 + 6] << 16) | (q[h * 8 + 7] << 24);
+          reinterpret_cast<uint2*>(out + begin)[h] = w;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < EPT; j++)
+          if (begin + j < n) out[begin + j] = (uint8_t)q[j];
       }
     } else {
-#pragma unroll
-      for (int j = 0; j < EPT; j++)
-        if (begin + j < n) out[begin + j] = (uint8_t)q[j];
-    }
-  } else {
-    // Pads past n are zeros, so the last low nibble of an odd n is the code of 0 * inv.
-    uint32_t b[EPT / 2];
-#pragma unroll
-    for (int j = 0; j < EPT / 2; j++)
-      b[j] = (dev::code4<KIND>(s_tab, __fmul_rn(v[2 * j], inv)) << 4) |
-             dev::code4<KIND>(s_tab, __fmul_rn(v[2 * j + 1], inv));
-    const int64_t ob = begin / 2;
-    if (begin + EPT <= n && (((uintptr_t)(out + ob)) & 3) == 0) {
-#pragma unroll
-      for (int h = 0; h < EPT / 8; h++)
-        reinterpret_cast<uint32_t*>(out + ob)[h] =
-            b[h * 4] | (b[h * 4 + 1] << 8) | (b[h * 4 + 2] << 16) | (b[h * 4 + 3] << 24);
-    } else {
+      // Pads past n are zeros, so the last low nibble of an odd n is the code of 0 * inv.
+      uint32_t b[EPT / 2];
 #pragma unroll
       for (int j = 0; j < EPT / 2; j++)
-        if (begin + 2 * j < n) out[ob + j] = (uint8_t)b[j];
+        b[j] = (dev::code4<KIND>(s_tab, __fmul_rn(v[2 * j], inv)) << 4) |
+               dev::code4<KIND>(s_tab, __fmul_rn(v[2 * j + 1], inv));
+      const int64_t ob = begin / 2;
+      if (begin + EPT <= n && (((uintptr_t)(out + ob)) & 3) == 0) {
+#pragma unroll
+        for (int h = 0; h < EPT / 8; h++)
+          reinterpret_cast<uint32_t*>(out + ob)[h] =
+              b[h * 4] | (b[h * 4 + 1] << 8) | (b[h * 4 + 2] << 16) | (b[h * 4 + 3] << 24);
+      } else {
+#pragma unroll
+        for (int j = 0; j < EPT / 2; j++)
+          if (begin + 2 * j < n) out[ob + j] = (uint8_t)b[j];
+      }
     }
   }
 }
@@ -146,8 +151,8 @@ void launch_quantize(const T* x, int64_t n, int bs, uint8_t* out, float* absmax,
   case B: {                                                                                       \
     constexpr int EPT = B >= 4096 ? 16 : 8;                                                       \
     constexpr int BPC = kThreads / (B / EPT);                                                     \
-    k_quantize<T, B, KIND, SUB><<<grid_1d(nblocks, BPC, op), kThreads, 0, s>>>(x, n, out, absmax, code, sub, \
-                                                                               vec_ok);           \
+    const unsigned g = std::min<unsigned>(grid_1d(nblocks, BPC, op), (unsigned)sm_count() * 8);   \
+    k_quantize<T, B, KIND, SUB><<<g, kThreads, 0, s>>>(x, n, out, absmax, code, sub, vec_ok);       \
     break;                                                                                        \
   }
   switch (bs) {
@@ -200,45 +205,47 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   constexpr int EPC = KIND == 2 ? 16 : 32;  // elements per 16-byte chunk
-  const int64_t chunk = (int64_t)blockIdx.x * kThreads + threadIdx.x;
-  const int64_t e0 = chunk * EPC;
-  if (e0 >= n) return;
-  float scale;
-  {
-    const int64_t b = e0 >> log2_bs;
-    scale = DQ ? dev::dq_absmax(s_ncode, qabsmax[b], nested[b / fmt::kNestedBlocksize], *offset) : absmax[b];
-  }
-  const bool full = e0 + EPC <= n;
-  uint4 raw;
-  if (full && vec_ok) {
-    raw = __ldg(reinterpret_cast<const uint4*>(q + (KIND == 2 ? e0 : e0 / 2)));
-  } else {
-    uint8_t* r = reinterpret_cast<uint8_t*>(&raw);
-    const int64_t nbytes = KIND == 2 ? n : (n + 1) / 2;
-    const int64_t b0 = KIND == 2 ? e0 : e0 / 2;
-#pragma unroll
-    for (int j = 0; j < 16; j++) r[j] = (b0 + j < nbytes) ? q[b0 + j] : 0;
-  }
-  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw);
-  __align__(16) T v[EPC];
-#pragma unroll
-  for (int j = 0; j < 16; j++) {
-    if (KIND == 2) {
-      v[j] = dev::from_f32<T>(__fmul_rn(s_tab[bytes[j]], scale));
-    } else {
-      v[2 * j] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] >> 4), scale));
-      v[2 * j + 1] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] & 15), scale));
+  const int64_t chunks = (n + EPC - 1) / EPC;
+  for (int64_t chunk = (int64_t)blockIdx.x * kThreads + threadIdx.x; chunk < chunks;
+       chunk += (int64_t)gridDim.x * kThreads) {
+    const int64_t e0 = chunk * EPC;
+    float scale;
+    {
+      const int64_t b = e0 >> log2_bs;
+      scale = DQ ? dev::dq_absmax(s_ncode, qabsmax[b], nested[b / fmt::kNestedBlocksize], *offset) : absmax[b];
     }
-  }
-  if (full && vec_ok) {
-    uint4* o = reinterpret_cast<uint4*>(out + e0);
-    const uint4* src = reinterpret_cast<const uint4*>(v);
+    const bool full = e0 + EPC <= n;
+    uint4 raw;
+    if (full && vec_ok) {
+      raw = __ldcs(reinterpret_cast<const uint4*>(q + (KIND == 2 ? e0 : e0 / 2)));
+    } else {
+      uint8_t* r = reinterpret_cast<uint8_t*>(&raw);
+      const int64_t nbytes = KIND == 2 ? n : (n + 1) / 2;
+      const int64_t b0 = KIND == 2 ? e0 : e0 / 2;
 #pragma unroll
-    for (int j = 0; j < EPC * (int)sizeof(T) / 16; j++) o[j] = src[j];
-  } else {
+      for (int j = 0; j < 16; j++) r[j] = (b0 + j < nbytes) ? q[b0 + j] : 0;
+    }
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw);
+    __align__(16) T v[EPC];
 #pragma unroll
-    for (int j = 0; j < EPC; j++)
-      if (e0 + j < n) out[e0 + j] = v[j];
+    for (int j = 0; j < 16; j++) {
+      if (KIND == 2) {
+        v[j] = dev::from_f32<T>(__fmul_rn(s_tab[bytes[j]], scale));
+      } else {
+        v[2 * j] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] >> 4), scale));
+        v[2 * j + 1] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] & 15), scale));
+      }
+    }
+    if (full && vec_ok) {
+      uint4* o = reinterpret_cast<uint4*>(out + e0);
+      const uint4* src = reinterpret_cast<const uint4*>(v);
+#pragma unroll
+      for (int j = 0; j < EPC * (int)sizeof(T) / 16; j++) __stcs(o + j, src[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < EPC; j++)
+        if (e0 + j < n) out[e0 + j] = v[j];
+    }
   }
 }
 
@@ -257,7 +264,7 @@ void dequantize_dispatch(const uint8_t* q, const float* absmax, const uint8_t* q
   const int l2 = log2_exact(bs, op, 32);
   const int64_t chunks = (n + (KIND == 2 ? 16 : 32) - 1) / (KIND == 2 ? 16 : 32);
   const bool vec_ok = aligned16(q) && aligned16(out);
-  const unsigned grid = grid_1d(chunks, kThreads, op);
+  const unsigned grid = std::min<unsigned>(grid_1d(chunks, kThreads, op), (unsigned)sm_count() * 8);
   switch (dt) {
     case DType::F32:
       k_dequantize<float, KIND, DQ><<<grid, kThreads, 0, s>>>(q, absmax, qabsmax, nested, ncode, offset, n, l2,
@@ -277,31 +284,34 @@ void dequantize_dispatch(const uint8_t* q, const float* absmax, const uint8_t* q
 }
 
 // ---- double quantization ----------------------------------------------------------------------
-// The mean of absmax in double: per-CTA partial sums in a fixed order, then one CTA adds the
-// partials in order, so the offset is the same on every run.
-constexpr int kMeanThreads = 512;
-
-__global__ void __launch_bounds__(kMeanThreads) k_partial_sum(const float* __restrict__ a, int64_t n, int64_t per_cta,
-                                                              double* __restrict__ partial) {
-  __shared__ double s[kMeanThreads];
-  const int64_t begin = (int64_t)blockIdx.x * per_cta;
-  const int64_t end = begin + per_cta < n ? begin + per_cta : n;
-  double acc = 0.0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += kMeanThreads) acc += (double)a[i];
-  s[threadIdx.x] = acc;
-  __syncthreads();
-  for (int o = kMeanThreads / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) s[threadIdx.x] += s[threadIdx.x + o];
-    __syncthreads();
+// The offset is cpu::absmax_mean: torch's CUDA float32 mean order, which decides nested codes
+// bit for bit. Element i goes to lane (i/4)%32, slot i%4 (float adds in index order); each
+// lane adds its slots in order, lanes fold in halves, and the sum is scaled by float(1/n).
+// One block of 128 threads (one per lane x slot) reads the vector once, coalesced.
+__global__ void __launch_bounds__(128) k_absmax_mean(const float* __restrict__ a, int64_t n, float* __restrict__ out) {
+  __shared__ float s_slot[128];
+  const int t = threadIdx.x;  // = lane * 4 + slot, and element i = 128 * j + t
+  float acc = 0.0f;
+  int64_t i = t;
+  for (; i + 3 * 128 < n; i += 4 * 128) {  // four loads in flight, adds still in index order
+    const float v0 = a[i], v1 = a[i + 128], v2 = a[i + 256], v3 = a[i + 384];
+    acc = __fadd_rn(acc, v0);
+    acc = __fadd_rn(acc, v1);
+    acc = __fadd_rn(acc, v2);
+    acc = __fadd_rn(acc, v3);
   }
-  if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
-}
-
-__global__ void k_finish_mean(const double* __restrict__ partial, int nparts, int64_t n, float* __restrict__ offset) {
-  if (threadIdx.x == 0 && blockIdx.x == 0) {
-    double sum = 0.0;
-    for (int i = 0; i < nparts; i++) sum += partial[i];
-    *offset = (float)(sum / (double)n);
+  for (; i < n; i += 128) acc = __fadd_rn(acc, a[i]);
+  s_slot[t] = acc;
+  __syncthreads();
+  if (t < 32) {
+    const float* sl = s_slot + 4 * t;
+    float lane = __fadd_rn(__fadd_rn(__fadd_rn(sl[0], sl[1]), sl[2]), sl[3]);
+#pragma unroll
+    for (int h = 16; h > 0; h >>= 1) {
+      const float other = __shfl_down_sync(0xffffffffu, lane, h);
+      if (t < h) lane = __fadd_rn(lane, other);
+    }
+    if (t == 0) *out = __fmul_rn(lane, (float)(1.0 / (double)n));
   }
 }
 
@@ -380,15 +390,8 @@ void dequantize_blockwise(const float* code, const uint8_t* q, const float* absm
 void compress_absmax(const float* absmax, int64_t nblocks, uint8_t* qabsmax, float* nested_absmax, float* offset,
                      cudaStream_t s) {
   if (nblocks <= 0) throw std::runtime_error("compress_absmax: empty absmax");
-  const int64_t per_cta = 64 * 1024;
-  const int nparts = (int)((nblocks + per_cta - 1) / per_cta);
-  double* partial = nullptr;
-  NIBBLE_CUDA_CHECK(cudaMallocAsync((void**)&partial, sizeof(double) * nparts, s), "compress_absmax: cudaMallocAsync");
-  k_partial_sum<<<nparts, kMeanThreads, 0, s>>>(absmax, nblocks, per_cta, partial);
-  NIBBLE_CUDA_CHECK_LAUNCH("compress_absmax (sum)");
-  k_finish_mean<<<1, 32, 0, s>>>(partial, nparts, nblocks, offset);
+  k_absmax_mean<<<1, 128, 0, s>>>(absmax, nblocks, offset);
   NIBBLE_CUDA_CHECK_LAUNCH("compress_absmax (mean)");
-  NIBBLE_CUDA_CHECK(cudaFreeAsync(partial, s), "compress_absmax: cudaFreeAsync");
   launch_quantize<float, 2, true>(absmax, nblocks, fmt::kNestedBlocksize, qabsmax, nested_absmax,
                                   dynamic_map_signed_device(), offset, s, "compress_absmax");
 }

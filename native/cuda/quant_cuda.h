@@ -84,7 +84,7 @@ void matmul_4bit(const void* x, DType x_dt, int64_t M, const Weight4bit& w, cons
 
 // Kernel variants, for the native tests and the benchmark (llm.c style): the dispatcher in
 // matmul_4bit picks one; these force a path. Each throws when the shape does not suit it.
-enum class Matmul4bitPath { Auto = 0, Gemv = 1, GemvHalfLut = 2, Mma = 3, Simt = 4 };
+enum class Matmul4bitPath { Auto = 0, Gemv = 1, GemvHalfLut = 2, Mma = 3, Simt = 4, GemvHalf2Acc = 5 };
 void matmul_4bit_path(Matmul4bitPath path, const void* x, DType x_dt, int64_t M, const Weight4bit& w,
                       const void* bias, void* out, cudaStream_t stream = 0);
 

@@ -35,24 +35,26 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
 // FP4 thresholds, [24..31] FP4 code by rank (as floats), [32..47] NF4 values, [48..63] FP4
 // values (sign applied: code 8 is -0.0f, as magnitude * -1 gives).
 struct Tables4 {
-  float t[64];
+  float nf4_thresholds[15], pad0;
+  float fp4_thresholds[7], pad1;
+  float fp4_code_by_rank[8];
+  float nf4_values[16];
+  float fp4_values[16];
 };
+static_assert(sizeof(Tables4) == 64 * sizeof(float), "the 4-bit tables fill 64 floats");
+
+// In constant memory so a block copies them with one load per thread (building them from
+// local arrays per block cost more than the quantization itself).
+static __constant__ Tables4 c_tables4 = {
+    NIBBLE_NF4_THRESHOLDS, 0.0f, NIBBLE_FP4_THRESHOLDS, 0.0f, {0, 1, 6, 7, 4, 5, 2, 3}, NIBBLE_NF4_VALUES,
+    {fmt::kFp4Magnitudes[0], fmt::kFp4Magnitudes[1], fmt::kFp4Magnitudes[2], fmt::kFp4Magnitudes[3],
+     fmt::kFp4Magnitudes[4], fmt::kFp4Magnitudes[5], fmt::kFp4Magnitudes[6], fmt::kFp4Magnitudes[7],
+     -fmt::kFp4Magnitudes[0], -fmt::kFp4Magnitudes[1], -fmt::kFp4Magnitudes[2], -fmt::kFp4Magnitudes[3],
+     -fmt::kFp4Magnitudes[4], -fmt::kFp4Magnitudes[5], -fmt::kFp4Magnitudes[6], -fmt::kFp4Magnitudes[7]}};
 
 __device__ __forceinline__ void load_tables4(float* s) {
-  constexpr float nf4_t[15] = NIBBLE_NF4_THRESHOLDS;
-  constexpr float fp4_t[7] = NIBBLE_FP4_THRESHOLDS;
-  constexpr float nf4_v[16] = NIBBLE_NF4_VALUES;
-  constexpr float fp4_m[8] = NIBBLE_FP4_MAGNITUDES;
-  constexpr uint8_t fp4_rank[8] = NIBBLE_FP4_CODE_BY_RANK;
-  for (int i = threadIdx.x; i < 64; i += blockDim.x) {
-    float v = 0.0f;
-    if (i < 15) v = nf4_t[i];
-    else if (i >= 16 && i < 23) v = fp4_t[i - 16];
-    else if (i >= 24 && i < 32) v = (float)fp4_rank[i - 24];
-    else if (i >= 32 && i < 48) v = nf4_v[i - 32];
-    else if (i >= 48) v = (i - 48) < 8 ? fp4_m[i - 48] : -fp4_m[i - 56];
-    s[i] = v;
-  }
+  const float* c = reinterpret_cast<const float*>(&c_tables4);
+  for (int i = threadIdx.x; i < 64; i += blockDim.x) s[i] = c[i];
 }
 
 // Number of NF4 thresholds below x by binary search (4 probes instead of 15 compares);

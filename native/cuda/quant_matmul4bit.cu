@@ -67,72 +67,133 @@ __device__ __forceinline__ void load32(const T* p, float (&v)[32]) {
 }
 
 // ---- GEMV ---------------------------------------------------------------------------------
-constexpr int kGemvThreads = 256, kGemvUnroll = 8;
+// Warps split K (KW warps per row group) and rows (RW = 8 / KW groups). Each lane owns one
+// 32-element chunk of K per segment and keeps its activations in registers; per step a lane
+// loads one 16-byte chunk of U rows. The loads of step s+1 are issued before step s is
+// computed (double buffering), warps never wait for each other inside the loop, and partial
+// sums of the KW warps go to shared memory once per row, reduced after the loop.
+// LUT: 0 = float code per nibble (16 x 32 lanes), 1 = half2 code pair per byte (256 x 32
+// lanes) with float FMAs, 2 = the same table with half2 FMAs into a half2 accumulator per
+// chunk (float16 activations only; the chunk sums go to float32 before scaling by absmax).
+constexpr int kGemvThreads = 256, kGemvUnroll = 4, kGemvPartCap = 4096;
 
-template <typename T, int KIND, bool DQ, bool HALF_LUT>
+struct GemvRaw {
+  uint4 w;
+  float a;      // absmax, or the nested absmax for double quantization
+  uint32_t q;   // double-quantized absmax code
+};
+
+template <typename T, int KIND, bool DQ, int LUT>
 __global__ void __launch_bounds__(kGemvThreads, 2)
     k_gemv4(const T* __restrict__ x, W4 w, const T* __restrict__ bias, T* __restrict__ out, int KW, int nseg,
             int iters_per_cta) {
   extern __shared__ __align__(16) uint8_t smem[];
-  float* s_ncode = reinterpret_cast<float*>(smem);                 // 256
-  float* s_part = s_ncode + 256;                                   // 2 x 64 x 8
-  uint32_t* s_lut = reinterpret_cast<uint32_t*>(s_part + 2 * 64 * 8);  // 16x32 floats or 256x32 half2
+  float* s_ncode = reinterpret_cast<float*>(smem);             // 256
+  float* s_part = s_ncode + 256;                               // kGemvPartCap
+  uint32_t* s_lut = reinterpret_cast<uint32_t*>(s_part + kGemvPartCap);
+  __shared__ float s_tab[64];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (HALF_LUT) {
+  dev::load_tables4(s_tab);
+  load_ncode<DQ>(w, s_ncode);
+  __syncthreads();
+  if (LUT >= 1) {
     for (int i = threadIdx.x; i < 256 * 32; i += kGemvThreads) {
-      const int byte = i >> 5;
-      const float hi = KIND == 1 ? fmt::nf4_value(byte >> 4) : fmt::fp4_value(byte >> 4);
-      const float lo = KIND == 1 ? fmt::nf4_value(byte & 15) : fmt::fp4_value(byte & 15);
-      __half2 h = __floats2half2_rn(hi, lo);
+      const uint32_t byte = (uint32_t)i >> 5;
+      __half2 h = __floats2half2_rn(dev::value4<KIND>(s_tab, byte >> 4), dev::value4<KIND>(s_tab, byte & 15));
       s_lut[i] = *reinterpret_cast<uint32_t*>(&h);
     }
   } else {
     float* f = reinterpret_cast<float*>(s_lut);
-    for (int i = threadIdx.x; i < 16 * 32; i += kGemvThreads)
-      f[i] = KIND == 1 ? fmt::nf4_value(i >> 5) : fmt::fp4_value(i >> 5);
+    for (int i = threadIdx.x; i < 16 * 32; i += kGemvThreads) f[i] = dev::value4<KIND>(s_tab, (uint32_t)i >> 5);
   }
-  load_ncode<DQ>(w, s_ncode);
   __syncthreads();
   const float off = load_offset<DQ>(w);
 
   const int kw = warp % KW, rg = warp / KW, RW = (kGemvThreads / 32) / KW;
   const int rows_per_iter = RW * kGemvUnroll;
   const int64_t N = w.N, K = w.K, C = K / 32;
-  float xr[32];
+  const int64_t row0 = (int64_t)blockIdx.x * iters_per_cta * rows_per_iter;
+  const int64_t row_end = min(N, row0 + (int64_t)iters_per_cta * rows_per_iter);
+  const int64_t steps = (int64_t)((row_end - row0 + rows_per_iter - 1) / rows_per_iter) * nseg;
+
+  // Activations of this lane's chunk: float32, or half2 pairs for LUT 2.
+  float xr[LUT == 2 ? 1 : 32];
+  __half2 xh[LUT == 2 ? 16 : 1];
   auto load_x = [&](int seg) {
     const int64_t c = (int64_t)seg * KW * 32 + kw * 32 + lane;
-    if (c < C) {
-      load32<T>(x + c * 32, xr);
-    } else {
+    if constexpr (LUT == 2) {
+      if (c < C) {
 #pragma unroll
-      for (int j = 0; j < 32; j++) xr[j] = 0.0f;
+        for (int q = 0; q < 4; q++) {
+          uint4 u = __ldg(reinterpret_cast<const uint4*>(x + c * 32) + q);
+          xh[q * 4 + 0] = *reinterpret_cast<__half2*>(&u.x);
+          xh[q * 4 + 1] = *reinterpret_cast<__half2*>(&u.y);
+          xh[q * 4 + 2] = *reinterpret_cast<__half2*>(&u.z);
+          xh[q * 4 + 3] = *reinterpret_cast<__half2*>(&u.w);
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < 16; j++) xh[j] = __float2half2_rn(0.0f);
+      }
+    } else {
+      if (c < C) {
+        load32<T>(x + c * 32, xr);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 32; j++) xr[j] = 0.0f;
+      }
     }
   };
-  if (nseg == 1) load_x(0);
-  int buf = 0;
-  const int64_t it0 = (int64_t)blockIdx.x * iters_per_cta;
-  for (int64_t it = it0; it < it0 + iters_per_cta; it++) {
-    const int64_t base = it * rows_per_iter;
-    if (base >= N) break;  // uniform across the CTA
-    float acc[kGemvUnroll];
+  auto fetch = [&](int64_t step, GemvRaw (&r)[kGemvUnroll]) {
+    const int64_t it = step / nseg;
+    const int seg = (int)(step % nseg);
+    const int64_t c = (int64_t)seg * KW * 32 + kw * 32 + lane;
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; u++) acc[u] = 0.0f;
-    for (int seg = 0; seg < nseg; seg++) {
-      if (nseg > 1) load_x(seg);
-      const int64_t c = (int64_t)seg * KW * 32 + kw * 32 + lane;
-      uint4 wv[kGemvUnroll];
-      float am[kGemvUnroll];
-#pragma unroll
-      for (int u = 0; u < kGemvUnroll; u++) {
-        const int64_t row = base + rg * kGemvUnroll + u;
-        const bool ok = c < C && row < N;
-        const int64_t e = row * K + c * 32;
-        wv[u] = ok ? __ldcs(reinterpret_cast<const uint4*>(w.packed + e / 2)) : make_uint4(0, 0, 0, 0);
-        am[u] = ok ? block_absmax<DQ>(w, s_ncode, off, e >> w.log2_bs) : 0.0f;
+    for (int u = 0; u < kGemvUnroll; u++) {
+      const int64_t row = row0 + it * rows_per_iter + rg * kGemvUnroll + u;
+      const bool ok = step < steps && c < C && row < row_end;
+      const int64_t e = row * K + c * 32;
+      const int64_t b = e >> w.log2_bs;
+      r[u].w = ok ? __ldcs(reinterpret_cast<const uint4*>(w.packed + e / 2)) : make_uint4(0, 0, 0, 0);
+      if (DQ) {
+        r[u].q = ok ? __ldg(w.qabsmax + b) : 0u;
+        r[u].a = ok ? __ldg(w.nested + (b >> 8)) : 0.0f;
+      } else {
+        r[u].a = ok ? __ldg(w.absmax + b) : 0.0f;
       }
+    }
+  };
+
+  if (nseg == 1) load_x(0);
+  GemvRaw cur[kGemvUnroll], nxt[kGemvUnroll];
+  fetch(0, cur);
+  float acc[kGemvUnroll];
+  for (int64_t step = 0; step < steps; step++) {
+    const int seg = (int)(step % nseg);
+    if (seg == 0) {
 #pragma unroll
-      for (int u = 0; u < kGemvUnroll; u++) {
-        const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+      for (int u = 0; u < kGemvUnroll; u++) acc[u] = 0.0f;
+    }
+    fetch(step + 1, nxt);
+    if (nseg > 1) load_x(seg);
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; u++) {
+      const float am = DQ ? dev::dq_absmax(s_ncode, (uint8_t)cur[u].q, cur[u].a, off) : cur[u].a;
+      const uint32_t words[4] = {cur[u].w.x, cur[u].w.y, cur[u].w.z, cur[u].w.w};
+      if constexpr (LUT == 2) {
+        __half2 h0 = __float2half2_rn(0.0f), h1 = h0;
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) {
+            const uint32_t byte = (words[q] >> (8 * b)) & 0xffu;
+            uint32_t code = s_lut[(byte << 5) | lane];
+            if (b & 1) h1 = __hfma2(*reinterpret_cast<__half2*>(&code), xh[q * 4 + b], h1);
+            else h0 = __hfma2(*reinterpret_cast<__half2*>(&code), xh[q * 4 + b], h0);
+          }
+        const float2 f0 = __half22float2(h0), f1 = __half22float2(h1);
+        acc[u] = fmaf(am, (f0.x + f0.y) + (f1.x + f1.y), acc[u]);
+      } else {
         float d0 = 0.0f, d1 = 0.0f;
 #pragma unroll
         for (int q = 0; q < 4; q++) {
@@ -140,7 +201,7 @@ __global__ void __launch_bounds__(kGemvThreads, 2)
           for (int b = 0; b < 4; b++) {
             const uint32_t byte = (words[q] >> (8 * b)) & 0xffu;
             const int j = (q * 4 + b) * 2;
-            if (HALF_LUT) {
+            if (LUT == 1) {
               const uint32_t h = s_lut[(byte << 5) | lane];
               const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
               d0 = fmaf(f.x, xr[j], d0);
@@ -152,33 +213,32 @@ __global__ void __launch_bounds__(kGemvThreads, 2)
             }
           }
         }
-        acc[u] = fmaf(am[u], d0 + d1, acc[u]);
+        acc[u] = fmaf(am, d0 + d1, acc[u]);
       }
     }
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; u++)
+    for (int u = 0; u < kGemvUnroll; u++) cur[u] = nxt[u];
+    if (seg == nseg - 1) {
+      const int64_t it = step / nseg;
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) acc[u] += __shfl_xor_sync(0xffffffffu, acc[u], o);
-    if (KW == 1) {
-      if (lane == 0)
+      for (int u = 0; u < kGemvUnroll; u++) {
+        float v = acc[u];
 #pragma unroll
-        for (int u = 0; u < kGemvUnroll; u++) {
-          const int64_t row = base + rg * kGemvUnroll + u;
-          if (row < N) out[row] = dev::from_f32<T>(acc[u] + (bias ? dev::to_f32(bias[row]) : 0.0f));
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        const int64_t row = row0 + it * rows_per_iter + rg * kGemvUnroll + u;
+        if (lane == 0 && row < row_end) {
+          if (KW == 1) out[row] = dev::from_f32<T>(v + (bias ? dev::to_f32(bias[row]) : 0.0f));
+          else s_part[(row - row0) * KW + kw] = v;
         }
-    } else {
-      float* part = s_part + buf * 64 * 8;
-      if (lane == 0)
-#pragma unroll
-        for (int u = 0; u < kGemvUnroll; u++) part[(rg * kGemvUnroll + u) * 8 + kw] = acc[u];
-      __syncthreads();
-      if (threadIdx.x < rows_per_iter) {
-        const int64_t row = base + threadIdx.x;
-        float s = 0.0f;
-        for (int i = 0; i < KW; i++) s += part[threadIdx.x * 8 + i];
-        if (row < N) out[row] = dev::from_f32<T>(s + (bias ? dev::to_f32(bias[row]) : 0.0f));
       }
-      buf ^= 1;
+    }
+  }
+  if (KW > 1) {
+    __syncthreads();
+    for (int64_t row = row0 + threadIdx.x; row < row_end; row += kGemvThreads) {
+      float v = 0.0f;
+      for (int i = 0; i < KW; i++) v += s_part[(row - row0) * KW + i];
+      out[row] = dev::from_f32<T>(v + (bias ? dev::to_f32(bias[row]) : 0.0f));
     }
   }
 }
@@ -242,7 +302,7 @@ __global__ void __launch_bounds__(256)
 }
 
 // ---- tensor-core GEMM ---------------------------------------------------------------------------------
-constexpr int kBN = 128, kBK = 64, kStages = 3;
+constexpr int kBN = 128, kBK = 64;
 
 template <typename T> struct Pair;
 template <> struct Pair<__half> {
@@ -258,6 +318,8 @@ template <> struct Pair<__nv_bfloat16> {
 
 template <int BM>
 struct MmaCfg {
+  // Small M is bound by the weight stream: more stages keep more of it in flight.
+  static constexpr int kStages = BM <= 16 ? 5 : BM <= 32 ? 6 : 3;
   static constexpr int WM = BM >= 64 ? 2 : 1;  // warps along M
   static constexpr int WN = 4;                 // warps along N (32 columns each)
   static constexpr int kThreads = 32 * WM * WN;
@@ -267,6 +329,7 @@ struct MmaCfg {
   static constexpr int kBBytes = kBN * kBK / 2;
   static constexpr int kAbsBytes = kBN * 2 * 4;
   static constexpr int kSmem = kLutBytes + kStages * (kABytes + kBBytes + kAbsBytes) + 256 * 4;
+  static constexpr int kCtasPerSm = BM <= 16 ? 3 : 2;
 };
 
 // x rows are 128 bytes per k-tile (eight 16-byte chunks): chunk c of row r at c ^ (r & 7).
@@ -281,24 +344,25 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
   using Cfg = MmaCfg<BM>;
   using P2 = Pair<T>;
   using T2 = typename P2::type;
-  extern __shared__ __align__(128) uint8_t smem[];
+  extern __shared__ __align__(16) uint8_t smem[];
   uint32_t* s_lut = reinterpret_cast<uint32_t*>(smem);
   uint8_t* s_a = smem + Cfg::kLutBytes;
+  constexpr int kStages = Cfg::kStages;
   uint8_t* s_b = s_a + kStages * Cfg::kABytes;
   float* s_abs = reinterpret_cast<float*>(s_b + kStages * Cfg::kBBytes);
   float* s_ncode = s_abs + kStages * kBN * 2;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / Cfg::WN, wn = warp % Cfg::WN;
-  for (int i = tid; i < 256 * 32; i += Cfg::kThreads) {
-    const int byte = i >> 5;
-    const float hi = KIND == 1 ? fmt::nf4_value(byte >> 4) : fmt::fp4_value(byte >> 4);
-    const float lo = KIND == 1 ? fmt::nf4_value(byte & 15) : fmt::fp4_value(byte & 15);
-    T2 h = P2::make(hi, lo);
-    s_lut[i] = *reinterpret_cast<uint32_t*>(&h);
-  }
+  __shared__ float s_tab[64];
+  dev::load_tables4(s_tab);
   load_ncode<DQ>(w, s_ncode);
   __syncthreads();
+  for (int i = tid; i < 256 * 32; i += Cfg::kThreads) {
+    const uint32_t byte = (uint32_t)i >> 5;
+    T2 h = P2::make(dev::value4<KIND>(s_tab, byte >> 4), dev::value4<KIND>(s_tab, byte & 15));
+    s_lut[i] = *reinterpret_cast<uint32_t*>(&h);
+  }
   const float off = load_offset<DQ>(w);
 
   const int N = (int)w.N, K = (int)w.K;
@@ -326,22 +390,39 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
   };
   // Absmax of (row, 32-element half of the k-tile): each half lies inside one block
   // because K % 32 == 0 and blocksize >= 32.
+  // Fetched one tile ahead as raw values (the code byte and nested absmax, or the float
+  // absmax) so the loads stay in flight; decoded when stored to shared memory.
   constexpr int kAbsPer = (kBN * 2 + Cfg::kThreads - 1) / Cfg::kThreads;
-  auto fetch_abs = [&](int kt, float (&v)[kAbsPer]) {
+  struct AbsRaw {
+    float a[kAbsPer];
+    uint32_t q[kAbsPer];
+  };
+  auto fetch_abs = [&](int kt, AbsRaw& v) {
 #pragma unroll
     for (int q = 0; q < kAbsPer; q++) {
       const int i = tid + q * Cfg::kThreads;
       const int r = i >> 1, h = i & 1;
       const int n = n0 + r, k = kt * kBK + h * 32;
-      v[q] = (i < kBN * 2 && n < N && k < K) ? block_absmax<DQ>(w, s_ncode, off, ((int64_t)n * K + k) >> w.log2_bs)
-                                             : 0.0f;
+      const bool ok = i < kBN * 2 && n < N && k < K;
+      const int64_t b = ((int64_t)n * K + k) >> w.log2_bs;
+      if (DQ) {
+        v.q[q] = ok ? (uint32_t)__ldg(w.qabsmax + b) : 0xffffffffu;
+        v.a[q] = ok ? __ldg(w.nested + (b >> 8)) : 0.0f;
+      } else {
+        v.q[q] = ok ? 0u : 0xffffffffu;
+        v.a[q] = ok ? __ldg(w.absmax + b) : 0.0f;
+      }
     }
   };
-  auto store_abs = [&](int stage, const float (&v)[kAbsPer]) {
+  auto store_abs = [&](int stage, const AbsRaw& v) {
 #pragma unroll
     for (int q = 0; q < kAbsPer; q++) {
       const int i = tid + q * Cfg::kThreads;
-      if (i < kBN * 2) s_abs[stage * kBN * 2 + i] = v[q];
+      if (i < kBN * 2) {
+        float a = 0.0f;
+        if (v.q[q] != 0xffffffffu) a = DQ ? dev::dq_absmax(s_ncode, (uint8_t)v.q[q], v.a[q], off) : v.a[q];
+        s_abs[stage * kBN * 2 + i] = a;
+      }
     }
   };
 
@@ -353,27 +434,26 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
 #pragma unroll
       for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
 
-  float pf[kAbsPer];
-  if (nk > 0) {
-    issue_tile(0, kt_begin);
-    fetch_abs(kt_begin, pf);
-    store_abs(0, pf);
+  // Prologue: tiles 0..S-2 in flight; absmax of tiles 0..S-3 stored, of tile S-2 in registers.
+  AbsRaw pf;
+#pragma unroll
+  for (int p = 0; p < kStages - 1; p++) {
+    if (p < nk) {
+      issue_tile(p, kt_begin + p);
+      fetch_abs(kt_begin + p, pf);
+      if (p < kStages - 2) store_abs(p, pf);
+    }
+    dev::cp_async_commit();
   }
-  dev::cp_async_commit();
-  if (nk > 1) {
-    issue_tile(1, kt_begin + 1);
-    fetch_abs(kt_begin + 1, pf);
-  }
-  dev::cp_async_commit();
 
   const int g = lane >> 2, t = lane & 3;
   for (int it = 0; it < nk; it++) {
-    dev::cp_async_wait<1>();
+    dev::cp_async_wait<kStages - 2>();
     __syncthreads();
-    if (it + 2 < nk) issue_tile((it + 2) % kStages, kt_begin + it + 2);
+    if (it + kStages - 1 < nk) issue_tile((it + kStages - 1) % kStages, kt_begin + it + kStages - 1);
     dev::cp_async_commit();
-    if (it + 1 < nk) store_abs((it + 1) % kStages, pf);
-    if (it + 2 < nk) fetch_abs(kt_begin + it + 2, pf);
+    if (it + kStages - 2 < nk) store_abs((it + kStages - 2) % kStages, pf);
+    if (it + kStages - 1 < nk) fetch_abs(kt_begin + it + kStages - 1, pf);
 
     const int st = it % kStages;
     const uint8_t* a_s = s_a + st * Cfg::kABytes;
@@ -478,7 +558,7 @@ bool mma_ok(const void* x, DType dt, const Weight4bit& w) {
 }
 
 template <typename T, int KIND, bool DQ>
-void run_gemv(bool half_lut, const T* x, const W4& w, const T* bias, T* out, cudaStream_t s, const char* op) {
+void run_gemv(int lut, const T* x, const W4& w, const T* bias, T* out, cudaStream_t s, const char* op) {
   const int64_t C = w.K / 32;
   int KW = 1;
   while (KW < 8 && (int64_t)KW * 32 < C) KW *= 2;
@@ -486,15 +566,21 @@ void run_gemv(bool half_lut, const T* x, const W4& w, const T* bias, T* out, cud
   const int rows_per_iter = (8 / KW) * kGemvUnroll;
   const int64_t iters = (w.N + rows_per_iter - 1) / rows_per_iter;
   const int64_t slots = (int64_t)sm_count() * 2;
-  const int64_t per_cta = (iters + slots - 1) / slots;
+  int64_t per_cta = (iters + slots - 1) / slots;
+  per_cta = std::min<int64_t>(per_cta, kGemvPartCap / (rows_per_iter * KW));
   const unsigned grid = (unsigned)((iters + per_cta - 1) / per_cta);
-  const size_t smem = (256 + 2 * 64 * 8) * 4 + (half_lut ? 256 * 32 * 4 : 16 * 32 * 4);
-  if (half_lut) {
-    auto k = k_gemv4<T, KIND, DQ, true>;
-    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), op);
-    k<<<grid, kGemvThreads, smem, s>>>(x, w, bias, out, KW, nseg, (int)per_cta);
+  const size_t smem = (256 + kGemvPartCap) * 4 + (lut >= 1 ? 256 * 32 * 4 : 16 * 32 * 4);
+  auto launch = [&](auto kernel) {
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), op);
+    kernel<<<grid, kGemvThreads, smem, s>>>(x, w, bias, out, KW, nseg, (int)per_cta);
+  };
+  if (lut == 2) {
+    if constexpr (std::is_same<T, __half>::value) launch(k_gemv4<T, KIND, DQ, 2>);
+    else throw std::runtime_error(std::string(op) + ": the half2-accumulating GEMV needs float16 activations");
+  } else if (lut == 1) {
+    launch(k_gemv4<T, KIND, DQ, 1>);
   } else {
-    k_gemv4<T, KIND, DQ, false><<<grid, kGemvThreads, smem, s>>>(x, w, bias, out, KW, nseg, (int)per_cta);
+    launch(k_gemv4<T, KIND, DQ, 0>);
   }
   NIBBLE_CUDA_CHECK_LAUNCH(op);
 }
@@ -512,7 +598,7 @@ void run_mma_bm(const T* x, int64_t M, const W4& w, const T* bias, T* out, cudaS
   using Cfg = MmaCfg<BM>;
   const int ktiles = (int)((w.K + kBK - 1) / kBK);
   const int64_t ctas = ((w.N + kBN - 1) / kBN) * ((M + BM - 1) / BM);
-  const int64_t target = (int64_t)sm_count() * 3 / 2;
+  const int64_t target = (int64_t)sm_count() * Cfg::kCtasPerSm;
   int splits = (int)std::min<int64_t>(std::max<int64_t>(1, (target + ctas - 1) / ctas), 8);
   splits = std::min(splits, std::max(1, ktiles / 8));
   const int per_split = (ktiles + splits - 1) / splits;
@@ -551,9 +637,11 @@ void dispatch_path(Matmul4bitPath path, const T* x, int64_t M, const W4& w, cons
   switch (path) {
     case Matmul4bitPath::Gemv:
     case Matmul4bitPath::GemvHalfLut:
-      for (int64_t m = 0; m < M; m++)
-        run_gemv<T, KIND, DQ>(path == Matmul4bitPath::GemvHalfLut, x + m * w.K, w, bias, out + m * w.N, s, op);
+    case Matmul4bitPath::GemvHalf2Acc: {
+      const int lut = path == Matmul4bitPath::Gemv ? 0 : path == Matmul4bitPath::GemvHalfLut ? 1 : 2;
+      for (int64_t m = 0; m < M; m++) run_gemv<T, KIND, DQ>(lut, x + m * w.K, w, bias, out + m * w.N, s, op);
       break;
+    }
     case Matmul4bitPath::Mma:
       if constexpr (std::is_same<T, float>::value) {
         throw std::runtime_error(std::string(op) + ": the tensor-core path needs float16 or bfloat16");
@@ -592,7 +680,9 @@ void matmul_4bit_path(Matmul4bitPath path, const void* x, DType dt, int64_t M, c
     else if (M > 1 && mma_ok(x, dt, wt)) path = Matmul4bitPath::Mma;
     else path = Matmul4bitPath::Simt;
   }
-  if ((path == Matmul4bitPath::Gemv || path == Matmul4bitPath::GemvHalfLut) && !gemv_ok(x, wt))
+  const bool gemv = path == Matmul4bitPath::Gemv || path == Matmul4bitPath::GemvHalfLut ||
+                    path == Matmul4bitPath::GemvHalf2Acc;
+  if (gemv && !gemv_ok(x, wt))
     throw std::runtime_error(std::string(op) + ": GEMV path needs K % 32 == 0 and 16-byte aligned operands");
   if (path == Matmul4bitPath::Mma && !mma_ok(x, dt, wt))
     throw std::runtime_error(std::string(op) + ": tensor-core path needs float16/bfloat16, K % 32 == 0, aligned operands");
