@@ -129,8 +129,8 @@ export function loadAddon(o: LoadOptions): { binding: NativeBinding; info: Nativ
   }
   throw new Error(
     `could not load nibble's native addon. Tried:\n${tried.map((t) => `  - ${t}`).join('\n')}\n` +
-      'Run `npm rebuild nibble-llm` to build it from source (needs cmake and a C++ compiler; nvcc for CUDA), ' +
-      'or set NIBBLE_ADDON=/path/to/nibble.node.',
+      'Run `npm rebuild nibble-llm` to build it from source (needs cmake and a C++ compiler; nvcc for CUDA; ' +
+      'npm 11 runs it only after `npm install-scripts approve nibble-llm`), or set NIBBLE_ADDON=/path/to/nibble.node.',
   );
 }
 
