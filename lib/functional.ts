@@ -26,7 +26,7 @@ interface QuantBinding {
   int8MmDequant(C: Tensor, rowStats: Tensor, colStats: Tensor, bias: Tensor | null, out: Tensor, ref?: boolean): void;
   matmul4bit(x: Tensor, packed: Tensor, absmax: Tensor, nested: Tensor | null, nestedCode: Tensor | null, offset: Tensor | null,
     bias: Tensor | null, out: Tensor, N: number, K: number, blocksize: number, qt: number, ref?: boolean): void;
-  int8OutlierMatmulAdd(out: Tensor, x: Tensor, cols: Tensor, CB: Tensor, SCB: Tensor): void;
+  int8OutlierMatmulAdd(out: Tensor, x: Tensor, colMask: Tensor, CB: Tensor, SCB: Tensor): void;
 }
 const q = () => native() as unknown as QuantBinding;
 
@@ -182,17 +182,7 @@ export function dequantizeBlockwise(A: Tensor, quantState: QuantState, opts: Ker
  * NaN is ignored by the absmax and quantizes to 0.
  */
 export function int8VectorwiseQuant(A: Tensor, threshold = 0, opts: KernelOptions = {}): [Tensor, Tensor, Tensor | null] {
-  const op = 'int8VectorwiseQuant';
-  checkTensor(op, 'A', A);
-  checkFloat(op, 'A', A);
-  checkNotEmpty(op, 'A', A);
-  if (typeof threshold !== 'number' || !(threshold >= 0) || !Number.isFinite(threshold))
-    throw new RangeError(`${op}: threshold must be a finite number >= 0, got ${String(threshold)}`);
-  const cols = A.shape[A.ndim - 1]!;
-  const CA = Tensor.empty(A.shape, 'int8', A.device);
-  const SCA = f32([A.numel / cols], A);
-  const mask = Tensor.empty([cols], 'uint8', A.device);
-  q().int8VectorwiseQuant(A, CA, SCA, mask, threshold, opts.ref);
+  const [CA, SCA, mask] = int8VectorwiseQuantMask(A, threshold, opts);
   let outlierCols: Tensor | null = null;
   if (threshold > 0) {
     const m = (mask.device === 'cpu' ? mask : mask.toDevice('cpu')).dataSync() as Uint8Array;
@@ -202,6 +192,25 @@ export function int8VectorwiseQuant(A: Tensor, threshold = 0, opts: KernelOption
   }
   mask.dispose();
   return [CA, SCA, outlierCols];
+}
+
+/**
+ * @internal int8VectorwiseQuant with the outlier columns as a uint8 mask [cols] that stays on
+ * the device: nothing waits for the kernel (Linear8bitLt uses this).
+ */
+export function int8VectorwiseQuantMask(A: Tensor, threshold = 0, opts: KernelOptions = {}): [Tensor, Tensor, Tensor] {
+  const op = 'int8VectorwiseQuant';
+  checkTensor(op, 'A', A);
+  checkFloat(op, 'A', A);
+  checkNotEmpty(op, 'A', A);
+  if (typeof threshold !== 'number' || !(threshold >= 0) || !Number.isFinite(threshold))
+    throw new RangeError(`${op}: threshold must be a finite number >= 0, got ${String(threshold)}`);
+  const cols = A.shape[A.ndim - 1]!;
+  const CA = Tensor.empty(A.shape, 'int8', A.device);
+  const SCA = f32([A.numel / cols], A);
+  const mask = Tensor.zeros([cols], 'uint8', A.device);
+  q().int8VectorwiseQuant(A, CA, SCA, mask, threshold, opts.ref);
+  return [CA, SCA, mask];
 }
 
 /** int32 A @ B^T for int8 A [..., K] and B [N, K] (bitsandbytes int8_linear_matmul). */
@@ -253,9 +262,9 @@ export function int8MmDequant(A: Tensor, rowStats: Tensor, colStats: Tensor, opt
   return out;
 }
 
-/** @internal the 16-bit outlier part of LLM.int8(): out += x[:, cols] @ (CB[:, cols] * SCB / 127)^T */
-export function int8OutlierMatmulAdd(out: Tensor, x: Tensor, cols: Tensor, CB: Tensor, SCB: Tensor): void {
-  q().int8OutlierMatmulAdd(out, x, cols, CB, SCB);
+/** @internal the 16-bit outlier part of LLM.int8(): out += x[:, mask] @ (CB[:, mask] * SCB / 127)^T */
+export function int8OutlierMatmulAdd(out: Tensor, x: Tensor, colMask: Tensor, CB: Tensor, SCB: Tensor): void {
+  q().int8OutlierMatmulAdd(out, x, colMask, CB, SCB);
 }
 
 // ---- 4-bit matmul ------------------------------------------------------------------------------

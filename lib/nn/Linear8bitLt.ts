@@ -2,7 +2,7 @@
 // (CB, SCB); activations are quantized per row; columns with an |x| >= threshold outlier
 // go through a 16-bit matmul instead (the mixed decomposition). Output in x's dtype after
 // float16 rounding, as bitsandbytes.nn.Linear8bitLt(has_fp16_weights=False).
-import { int8LinearMatmul, int8MmDequant, int8OutlierMatmulAdd, int8VectorwiseQuant } from '../functional.js';
+import { int8LinearMatmul, int8MmDequant, int8OutlierMatmulAdd, int8VectorwiseQuant, int8VectorwiseQuantMask } from '../functional.js';
 import { Tensor } from '../tensor.js';
 import { Module, type LinearLike } from './module.js';
 
@@ -42,24 +42,25 @@ export class Linear8bitLt extends Module implements LinearLike {
     if (x.shape[x.ndim - 1] !== this.inFeatures)
       throw new RangeError(`Linear8bitLt: shape mismatch: x [${x.shape.join(', ')}] has ${x.shape[x.ndim - 1]} features, the layer expects ${this.inFeatures}`);
     const xh = x.dtype === 'float16' ? x : x.to('float16');
-    const [CA, SCA, outlierCols] = int8VectorwiseQuant(xh, this.threshold);
+    // The outlier columns stay a device-side mask: nothing here waits for a kernel.
+    const [CA, SCA, mask] = int8VectorwiseQuantMask(xh, this.threshold);
     const C = int8LinearMatmul(CA, this.CB);
     const out = int8MmDequant(C, SCA, this.SCB, { bias: this.bias });
     let result = out;
-    if (outlierCols && outlierCols.numel > 0) {
+    if (this.threshold > 0) {
       if (out.device === 'cpu') {
-        int8OutlierMatmulAdd(out, xh, outlierCols, this.CB, this.SCB);
+        int8OutlierMatmulAdd(out, xh, mask, this.CB, this.SCB);
       } else {
         // The 16-bit outlier product has no CUDA kernel yet: it runs on host copies (outlier
-        // columns are few, so this moves little compute but costs two transfers).
-        const host = [out, xh, outlierCols, this.CB, this.SCB].map((t) => t.toDevice('cpu'));
+        // columns are few, so this moves little compute but costs transfers and a wait).
+        const host = [out, xh, mask, this.CB, this.SCB].map((t) => t.toDevice('cpu'));
         int8OutlierMatmulAdd(host[0]!, host[1]!, host[2]!, host[3]!, host[4]!);
         result = host[0]!.toDevice(out.device);
         out.dispose();
         for (const t of host) t.dispose();
       }
     }
-    for (const t of [CA, SCA, C, outlierCols]) t?.dispose();
+    for (const t of [CA, SCA, C, mask]) t.dispose();
     if (xh !== x) xh.dispose();
     if (x.dtype === 'float16') return result;
     const cast = result.to(x.dtype);

@@ -409,40 +409,25 @@ Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
 }
 NIBBLE_BINDING("matmul4bit", Matmul4bit);
 
-// int8OutlierMatmulAdd(out f16 [M, N], x [M, K] float, cols i32[c], CB i8 [N, K], SCB f32[N]):
-// the 16-bit half of LLM.int8()'s mixed decomposition, added into out:
-//   out[m, n] = fp16(out[m, n] + sum_j x[m, cols_j] * fp16(CB[n, cols_j] * SCB[n] / 127)),
-// accumulated in float32 (bitsandbytes: subA @ subB in float16 with float32 accumulation).
+// int8OutlierMatmulAdd(out f16 [M, N], x [M, K] float, colMask u8[K], CB i8 [N, K], SCB f32[N]):
+// out += the outlier columns' 16-bit product (cpu::int8_outlier_matmul_add).
 Napi::Value Int8OutlierMatmulAdd(const Napi::CallbackInfo& info) {
   const char* op = "int8OutlierMatmulAdd";
-  auto out = tensor_arg(info, 0, "out"), x = tensor_arg(info, 1, "x"), cols = tensor_arg(info, 2, "cols"),
+  auto out = tensor_arg(info, 0, "out"), x = tensor_arg(info, 1, "x"), mask = tensor_arg(info, 2, "colMask"),
        CB = tensor_arg(info, 3, "CB"), SCB = tensor_arg(info, 4, "SCB");
   expect_dtype(op, "out", out, DType::F16), expect_float(op, "x", x);
-  expect_dtype(op, "cols", cols, DType::I32), expect_dtype(op, "CB", CB, DType::I8), expect_dtype(op, "SCB", SCB, DType::F32);
+  expect_dtype(op, "colMask", mask, DType::U8), expect_dtype(op, "CB", CB, DType::I8), expect_dtype(op, "SCB", SCB, DType::F32);
   expect_rank(op, "CB", CB, 2);
   const int64_t N = CB.dim(0), K = CB.dim(1);
   if (x.shape.empty() || x.dim(-1) != K)
     bad(std::string(op) + ": shape mismatch: x " + x.describe() + " vs CB " + CB.describe());
-  const int64_t M = x.numel() / K, nc = cols.numel();
-  expect_numel(op, "out", out, M * N), expect_numel(op, "SCB", SCB, N);
-  for (auto* t : {&x, &cols, &CB, &SCB}) expect_same_device(op, out, *t);
+  const int64_t M = x.numel() / K;
+  expect_numel(op, "out", out, M * N), expect_numel(op, "SCB", SCB, N), expect_numel(op, "colMask", mask, K);
+  for (auto* t : {&x, &mask, &CB, &SCB}) expect_same_device(op, out, *t);
   if (!out.on_cpu()) bad(std::string(op) + ": CUDA tensors are not supported by this op yet; got " + out.describe());
   CpuStream::instance().enqueue([=] {
-    const int32_t* c = cols.ptr<int32_t>();
-    uint16_t* o = out.ptr<uint16_t>();
-    const int8_t* cb = CB.ptr<int8_t>();
-    const float* scb = SCB.ptr<float>();
-    for (int64_t j = 0; j < nc; j++)
-      if (c[j] < 0 || c[j] >= K) throw std::out_of_range("int8OutlierMatmulAdd: outlier column out of range");
-    for (int64_t n = 0; n < N; n++)
-      for (int64_t m = 0; m < M; m++) {
-        float acc = half_to_float(o[m * N + n]);
-        for (int64_t j = 0; j < nc; j++) {
-          float wv = half_to_float(float_to_half((float)cb[n * K + c[j]] * scb[n] / 127.0f));
-          acc += half_to_float(float_to_half(load_as_float(x.ptr(), x.dt, m * K + c[j]))) * wv;
-        }
-        o[m * N + n] = float_to_half(acc);
-      }
+    cpu::int8_outlier_matmul_add(out.ptr<uint16_t>(), x.ptr(), x.dt, mask.ptr<uint8_t>(), CB.ptr<int8_t>(),
+                                 SCB.ptr<float>(), M, N, K);
   });
   return info.Env().Undefined();
 }

@@ -105,6 +105,14 @@ void int8_mm_dequant_ref(const int32_t* C, const float* row_stats, const float* 
 void int8_mm_dequant(const int32_t* C, const float* row_stats, const float* col_stats, const uint16_t* bias,
                      int64_t M, int64_t N, uint16_t* out);
 
+// int8_outlier_matmul_add: the 16-bit half of LLM.int8()'s mixed decomposition, added into
+// the float16 output of int8_mm_dequant. For the outlier columns c (col_mask[c] != 0):
+//   out[m, n] = fp16(out[m, n] + sum_c fp16(x[m, c]) * fp16(CB[n, c] * SCB[n] / 127)),
+// summed in float32 in column order (bitsandbytes: subA @ subB in float16, float32
+// accumulation). An empty mask leaves out unchanged.
+void int8_outlier_matmul_add(uint16_t* out, const void* x, DType x_dt, const uint8_t* col_mask, const int8_t* CB,
+                             const float* SCB, int64_t M, int64_t N, int64_t K);
+
 // ---- dequant-fused 4-bit matmul ---------------------------------------------------------
 // A 4-bit weight W[N, K] (Linear orientation: N outputs, K inputs), quantized as a flat
 // array of N*K elements in bnb format. Either absmax (float32 per block) is given, or the

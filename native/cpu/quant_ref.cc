@@ -157,6 +157,24 @@ void int8_mm_dequant_ref(const int32_t* C, const float* row_stats, const float* 
     }
 }
 
+void int8_outlier_matmul_add(uint16_t* out, const void* x, DType x_dt, const uint8_t* col_mask, const int8_t* CB,
+                             const float* SCB, int64_t M, int64_t N, int64_t K) {
+  std::vector<int64_t> cols;
+  for (int64_t c = 0; c < K; c++)
+    if (col_mask[c]) cols.push_back(c);
+  if (cols.empty()) return;
+  std::vector<float> xs(cols.size());
+  for (int64_t m = 0; m < M; m++) {
+    for (size_t j = 0; j < cols.size(); j++) xs[j] = half_to_float(float_to_half(load_as_float(x, x_dt, m * K + cols[j])));
+    for (int64_t n = 0; n < N; n++) {
+      float acc = half_to_float(out[m * N + n]);
+      for (size_t j = 0; j < cols.size(); j++)
+        acc += xs[j] * half_to_float(float_to_half((float)CB[n * K + cols[j]] * SCB[n] / 127.0f));
+      out[m * N + n] = float_to_half(acc);
+    }
+  }
+}
+
 void matmul_4bit_ref(const void* x, DType x_dt, int64_t M, const Weight4bit& w, const void* bias, void* out) {
   const int64_t N = w.N, K = w.K;
   for (int64_t m = 0; m < M; m++)
