@@ -57,8 +57,8 @@ template <typename T, int BS, int KIND, bool SUB>
 __global__ void __launch_bounds__(kThreads) k_quantize(const T* __restrict__ x, int64_t n, uint8_t* __restrict__ out,
                                                        float* __restrict__ absmax, const float* __restrict__ code,
                                                        const float* __restrict__ sub, bool vec_ok) {
-  constexpr int EPT = BS >= 4096 ? 16 : 8;
-  constexpr int TPB = BS / EPT;  // threads per quantization block (4..256)
+  constexpr int EPT = (BS >= 4096 || sizeof(T) == 2) ? 16 : 8;  // two 16-byte loads per thread
+  constexpr int TPB = BS / EPT;  // threads per quantization block (2..256)
   constexpr int BPC = kThreads / TPB;
   __shared__ float s_tab[256];
   __shared__ float s_red[kThreads / 32];
@@ -149,7 +149,7 @@ void launch_quantize(const T* x, int64_t n, int bs, uint8_t* out, float* absmax,
   const int64_t nblocks = (n + bs - 1) / bs;
 #define NIBBLE_Q_CASE(B)                                                                          \
   case B: {                                                                                       \
-    constexpr int EPT = B >= 4096 ? 16 : 8;                                                       \
+    constexpr int EPT = (B >= 4096 || sizeof(T) == 2) ? 16 : 8;                                   \
     constexpr int BPC = kThreads / (B / EPT);                                                     \
     const unsigned g = std::min<unsigned>(grid_1d(nblocks, BPC, op), (unsigned)sm_count() * 8);   \
     k_quantize<T, B, KIND, SUB><<<g, kThreads, 0, s>>>(x, n, out, absmax, code, sub, vec_ok);       \
@@ -205,46 +205,57 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   constexpr int EPC = KIND == 2 ? 16 : 32;  // elements per 16-byte chunk
+  constexpr int kPer = 2;                   // chunks in flight per thread
   const int64_t chunks = (n + EPC - 1) / EPC;
-  for (int64_t chunk = (int64_t)blockIdx.x * kThreads + threadIdx.x; chunk < chunks;
-       chunk += (int64_t)gridDim.x * kThreads) {
-    const int64_t e0 = chunk * EPC;
-    float scale;
-    {
+  const int64_t stride = (int64_t)gridDim.x * kThreads;
+  for (int64_t c0 = (int64_t)blockIdx.x * kThreads + threadIdx.x; c0 < chunks; c0 += kPer * stride) {
+    uint4 raw[kPer];
+    float scale[kPer];
+#pragma unroll
+    for (int u = 0; u < kPer; u++) {
+      const int64_t chunk = c0 + u * stride;
+      const int64_t e0 = chunk * EPC;
+      scale[u] = 0.0f;
+      raw[u] = make_uint4(0, 0, 0, 0);
+      if (chunk >= chunks) continue;
       const int64_t b = e0 >> log2_bs;
-      scale = DQ ? dev::dq_absmax(s_ncode, qabsmax[b], nested[b / fmt::kNestedBlocksize], *offset) : absmax[b];
-    }
-    const bool full = e0 + EPC <= n;
-    uint4 raw;
-    if (full && vec_ok) {
-      raw = __ldcs(reinterpret_cast<const uint4*>(q + (KIND == 2 ? e0 : e0 / 2)));
-    } else {
-      uint8_t* r = reinterpret_cast<uint8_t*>(&raw);
-      const int64_t nbytes = KIND == 2 ? n : (n + 1) / 2;
-      const int64_t b0 = KIND == 2 ? e0 : e0 / 2;
-#pragma unroll
-      for (int j = 0; j < 16; j++) r[j] = (b0 + j < nbytes) ? q[b0 + j] : 0;
-    }
-    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw);
-    __align__(16) T v[EPC];
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-      if (KIND == 2) {
-        v[j] = dev::from_f32<T>(__fmul_rn(s_tab[bytes[j]], scale));
+      scale[u] = DQ ? dev::dq_absmax(s_ncode, qabsmax[b], nested[b / fmt::kNestedBlocksize], *offset) : absmax[b];
+      if (e0 + EPC <= n && vec_ok) {
+        raw[u] = __ldcs(reinterpret_cast<const uint4*>(q + (KIND == 2 ? e0 : e0 / 2)));
       } else {
-        v[2 * j] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] >> 4), scale));
-        v[2 * j + 1] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] & 15), scale));
+        uint8_t* r = reinterpret_cast<uint8_t*>(&raw[u]);
+        const int64_t nbytes = KIND == 2 ? n : (n + 1) / 2;
+        const int64_t b0 = KIND == 2 ? e0 : e0 / 2;
+#pragma unroll
+        for (int j = 0; j < 16; j++) r[j] = (b0 + j < nbytes) ? q[b0 + j] : 0;
       }
     }
-    if (full && vec_ok) {
-      uint4* o = reinterpret_cast<uint4*>(out + e0);
-      const uint4* src = reinterpret_cast<const uint4*>(v);
 #pragma unroll
-      for (int j = 0; j < EPC * (int)sizeof(T) / 16; j++) __stcs(o + j, src[j]);
-    } else {
+    for (int u = 0; u < kPer; u++) {
+      const int64_t chunk = c0 + u * stride;
+      if (chunk >= chunks) continue;
+      const int64_t e0 = chunk * EPC;
+      const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw[u]);
+      __align__(16) T v[EPC];
 #pragma unroll
-      for (int j = 0; j < EPC; j++)
-        if (e0 + j < n) out[e0 + j] = v[j];
+      for (int j = 0; j < 16; j++) {
+        if (KIND == 2) {
+          v[j] = dev::from_f32<T>(__fmul_rn(s_tab[bytes[j]], scale[u]));
+        } else {
+          v[2 * j] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] >> 4), scale[u]));
+          v[2 * j + 1] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] & 15), scale[u]));
+        }
+      }
+      if (e0 + EPC <= n && vec_ok) {
+        uint4* o = reinterpret_cast<uint4*>(out + e0);
+        const uint4* src = reinterpret_cast<const uint4*>(v);
+#pragma unroll
+        for (int j = 0; j < EPC * (int)sizeof(T) / 16; j++) __stcs(o + j, src[j]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < EPC; j++)
+          if (e0 + j < n) out[e0 + j] = v[j];
+      }
     }
   }
 }
@@ -287,20 +298,66 @@ void dequantize_dispatch(const uint8_t* q, const float* absmax, const uint8_t* q
 // The offset is cpu::absmax_mean: torch's CUDA float32 mean order, which decides nested codes
 // bit for bit. Element i goes to lane (i/4)%32, slot i%4 (float adds in index order); each
 // lane adds its slots in order, lanes fold in halves, and the sum is scaled by float(1/n).
-// One block of 128 threads (one per lane x slot) reads the vector once, coalesced.
-__global__ void __launch_bounds__(128) k_absmax_mean(const float* __restrict__ a, int64_t n, float* __restrict__ out) {
+// The chain of adds per slot is sequential by definition, so one block does it: 1024 threads
+// stream the vector through a ring of shared-memory stages with cp.async (many loads in
+// flight), and 128 of them (one per lane x slot) run the adds from shared memory.
+constexpr int kMeanThreads = 1024, kMeanChunk = 4096, kMeanStages = 8;
+
+__global__ void __launch_bounds__(kMeanThreads)
+    k_absmax_mean(const float* __restrict__ a, int64_t n, float* __restrict__ out) {
+  extern __shared__ __align__(16) float s_ring[];  // kMeanStages x kMeanChunk
   __shared__ float s_slot[128];
-  const int t = threadIdx.x;  // = lane * 4 + slot, and element i = 128 * j + t
-  float acc = 0.0f;
-  int64_t i = t;
-  for (; i + 3 * 128 < n; i += 4 * 128) {  // four loads in flight, adds still in index order
-    const float v0 = a[i], v1 = a[i + 128], v2 = a[i + 256], v3 = a[i + 384];
-    acc = __fadd_rn(acc, v0);
-    acc = __fadd_rn(acc, v1);
-    acc = __fadd_rn(acc, v2);
-    acc = __fadd_rn(acc, v3);
+  const int t = threadIdx.x;
+  const int64_t chunks = (n + kMeanChunk - 1) / kMeanChunk;
+  auto issue = [&](int64_t c) {
+    if (c < chunks) {
+      const int64_t i = c * kMeanChunk + (int64_t)t * 4;
+      const int64_t left = n - i;
+      const int bytes = left >= 4 ? 16 : left > 0 ? (int)left * 4 : 0;
+      dev::cp_async16(s_ring + (c % kMeanStages) * kMeanChunk + t * 4, bytes > 0 ? a + i : a, bytes);
+    }
+    dev::cp_async_commit();
+  };
+  for (int c = 0; c < kMeanStages - 1; c++) issue(c);
+  float acc = 0.0f;  // slot t (t < 128): elements i = 128 * j + t, added in index order
+  for (int64_t c = 0; c < chunks; c++) {
+    dev::cp_async_wait<kMeanStages - 2>();
+    __syncthreads();
+    issue(c + kMeanStages - 1);
+    if (t < 128) {
+      const float* buf = s_ring + (c % kMeanStages) * kMeanChunk;
+      const int64_t base = c * kMeanChunk;
+      if (base + kMeanChunk <= n) {
+#pragma unroll 8
+        for (int j = 0; j < kMeanChunk / 128; j++) acc = __fadd_rn(acc, buf[j * 128 + t]);
+      } else {
+        for (int j = 0; j < kMeanChunk / 128; j++)
+          if (base + j * 128 + t < n) acc = __fadd_rn(acc, buf[j * 128 + t]);
+      }
+    }
   }
-  for (; i < n; i += 128) acc = __fadd_rn(acc, a[i]);
+  dev::cp_async_wait<0>();
+  if (t < 128) s_slot[t] = acc;
+  __syncthreads();
+  if (t < 32) {
+    const float* sl = s_slot + 4 * t;
+    float lane = __fadd_rn(__fadd_rn(__fadd_rn(sl[0], sl[1]), sl[2]), sl[3]);
+#pragma unroll
+    for (int h = 16; h > 0; h >>= 1) {
+      const float other = __shfl_down_sync(0xffffffffu, lane, h);
+      if (t < h) lane = __fadd_rn(lane, other);
+    }
+    if (t == 0) *out = __fmul_rn(lane, (float)(1.0 / (double)n));
+  }
+}
+
+// Unaligned absmax vectors (views): the same order with plain loads.
+__global__ void __launch_bounds__(128) k_absmax_mean_plain(const float* __restrict__ a, int64_t n,
+                                                           float* __restrict__ out) {
+  __shared__ float s_slot[128];
+  const int t = threadIdx.x;
+  float acc = 0.0f;
+  for (int64_t i = t; i < n; i += 128) acc = __fadd_rn(acc, a[i]);
   s_slot[t] = acc;
   __syncthreads();
   if (t < 32) {
@@ -390,7 +447,14 @@ void dequantize_blockwise(const float* code, const uint8_t* q, const float* absm
 void compress_absmax(const float* absmax, int64_t nblocks, uint8_t* qabsmax, float* nested_absmax, float* offset,
                      cudaStream_t s) {
   if (nblocks <= 0) throw std::runtime_error("compress_absmax: empty absmax");
-  k_absmax_mean<<<1, 128, 0, s>>>(absmax, nblocks, offset);
+  if (aligned16(absmax)) {
+    const int smem = kMeanStages * kMeanChunk * 4;
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k_absmax_mean, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                      "compress_absmax");
+    k_absmax_mean<<<1, kMeanThreads, smem, s>>>(absmax, nblocks, offset);
+  } else {
+    k_absmax_mean_plain<<<1, 128, 0, s>>>(absmax, nblocks, offset);
+  }
   NIBBLE_CUDA_CHECK_LAUNCH("compress_absmax (mean)");
   launch_quantize<float, 2, true>(absmax, nblocks, fmt::kNestedBlocksize, qabsmax, nested_absmax,
                                   dynamic_map_signed_device(), offset, s, "compress_absmax");

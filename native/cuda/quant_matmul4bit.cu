@@ -34,7 +34,7 @@ struct W4 {
   const float* offset_ptr;
   float offset;
   int log2_bs;
-  int64_t N, K;
+  int64_t N, K, nblocks;
 };
 
 template <bool DQ>
@@ -86,7 +86,7 @@ struct GemvRaw {
 template <typename T, int KIND, bool DQ, int LUT>
 __global__ void __launch_bounds__(kGemvThreads, 2)
     k_gemv4(const T* __restrict__ x, W4 w, const T* __restrict__ bias, T* __restrict__ out, int KW, int nseg,
-            int iters_per_cta) {
+            int iters_per_cta, const uint4* __restrict__ lut_g) {
   extern __shared__ __align__(16) uint8_t smem[];
   float* s_ncode = reinterpret_cast<float*>(smem);             // 256
   float* s_part = s_ncode + 256;                               // kGemvPartCap
@@ -97,11 +97,7 @@ __global__ void __launch_bounds__(kGemvThreads, 2)
   load_ncode<DQ>(w, s_ncode);
   __syncthreads();
   if (LUT >= 1) {
-    for (int i = threadIdx.x; i < 256 * 32; i += kGemvThreads) {
-      const uint32_t byte = (uint32_t)i >> 5;
-      __half2 h = __floats2half2_rn(dev::value4<KIND>(s_tab, byte >> 4), dev::value4<KIND>(s_tab, byte & 15));
-      s_lut[i] = *reinterpret_cast<uint32_t*>(&h);
-    }
+    for (int i = threadIdx.x; i < 256 * 32 / 4; i += kGemvThreads) reinterpret_cast<uint4*>(s_lut)[i] = __ldg(lut_g + i);
   } else {
     float* f = reinterpret_cast<float*>(s_lut);
     for (int i = threadIdx.x; i < 16 * 32; i += kGemvThreads) f[i] = dev::value4<KIND>(s_tab, (uint32_t)i >> 5);
@@ -327,8 +323,8 @@ struct MmaCfg {
   static constexpr int kLutBytes = 256 * 32 * 4;
   static constexpr int kABytes = BM * kBK * 2;  // per stage
   static constexpr int kBBytes = kBN * kBK / 2;
-  static constexpr int kAbsBytes = kBN * 2 * 4;
-  static constexpr int kSmem = kLutBytes + kStages * (kABytes + kBBytes + kAbsBytes) + 256 * 4;
+  static constexpr int kAbsBytes = kBN * 2 * 4 * 2;  // raw: code word + float, per (row, half tile)
+  static constexpr int kSmem = kLutBytes + kStages * (kABytes + kBBytes + kAbsBytes) + kBN * 2 * 4 + 256 * 4;
   static constexpr int kCtasPerSm = BM <= 16 ? 3 : 2;
 };
 
@@ -340,7 +336,7 @@ __device__ __forceinline__ int b_off(int r, int c) { return r * 32 + ((c ^ ((r >
 template <typename T, int BM, int KIND, bool DQ>
 __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
     k_mma4(const T* __restrict__ x, int M, W4 w, const T* __restrict__ bias, T* __restrict__ out,
-           float* __restrict__ ws, int ktiles_per_split) {
+           float* __restrict__ ws, int ktiles_per_split, const uint4* __restrict__ lut_g) {
   using Cfg = MmaCfg<BM>;
   using P2 = Pair<T>;
   using T2 = typename P2::type;
@@ -349,8 +345,9 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
   uint8_t* s_a = smem + Cfg::kLutBytes;
   constexpr int kStages = Cfg::kStages;
   uint8_t* s_b = s_a + kStages * Cfg::kABytes;
-  float* s_abs = reinterpret_cast<float*>(s_b + kStages * Cfg::kBBytes);
-  float* s_ncode = s_abs + kStages * kBN * 2;
+  uint32_t* s_raw = reinterpret_cast<uint32_t*>(s_b + kStages * Cfg::kBBytes);  // [stage][2][kBN*2]
+  float* s_abs = reinterpret_cast<float*>(s_raw + kStages * kBN * 4);            // decoded, current tile
+  float* s_ncode = s_abs + kBN * 2;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / Cfg::WN, wn = warp % Cfg::WN;
@@ -358,11 +355,7 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
   dev::load_tables4(s_tab);
   load_ncode<DQ>(w, s_ncode);
   __syncthreads();
-  for (int i = tid; i < 256 * 32; i += Cfg::kThreads) {
-    const uint32_t byte = (uint32_t)i >> 5;
-    T2 h = P2::make(dev::value4<KIND>(s_tab, byte >> 4), dev::value4<KIND>(s_tab, byte & 15));
-    s_lut[i] = *reinterpret_cast<uint32_t*>(&h);
-  }
+  for (int i = tid; i < 256 * 32 / 4; i += Cfg::kThreads) reinterpret_cast<uint4*>(s_lut)[i] = __ldg(lut_g + i);
   const float off = load_offset<DQ>(w);
 
   const int N = (int)w.N, K = (int)w.K;
@@ -390,39 +383,48 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
   };
   // Absmax of (row, 32-element half of the k-tile): each half lies inside one block
   // because K % 32 == 0 and blocksize >= 32.
-  // Fetched one tile ahead as raw values (the code byte and nested absmax, or the float
-  // absmax) so the loads stay in flight; decoded when stored to shared memory.
-  constexpr int kAbsPer = (kBN * 2 + Cfg::kThreads - 1) / Cfg::kThreads;
-  struct AbsRaw {
-    float a[kAbsPer];
-    uint32_t q[kAbsPer];
+  // Absmax of (row, 32-element half of the k-tile): each half lies inside one block because
+  // K % 32 == 0 and blocksize >= 32. Its raw inputs travel with the tile through cp.async
+  // (the aligned word holding the code byte, and the nested absmax; or the float absmax),
+  // so no thread waits on a global load inside the loop; they are decoded once per tile.
+  auto abs_index = [&](int i, int kt, bool& ok) -> int64_t {
+    const int r = i >> 1, h = i & 1;
+    const int n = n0 + r, k = kt * kBK + h * 32;
+    ok = n < N && k < K;
+    return ((int64_t)n * K + k) >> w.log2_bs;
   };
-  auto fetch_abs = [&](int kt, AbsRaw& v) {
-#pragma unroll
-    for (int q = 0; q < kAbsPer; q++) {
-      const int i = tid + q * Cfg::kThreads;
-      const int r = i >> 1, h = i & 1;
-      const int n = n0 + r, k = kt * kBK + h * 32;
-      const bool ok = i < kBN * 2 && n < N && k < K;
-      const int64_t b = ((int64_t)n * K + k) >> w.log2_bs;
+  auto issue_abs = [&](int stage, int kt) {
+    uint32_t* rq = s_raw + stage * kBN * 4;
+    float* ra = reinterpret_cast<float*>(rq + kBN * 2);
+    for (int i = tid; i < kBN * 2; i += Cfg::kThreads) {
+      bool ok;
+      const int64_t b = abs_index(i, kt, ok);
       if (DQ) {
-        v.q[q] = ok ? (uint32_t)__ldg(w.qabsmax + b) : 0xffffffffu;
-        v.a[q] = ok ? __ldg(w.nested + (b >> 8)) : 0.0f;
+        const int64_t wb = b & ~(int64_t)3;
+        const int64_t left = w.nblocks - wb;
+        dev::cp_async4(rq + i, ok ? w.qabsmax + wb : w.qabsmax, ok ? (left >= 4 ? 4 : (int)left) : 0);
+        dev::cp_async4(ra + i, ok ? w.nested + (b >> 8) : w.nested, ok ? 4 : 0);
       } else {
-        v.q[q] = ok ? 0u : 0xffffffffu;
-        v.a[q] = ok ? __ldg(w.absmax + b) : 0.0f;
+        dev::cp_async4(ra + i, ok ? w.absmax + b : w.absmax, ok ? 4 : 0);
       }
     }
   };
-  auto store_abs = [&](int stage, const AbsRaw& v) {
-#pragma unroll
-    for (int q = 0; q < kAbsPer; q++) {
-      const int i = tid + q * Cfg::kThreads;
-      if (i < kBN * 2) {
-        float a = 0.0f;
-        if (v.q[q] != 0xffffffffu) a = DQ ? dev::dq_absmax(s_ncode, (uint8_t)v.q[q], v.a[q], off) : v.a[q];
-        s_abs[stage * kBN * 2 + i] = a;
+  auto decode_abs = [&](int stage, int kt) {
+    const uint32_t* rq = s_raw + stage * kBN * 4;
+    const float* ra = reinterpret_cast<const float*>(rq + kBN * 2);
+    for (int i = tid; i < kBN * 2; i += Cfg::kThreads) {
+      bool ok;
+      const int64_t b = abs_index(i, kt, ok);
+      float a = 0.0f;
+      if (ok) {
+        if (DQ) {
+          const uint32_t q = (rq[i] >> (8 * (int)(b & 3))) & 0xffu;
+          a = dev::dq_absmax(s_ncode, (uint8_t)q, ra[i], off);
+        } else {
+          a = ra[i];
+        }
       }
+      s_abs[i] = a;
     }
   };
 
@@ -434,14 +436,11 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
 #pragma unroll
       for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
 
-  // Prologue: tiles 0..S-2 in flight; absmax of tiles 0..S-3 stored, of tile S-2 in registers.
-  AbsRaw pf;
 #pragma unroll
   for (int p = 0; p < kStages - 1; p++) {
     if (p < nk) {
       issue_tile(p, kt_begin + p);
-      fetch_abs(kt_begin + p, pf);
-      if (p < kStages - 2) store_abs(p, pf);
+      issue_abs(p, kt_begin + p);
     }
     dev::cp_async_commit();
   }
@@ -449,16 +448,19 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
   const int g = lane >> 2, t = lane & 3;
   for (int it = 0; it < nk; it++) {
     dev::cp_async_wait<kStages - 2>();
-    __syncthreads();
-    if (it + kStages - 1 < nk) issue_tile((it + kStages - 1) % kStages, kt_begin + it + kStages - 1);
+    __syncthreads();  // tile `it` landed for every thread; iteration it-1 is done with s_abs
+    if (it + kStages - 1 < nk) {
+      issue_tile((it + kStages - 1) % kStages, kt_begin + it + kStages - 1);
+      issue_abs((it + kStages - 1) % kStages, kt_begin + it + kStages - 1);
+    }
     dev::cp_async_commit();
-    if (it + kStages - 2 < nk) store_abs((it + kStages - 2) % kStages, pf);
-    if (it + kStages - 1 < nk) fetch_abs(kt_begin + it + kStages - 1, pf);
+    decode_abs(it % kStages, kt_begin + it);
+    __syncthreads();
 
     const int st = it % kStages;
     const uint8_t* a_s = s_a + st * Cfg::kABytes;
     const uint8_t* b_s = s_b + st * Cfg::kBBytes;
-    const float* abs_s = s_abs + st * kBN * 2;
+    const float* abs_s = s_abs;
     // B fragments for this warp's four n8 tiles: row (wn*32 + j*8 + g), byte t of each word.
     uint32_t words[4][8];
     T2 scale[4][2];
@@ -527,6 +529,41 @@ __global__ void k_splitk_reduce(const float* __restrict__ ws, int splits, int64_
   }
 }
 
+// ---- code-pair tables ------------------------------------------------------------------------------
+// byte -> (code of the high nibble, code of the low nibble) as a half2/bfloat162, replicated
+// for the 32 lanes (entry byte * 32 + lane) so table lookups never conflict on banks. Built
+// once per device and type; kernels copy it into shared memory with 16-byte loads.
+template <typename T, int KIND>
+__global__ void k_build_pair_lut(uint32_t* __restrict__ out) {
+  using P2 = Pair<T>;
+  using T2 = typename P2::type;
+  __shared__ float s_tab[64];
+  dev::load_tables4(s_tab);
+  __syncthreads();
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < 256 * 32; i += gridDim.x * blockDim.x) {
+    const uint32_t byte = (uint32_t)i >> 5;
+    T2 h = P2::make(dev::value4<KIND>(s_tab, byte >> 4), dev::value4<KIND>(s_tab, byte & 15));
+    out[i] = *reinterpret_cast<uint32_t*>(&h);
+  }
+}
+
+template <typename T, int KIND>
+const uint4* pair_lut_device() {
+  static uint32_t* tables[64] = {nullptr};
+  int dev = 0;
+  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev >= 64) throw std::runtime_error("matmul_4bit: device ordinal too large");
+  if (!tables[dev]) {
+    uint32_t* d = nullptr;
+    NIBBLE_CUDA_CHECK(cudaMalloc(&d, 256 * 32 * 4), "matmul_4bit: cudaMalloc(code table)");
+    k_build_pair_lut<T, KIND><<<32, 256>>>(d);
+    NIBBLE_CUDA_CHECK_LAUNCH("matmul_4bit (code table)");
+    NIBBLE_CUDA_CHECK(cudaDeviceSynchronize(), "matmul_4bit (code table)");
+    tables[dev] = d;
+  }
+  return reinterpret_cast<const uint4*>(tables[dev]);
+}
+
 // ---- host side --------------------------------------------------------------------------------------
 W4 make_w4(const Weight4bit& w, const char* op) {
   if (!w.packed) throw std::runtime_error(std::string(op) + ": missing packed weight");
@@ -549,12 +586,14 @@ W4 make_w4(const Weight4bit& w, const char* op) {
   d.log2_bs = l2;
   d.N = w.N;
   d.K = w.K;
+  d.nblocks = (w.N * w.K + w.blocksize - 1) / w.blocksize;
   return d;
 }
 
 bool gemv_ok(const void* x, const Weight4bit& w) { return w.K % 32 == 0 && aligned16(x) && aligned16(w.packed); }
 bool mma_ok(const void* x, DType dt, const Weight4bit& w) {
-  return (dt == DType::F16 || dt == DType::BF16) && w.K % 32 == 0 && aligned16(x) && aligned16(w.packed);
+  return (dt == DType::F16 || dt == DType::BF16) && w.K % 32 == 0 && aligned16(x) && aligned16(w.packed) &&
+         ((uintptr_t)w.qabsmax & 3) == 0;
 }
 
 template <typename T, int KIND, bool DQ>
@@ -572,7 +611,8 @@ void run_gemv(int lut, const T* x, const W4& w, const T* bias, T* out, cudaStrea
   const size_t smem = (256 + kGemvPartCap) * 4 + (lut >= 1 ? 256 * 32 * 4 : 16 * 32 * 4);
   auto launch = [&](auto kernel) {
     NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), op);
-    kernel<<<grid, kGemvThreads, smem, s>>>(x, w, bias, out, KW, nseg, (int)per_cta);
+    kernel<<<grid, kGemvThreads, smem, s>>>(x, w, bias, out, KW, nseg, (int)per_cta,
+                                           pair_lut_device<__half, KIND>());
   };
   if (lut == 2) {
     if constexpr (std::is_same<T, __half>::value) launch(k_gemv4<T, KIND, DQ, 2>);
@@ -611,7 +651,7 @@ void run_mma_bm(const T* x, int64_t M, const W4& w, const T* bias, T* out, cudaS
   if (splits > 1)
     NIBBLE_CUDA_CHECK(cudaMallocAsync((void**)&ws, sizeof(float) * splits * M * w.N, s),
                       std::string(op) + ": split-K workspace");
-  k<<<grid, Cfg::kThreads, Cfg::kSmem, s>>>(x, (int)M, w, bias, out, ws, per_split);
+  k<<<grid, Cfg::kThreads, Cfg::kSmem, s>>>(x, (int)M, w, bias, out, ws, per_split, pair_lut_device<T, KIND>());
   cudaError_t e = cudaGetLastError();
   if (e == cudaSuccess && ws) {
     const int64_t MN = M * w.N;
