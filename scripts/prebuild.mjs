@@ -7,7 +7,7 @@
 // sources through symlinks) so a developer's build/Release is never touched.
 // Usage: node scripts/prebuild.mjs [--cpu-only] ; NIBBLE_CUDA_ARCHS=... overrides the archs.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -33,6 +33,14 @@ function stage(variant) {
 
 function build(variant, cmakeArgs, envSwitches) {
   const cwd = stage(variant);
+  // cmake-js `compile` reuses an existing CMake cache, which would keep old options (archs):
+  // start the variant's build folder afresh whenever its options change.
+  const config = JSON.stringify({ cmakeArgs, envSwitches, archs: process.env.NIBBLE_CUDA_ARCHS ?? null });
+  const stamp = join(cwd, 'options.json');
+  if (!existsSync(stamp) || readFileSync(stamp, 'utf8') !== config) {
+    rmSync(join(cwd, 'build'), { recursive: true, force: true });
+    writeFileSync(stamp, config);
+  }
   console.log(`\n== prebuild ${variant}: cmake-js ${cmakeArgs.join(' ')}`);
   const r = spawnSync(process.execPath, [prebuildify, '--napi', '--strip', '--tag-libc', '--name', `nibble-${variant}`,
     '--node-gyp', shim, '--cwd', cwd, '--out', root], { stdio: 'inherit', env: { ...process.env, ...envSwitches, NIBBLE_CMAKE_ARGS: cmakeArgs.join(' ') } });
