@@ -2,7 +2,7 @@
 // cache hits without a network, offline mode, revisions, errors, resumes and corrupt bytes,
 // and the cache layout huggingface_hub documents.
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { resolveModelDir, hubCacheDir, isRepoId } from '../lib/io/hub.js';
@@ -154,7 +154,9 @@ describe('resolveModelDir: Hub downloads', () => {
       ...files.map((f) => `snapshots/${MAIN}/${f} -> ../../blobs/${etag(f)}`),
     ];
     expect(listing(repoRoot(FORTUNE))).toEqual(expected);
-    expect(readdirSync(cache)).toEqual([`models--nibble-test--fortune-gpt2`]);
+    // huggingface_hub keeps its locks in <cache>/.locks too; ours are gone once downloads end.
+    expect(readdirSync(cache).sort()).toEqual(['.locks', 'models--nibble-test--fortune-gpt2']);
+    expect(readdirSync(join(cache, '.locks', 'models--nibble-test--fortune-gpt2'))).toEqual([]);
     expect(readFileSync(join(repoRoot(FORTUNE), 'refs', 'main'), 'utf8')).toBe(MAIN);
     // The LFS blob is named by the sha256 of its bytes, the small files by their git blob id.
     const weights = join(repoRoot(FORTUNE), 'blobs', sha256(fortune['model.safetensors']));
@@ -210,6 +212,24 @@ describe('resolveModelDir: Hub downloads', () => {
     process.env.HF_HUB_OFFLINE = '1';
     expect(await resolveModelDir(FORTUNE, { revision: V1 })).toBe(v1);
     expect(await resolveModelDir(FORTUNE, { revision: 'v1' })).toBe(v1);
+  });
+
+  it('two concurrent calls download each file once and both get the snapshot', async () => {
+    const [a, b] = await Promise.all([resolveModelDir(FORTUNE), resolveModelDir(FORTUNE)]);
+    expect(a).toBe(b);
+    expect(requests('cdn').filter((r) => r.method === 'GET')).toHaveLength(1);
+    expect(readFileSync(join(a, 'model.safetensors')).equals(fortune['model.safetensors'])).toBe(true);
+  });
+
+  it('takes over a download lock left behind by a killed process', async () => {
+    const lock = join(cache, '.locks', 'models--nibble-test--tiny-random-gpt2', `${sha256(tiny['model.safetensors'])}.nibble.lock`);
+    mkdirSync(join(lock, '..'), { recursive: true });
+    writeFileSync(lock, '999999\n');
+    const old = new Date(Date.now() - 60_000);
+    utimesSync(lock, old, old);
+    const dir = await resolveModelDir(TINY);
+    expect(readFileSync(join(dir, 'model.safetensors')).equals(tiny['model.safetensors'])).toBe(true);
+    expect(existsSync(lock)).toBe(false);
   });
 
   it('downloads every shard a sharded index names', async () => {

@@ -3,6 +3,7 @@
 //   <cache>/models--<org>--<name>/blobs/<etag>            file contents, named by server hash
 //   <cache>/models--<org>--<name>/refs/<revision>         commit hash the revision pointed to
 //   <cache>/models--<org>--<name>/snapshots/<commit>/<f>  relative symlink to ../../blobs/<etag>
+//   <cache>/.locks/models--<org>--<name>/                  download locks
 // Only paths and small files here; the network lives in hub.ts / hub-download.ts.
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { copyFile, lstat, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
@@ -56,8 +57,16 @@ export const COMMIT_HASH = /^[0-9a-f]{40}$/;
 export class RepoCache {
   readonly root: string;
 
+  readonly folder: string;
+
   constructor(readonly cacheDir: string, readonly repoId: string) {
-    this.root = join(cacheDir, `models--${repoId.replace(/\//g, '--')}`);
+    this.folder = `models--${repoId.replace(/\//g, '--')}`;
+    this.root = join(cacheDir, this.folder);
+  }
+
+  /** Our download lock for a blob, beside huggingface_hub's `.locks/<repo>/<etag>.lock` (a different name: Python's are flock()ed and left behind). */
+  lockPath(etag: string): string {
+    return join(this.cacheDir, '.locks', this.folder, `${etag}.nibble.lock`);
   }
 
   blobPath(etag: string): string {

@@ -5,6 +5,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { embeddedModelsDir } from '../paths.js';
+import { withFileLock } from './blob-lock.js';
 import { COMMIT_HASH, RepoCache, checkRepoFileName, envFlag, hubCacheDir, hubToken, isDirectory } from './hf-cache.js';
 import { type HubContext, type HubProgress, HubHttpError, downloadBlob, fileMeta, httpError, hubFetch } from './hub-download.js';
 
@@ -206,8 +207,15 @@ async function fetchFile(ctx: HubContext, cache: RepoCache, commit: string, file
   const meta = await fileMeta(ctx, cache.repoId, commit, file, opts.signal);
   if (meta.commit !== commit)
     throw new HubHttpError(`the Hub served '${file}' of '${cache.repoId}' from commit ${meta.commit}, expected ${commit}`, 200);
-  if (!(await cache.blobExists(meta.etag))) await downloadBlob(ctx, cache, file, meta, opts.onProgress, opts.signal);
-  else opts.onProgress?.({ file, loaded: meta.size ?? 0, total: meta.size ?? 0 });
+  const have = () => cache.blobExists(meta.etag);
+  if (!(await have())) {
+    // Another process (or call) may be fetching the same blob: wait for it rather than race it.
+    await withFileLock(cache.lockPath(meta.etag), have, async () => {
+      if (!(await have())) await downloadBlob(ctx, cache, file, meta, opts.onProgress, opts.signal);
+    }, opts.signal);
+  }
+  if (!(await have())) throw new HubHttpError(`'${file}' of '${cache.repoId}' is still missing after its download`, 0);
+  opts.onProgress?.({ file, loaded: meta.size ?? 0, total: meta.size ?? 0 });
   await cache.linkSnapshot(commit, file, meta.etag);
 }
 
