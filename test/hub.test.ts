@@ -330,6 +330,17 @@ describe('resolveModelDir: interrupted and corrupt downloads', () => {
     expect(existsSync(blob() + '.incomplete')).toBe(false);
   });
 
+  it('stops when the caller aborts, keeping the partial file for a later resume', async () => {
+    const ac = new AbortController();
+    const onProgress = (p: { file: string }) => { if (p.file === 'model.safetensors') ac.abort(new Error('user gave up')); };
+    await expect(resolveModelDir(FORTUNE, { signal: ac.signal, onProgress })).rejects.toThrow(/user gave up/);
+    expect(existsSync(blob())).toBe(false);
+    expect(existsSync(join(repoRoot(FORTUNE), 'snapshots', MAIN, 'model.safetensors'))).toBe(false);
+    expect(readdirSync(join(cache, '.locks', 'models--nibble-test--fortune-gpt2'))).toEqual([]);
+    const dir = await resolveModelDir(FORTUNE);
+    expect(readFileSync(join(dir, 'model.safetensors')).equals(weights())).toBe(true);
+  });
+
   it('rejects bytes that do not match the announced sha256 and keeps nothing', async () => {
     server.faults.corrupt = 'model.safetensors';
     await expect(resolveModelDir(FORTUNE)).rejects.toThrow(/download of 'model\.safetensors' from 'nibble-test\/fortune-gpt2' is corrupt \(sha256 [0-9a-f]{64}, the server announced [0-9a-f]{64}\); it was deleted/);

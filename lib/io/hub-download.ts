@@ -196,10 +196,13 @@ async function getInto(ctx: HubContext, location: string, incomplete: string, re
     idle = setTimeout(() => stalled(new HubHttpError(`no data for ${ctx.timeoutS}s`, 0)), ctx.timeoutS * 1000);
   };
   arm();
+  const onAbort = () => stalled(signal?.reason ?? new Error('aborted'));
+  signal?.addEventListener('abort', onAbort, { once: true });
   try {
     report(loaded, total);
     for (;;) {
       const { done, value } = await Promise.race([reader.read(), stall]);
+      signal?.throwIfAborted();
       if (done) break;
       arm();
       await fh.write(value);
@@ -208,11 +211,12 @@ async function getInto(ctx: HubContext, location: string, incomplete: string, re
     }
   } catch (err) {
     reader.cancel().catch(() => {});
-    if (err instanceof HubHttpError) throw err;
     if (signal?.aborted) throw signal.reason ?? err;
+    if (err instanceof HubHttpError) throw err;
     throw new HubHttpError(`connection lost after ${loaded} of ${total} bytes: ${describeTransportError(err)}`, 0);
   } finally {
     clearTimeout(idle);
+    signal?.removeEventListener('abort', onAbort);
     await fh.close();
   }
 }
