@@ -50,6 +50,12 @@ export interface NativeBinding {
   memoryBandwidth(nbytes: number, iters: number): { readBytesPerSec: number; copyBytesPerSec: number };
   /** cudaMemGetInfo for a GPU (bytes). */
   cudaMemInfo(device?: number): { free: number; total: number };
+  /** Whole-forward CUDA path (native/bindings/gpt2_cuda_bindings.cc). */
+  gpt2CudaPlan(params: TensorLike[], nHead: number, eps: number): number;
+  gpt2CudaPlanRelease(plan: number): void;
+  gpt2CudaCache(plan: number, k: TensorLike[], v: TensorLike[]): number;
+  gpt2CudaCacheRelease(cache: number): void;
+  gpt2CudaForward(plan: number, cache: number, logits: TensorLike, ids: Int32Array, pos: Int32Array, mask: Int32Array | null, past: number, B: number, T: number, lastOnly: boolean): void;
 
   embedding(out: TensorLike, wte: TensorLike, wpe: TensorLike, ids: TensorLike, pos: TensorLike, ref?: boolean): void;
   layernorm(out: TensorLike, x: TensorLike, w: TensorLike, b: TensorLike, eps: number, ref?: boolean): void;

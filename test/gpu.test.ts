@@ -164,6 +164,24 @@ describe.skipIf(!hasGpu)('GPT-2 on CUDA', () => {
     cuda.dispose();
   });
 
+  it('the per-op path (used by quantized models) matches the whole-forward path', async () => {
+    const fused = await loadGPT2(FORTUNE, { device: 'cuda:0' });
+    process.env.NIBBLE_CUDA_FUSED = '0';
+    const perOp = await loadGPT2(FORTUNE, { device: 'cuda:0' });
+    const batch = [[464, 2003, 286, 9552, 318], [50256, 17]];
+    try {
+      const a = await (await fused.forward([batch[0]!])).logits.toFloat32();
+      const b = await (await perOp.forward([batch[0]!])).logits.toFloat32();
+      expect(maxAbsDiff(a, b)).toBeLessThanOrEqual(1e-5);
+      const opts = { maxNewTokens: 10, doSample: false };
+      expect(await perOp.generate(batch, opts)).toEqual(await fused.generate(batch, opts));
+    } finally {
+      delete process.env.NIBBLE_CUDA_FUSED;
+      fused.dispose();
+      perOp.dispose();
+    }
+  });
+
   it('float16 parameters on CUDA stay within 2e-2 of float32', async () => {
     const f32 = await loadGPT2(TINY, { device: 'cuda:0' });
     const f16 = await loadGPT2(TINY, { device: 'cuda:0', dtype: 'float16' });

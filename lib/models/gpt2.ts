@@ -11,6 +11,7 @@ import { generate, type GenerateInput, type GenerateOptions } from '../generatio
 import type { GenerationOptions } from '../generation/generation-config.js';
 import { stream, type StreamChunk, type StreamOptions, type StreamTokenizer } from '../generation/stream.js';
 import type { GPT2Config } from './gpt2-config.js';
+import { GPT2CudaPlan } from './gpt2-cuda.js';
 import type { CausalLM, ForwardOptions, ForwardOutput, KVCache } from './types.js';
 
 export interface GPT2Block {
@@ -29,7 +30,11 @@ export class GPT2KVCache implements KVCache {
   constructor(readonly k: Tensor[], readonly v: Tensor[], readonly batchSize: number, readonly capacity: number) {
     this.mask = Array.from({ length: batchSize }, () => []);
   }
+  /** @internal the native binding of this cache for the whole-forward CUDA path */
+  _nativeId?: number;
   dispose(): void {
+    if (this._nativeId !== undefined) native().gpt2CudaCacheRelease(this._nativeId);
+    this._nativeId = undefined;
     for (const t of [...this.k, ...this.v]) t.dispose();
   }
 }
@@ -124,6 +129,17 @@ export class GPT2LMHeadModel implements CausalLM {
         }
       }
     }
+    const plan = this.device === 'cpu' ? null : this.cudaPlan();
+    if (plan) {
+      const rows = options.lastTokenOnly ? 1 : T;
+      const logits = Tensor.empty([B, rows, vocabSize], 'float32', this.device);
+      cache._nativeId ??= plan.bindCache(cache.k, cache.v);
+      const maskArr = padded ? Int32Array.from(mask.flat(), (v) => (v ? 1 : 0)) : null;
+      plan.forward(cache._nativeId, logits, ids, pos, maskArr, past, B, T, !!options.lastTokenOnly);
+      cache.length = past + T;
+      cache.mask = mask;
+      return { logits, pastKeyValues: cache };
+    }
     // On a GPU these small index tensors are copied over with the kernels' inputs; the ids
     // were range-checked above, since a kernel cannot throw.
     const idsT = Tensor.from(ids, [B * T], 'int32', this.device);
@@ -152,13 +168,20 @@ export class GPT2LMHeadModel implements CausalLM {
     let rows = T;
     if (options.lastTokenOnly && T > 1) {
       last = Tensor.empty([B, nEmbd], 'float32', this.device);
-      for (let b = 0; b < B; b++) native().copy(last.narrow(b, 1), x.narrow(b * T + T - 1, 1));
+      for (let b = 0; b < B; b++) {
+        const dst = last.narrow(b, 1);
+        const src = x.narrow(b * T + T - 1, 1);
+        native().copy(dst, src);
+        dst.dispose();
+        src.dispose();
+      }
       rows = 1;
       scratch.push(x);
     }
     const xf = this.lnF.forward(last);
-    const logits = this.lmHead.forward(xf).view([B, rows, vocabSize]);
-    scratch.push(last, xf);
+    const flat = this.lmHead.forward(xf);
+    const logits = flat.view([B, rows, vocabSize]);
+    scratch.push(last, xf, flat);
     // Disposing drops our references; kernels still queued hold their own.
     for (const t of scratch) t.dispose();
     cache.length = past + T;
@@ -211,8 +234,21 @@ export class GPT2LMHeadModel implements CausalLM {
   /** config.json's quantization_config when the model is quantized (set by the loader). */
   quantizationConfig?: Record<string, unknown>;
 
+  private plan: GPT2CudaPlan | null | undefined;
+  /** The whole-forward CUDA plan, made on first use; null when the model has quantized linears. */
+  private cudaPlan(): GPT2CudaPlan | null {
+    if (this.plan === undefined)
+      this.plan = GPT2CudaPlan.tryCreate(this, {
+        wte: this.wte.weight, wpe: this.wpe.weight, blocks: this.blocks, lnF: this.lnF, lmHead: this.lmHead,
+        nHead: this.config.nHead, eps: this.config.layerNormEpsilon,
+      });
+    return this.plan;
+  }
+
   /** Frees every weight now (also done by the finalizers when the model is collected). */
   dispose(): void {
+    this.plan?.release();
+    this.plan = null;
     const seen = new Set<Module>();
     for (const [, m] of this.namedModules()) if (!seen.has(m)) { seen.add(m); m.dispose(); }
   }

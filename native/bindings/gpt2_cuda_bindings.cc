@@ -1,8 +1,12 @@
 // GPT-2 ops on CUDA tensors: validate on the JS thread (dtypes, shapes, one device for all),
-// then launch on the device's stream and return. Also `cudaMemInfo(device)` for memory checks.
+// then launch on the device's stream and return. Also the whole-forward path (a plan holding
+// the weights, a bound KV cache, one call per forward) and `cudaMemInfo(device)`.
 #include "bindings/gpt2_cuda_bindings.h"
 
+#include <map>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "bindings/registry.h"
 #include "bindings/tensor_arg.h"
@@ -33,6 +37,29 @@ void same_dtype(const char* op, const TensorArg& a, const TensorArg& b) {
   if (a.dt != b.dt)
     throw std::invalid_argument(std::string(op) + ": parameters must share one dtype, got " + a.describe() + " and " +
                                 b.describe());
+}
+
+
+// tensor_arg for a Tensor held in an array rather than passed as an argument.
+TensorArg tensor_from_object(Napi::Env env, Napi::Value v, const char* name) {
+  if (!v.IsObject()) throw Napi::TypeError::New(env, std::string("'") + name + "' must be a Tensor");
+  Napi::Object o = v.As<Napi::Object>();
+  Napi::Value h = o.Get("_h");
+  if (!h.IsObject() || !h.As<Napi::Object>().InstanceOf(env.GetInstanceData<Napi::FunctionReference>()->Value()))
+    throw Napi::TypeError::New(env, std::string("'") + name + "' must be a Tensor");
+  StorageRef* ref = StorageRef::Unwrap(h.As<Napi::Object>());
+  if (!ref->storage) throw Napi::Error::New(env, std::string("Tensor '") + name + "' was used after dispose()");
+  TensorArg t;
+  t.st = ref->storage;
+  t.off = (size_t)o.Get("_off").As<Napi::Number>().Int64Value();
+  const int dt = o.Get("_dt").As<Napi::Number>().Int32Value();
+  if (dt < 0 || dt >= kNumDTypes) throw Napi::TypeError::New(env, std::string("Tensor '") + name + "' has a bad dtype code");
+  t.dt = (DType)dt;
+  Napi::Array shape = o.Get("shape").As<Napi::Array>();
+  t.shape.resize(shape.Length());
+  for (uint32_t k = 0; k < shape.Length(); k++) t.shape[k] = shape.Get(k).As<Napi::Number>().Int64Value();
+  if (t.off + t.nbytes() > t.st->nbytes) throw Napi::RangeError::New(env, std::string("Tensor '") + name + "' extends past its storage");
+  return t;
 }
 
 }  // namespace
@@ -153,6 +180,186 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
 }
 
 namespace {
+
+// ---- whole-forward plans ---------------------------------------------------------------
+// A plan keeps references to the weights (so they outlive any JS dispose until the plan is
+// released) and their pointers in the layout gpt2_forward reads. Caches likewise. Ids are
+// small integers handed to JS; the JS model releases them in dispose() and by finalizer.
+struct Plan {
+  gpt2_cuda::Gpt2Weights w;
+  std::vector<TensorArg> keep;
+  int device = 0;
+};
+struct Cache {
+  std::vector<float*> k, v;
+  std::vector<TensorArg> keep;
+  int64_t B = 0, Tmax = 0;
+  int plan = 0;
+};
+std::map<int, std::unique_ptr<Plan>> g_plans;
+std::map<int, std::unique_ptr<Cache>> g_caches;
+int g_next_id = 1;
+
+Plan& plan_arg(const Napi::CallbackInfo& info, size_t i) {
+  auto it = g_plans.find((int)int_arg(info, i, "plan"));
+  if (it == g_plans.end()) throw std::invalid_argument("gpt2 forward: the model's CUDA plan was released (model disposed?)");
+  return *it->second;
+}
+
+// gpt2CudaPlan(params: Tensor[], nHead) -> id. params: wte, wpe, 12 per layer (ln_1 w/b,
+// c_attn w/b, attn c_proj w/b, ln_2 w/b, c_fc w/b, mlp c_proj w/b), ln_f w/b, lm_head; every
+// Linear weight in [out, in] layout, all on one GPU in one float dtype.
+Napi::Value CreatePlan(const Napi::CallbackInfo& info) {
+  const char* op = "gpt2CudaPlan";
+  if (info.Length() < 3 || !info[0].IsArray()) throw Napi::TypeError::New(info.Env(), "gpt2CudaPlan(params[], nHead, eps)");
+  Napi::Array arr = info[0].As<Napi::Array>();
+  const int64_t H = int_arg(info, 1, "nHead");
+  const float eps = (float)num_arg(info, 2, "eps");
+  const uint32_t n = arr.Length();
+  if (n < 17 || (n - 5) % 12 != 0) throw std::invalid_argument("gpt2CudaPlan: expected 5 + 12 * nLayer parameter tensors");
+  auto plan = std::make_unique<Plan>();
+  auto get = [&](uint32_t i, const char* name) {
+    return tensor_from_object(info.Env(), arr.Get(i), name);
+  };
+  TensorArg wte = get(0, "wte");
+  const int dev = wte.device();
+  if (dev < 0) throw std::invalid_argument("gpt2CudaPlan: the weights are on the CPU");
+  const DType dt = wte.dt;
+  auto param = [&](uint32_t i, const char* name, std::vector<int64_t> shape) -> const void* {
+    TensorArg t = get(i, name);
+    expect_float(op, name, t);
+    on_device(op, name, t, dev);
+    if (t.dt != dt) throw std::invalid_argument(std::string(op) + ": '" + name + "' is " + t.describe() + ", wte is " + wte.describe());
+    if (t.shape != shape) {
+      std::string want;
+      for (auto d : shape) want += (want.empty() ? "" : ", ") + std::to_string(d);
+      throw std::invalid_argument(std::string(op) + ": '" + name + "' is " + t.describe() + ", expected [" + want + "]");
+    }
+    plan->keep.push_back(t);
+    return t.ptr();
+  };
+  expect_rank(op, "wte", wte, 2);
+  auto& w = plan->w;
+  w.dt = dt, w.V = wte.dim(0), w.C = wte.dim(1), w.H = H, w.eps = eps;
+  if (H <= 0 || w.C % H) throw std::invalid_argument("gpt2CudaPlan: n_embd is not a multiple of n_head");
+  TensorArg wpe = get(1, "wpe");
+  expect_rank(op, "wpe", wpe, 2);
+  w.P = wpe.dim(0);
+  TensorArg fc0 = get(10, "c_fc.weight");
+  expect_rank(op, "c_fc.weight", fc0, 2);
+  w.inner = fc0.dim(0);
+  const int64_t C = w.C, I = w.inner;
+  w.wte = param(0, "wte", {w.V, C});
+  w.wpe = param(1, "wpe", {w.P, C});
+  const uint32_t nl = (n - 5) / 12;
+  for (uint32_t l = 0; l < nl; l++) {
+    const uint32_t b = 2 + 12 * l;
+    gpt2_cuda::Gpt2Layer L;
+    L.ln1_w = param(b + 0, "ln_1.weight", {C}), L.ln1_b = param(b + 1, "ln_1.bias", {C});
+    L.attn_w = param(b + 2, "c_attn.weight", {3 * C, C}), L.attn_b = param(b + 3, "c_attn.bias", {3 * C});
+    L.proj_w = param(b + 4, "attn.c_proj.weight", {C, C}), L.proj_b = param(b + 5, "attn.c_proj.bias", {C});
+    L.ln2_w = param(b + 6, "ln_2.weight", {C}), L.ln2_b = param(b + 7, "ln_2.bias", {C});
+    L.fc_w = param(b + 8, "c_fc.weight", {I, C}), L.fc_b = param(b + 9, "c_fc.bias", {I});
+    L.mproj_w = param(b + 10, "mlp.c_proj.weight", {C, I}), L.mproj_b = param(b + 11, "mlp.c_proj.bias", {C});
+    w.layers.push_back(L);
+  }
+  w.lnf_w = param(n - 3, "ln_f.weight", {C}), w.lnf_b = param(n - 2, "ln_f.bias", {C});
+  w.lm_head = param(n - 1, "lm_head.weight", {w.V, C});
+  plan->device = dev;
+  const int id = g_next_id++;
+  g_plans[id] = std::move(plan);
+  return Napi::Number::New(info.Env(), id);
+}
+NIBBLE_BINDING("gpt2CudaPlan", CreatePlan);
+
+Napi::Value ReleasePlan(const Napi::CallbackInfo& info) {
+  const int id = (int)int_arg(info, 0, "plan");
+  g_plans.erase(id);
+  for (auto it = g_caches.begin(); it != g_caches.end();) it = it->second->plan == id ? g_caches.erase(it) : std::next(it);
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("gpt2CudaPlanRelease", ReleasePlan);
+
+// gpt2CudaCache(plan, k: Tensor[], v: Tensor[]) -> id: one [B, H, Tmax, D] float32 pair per layer.
+Napi::Value BindCache(const Napi::CallbackInfo& info) {
+  const char* op = "gpt2CudaCache";
+  Plan& plan = plan_arg(info, 0);
+  if (info.Length() < 3 || !info[1].IsArray() || !info[2].IsArray())
+    throw Napi::TypeError::New(info.Env(), "gpt2CudaCache(plan, kCaches[], vCaches[])");
+  Napi::Array ka = info[1].As<Napi::Array>(), va = info[2].As<Napi::Array>();
+  const size_t L = plan.w.layers.size();
+  if (ka.Length() != L || va.Length() != L)
+    throw std::invalid_argument("gpt2CudaCache: expected " + std::to_string(L) + " key and value caches");
+  auto c = std::make_unique<Cache>();
+  std::vector<int64_t> shape;
+  for (uint32_t l = 0; l < L; l++)
+    for (int kv = 0; kv < 2; kv++) {
+      TensorArg t = tensor_from_object(info.Env(), (kv ? va : ka).Get(l), kv ? "vCache" : "kCache");
+      act(op, kv ? "vCache" : "kCache", t, plan.device);
+      expect_rank(op, "cache", t, 4);
+      if (shape.empty()) shape = t.shape;
+      if (t.shape != shape || shape[1] != plan.w.H || shape[3] != plan.w.C / plan.w.H)
+        throw std::invalid_argument("gpt2CudaCache: cache " + t.describe() + " does not fit the model");
+      (kv ? c->v : c->k).push_back(t.ptr<float>());
+      c->keep.push_back(t);
+    }
+  c->B = shape[0], c->Tmax = shape[2];
+  c->plan = (int)int_arg(info, 0, "plan");
+  const int id = g_next_id++;
+  g_caches[id] = std::move(c);
+  return Napi::Number::New(info.Env(), id);
+}
+NIBBLE_BINDING("gpt2CudaCache", BindCache);
+
+Napi::Value ReleaseCache(const Napi::CallbackInfo& info) {
+  g_caches.erase((int)int_arg(info, 0, "cache"));
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("gpt2CudaCacheRelease", ReleaseCache);
+
+const int32_t* int32_array(const Napi::CallbackInfo& info, size_t i, const char* name, size_t n) {
+  if (i >= info.Length() || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw Napi::TypeError::New(info.Env(), std::string("gpt2 forward: '") + name + "' must be an Int32Array");
+  Napi::Int32Array a = info[i].As<Napi::Int32Array>();
+  if (a.ElementLength() != n)
+    throw std::invalid_argument(std::string("gpt2 forward: '") + name + "' has " + std::to_string(a.ElementLength()) +
+                                " entries, expected " + std::to_string(n));
+  return a.Data();
+}
+
+// gpt2CudaForward(plan, cache, logits, ids: Int32Array, pos: Int32Array, mask: Int32Array | null,
+//                 past, B, T, lastOnly): queues the whole forward; logits [B*T or B, V] float32.
+Napi::Value Forward(const Napi::CallbackInfo& info) {
+  const char* op = "gpt2 forward";
+  Plan& plan = plan_arg(info, 0);
+  auto cit = g_caches.find((int)int_arg(info, 1, "cache"));
+  if (cit == g_caches.end()) throw std::invalid_argument("gpt2 forward: the KV cache was released");
+  Cache& cache = *cit->second;
+  TensorArg logits = tensor_arg(info, 2, "logits");
+  const int64_t past = int_arg(info, 6, "past"), B = int_arg(info, 7, "B"), T = int_arg(info, 8, "T");
+  const bool last_only = info.Length() > 9 && info[9].ToBoolean();
+  if (B != cache.B) throw std::invalid_argument("gpt2 forward: the cache holds " + std::to_string(cache.B) + " sequences, not " + std::to_string(B));
+  if (T <= 0 || past < 0 || past + T > cache.Tmax)
+    throw std::out_of_range("gpt2 forward: " + std::to_string(past + T) + " positions exceed the KV cache length " + std::to_string(cache.Tmax));
+  const int32_t* ids = int32_array(info, 3, "ids", B * T);
+  const int32_t* pos = int32_array(info, 4, "pos", B * T);
+  const int32_t* mask = nullptr;
+  if (!info[5].IsNull() && !info[5].IsUndefined()) mask = int32_array(info, 5, "mask", B * (past + T));
+  for (int64_t i = 0; i < B * T; i++) {
+    if (ids[i] < 0 || ids[i] >= plan.w.V) throw std::out_of_range("gpt2 forward: token id " + std::to_string(ids[i]) + " is outside the vocabulary");
+    if (pos[i] < 0 || pos[i] >= plan.w.P) throw std::out_of_range("gpt2 forward: position " + std::to_string(pos[i]) + " is past n_positions");
+  }
+  act(op, "logits", logits, plan.device);
+  expect_numel(op, "logits", logits, (last_only ? B : B * T) * plan.w.V);
+  auto scratch = Storage::cuda(gpt2_cuda::gpt2_scratch_bytes(plan.w, B, T, past), plan.device);
+  // `scratch` goes back to the caching allocator on return while the kernels may still run:
+  // safe, since every later user of that memory is queued behind them on the same stream.
+  gpt2_cuda::gpt2_forward(plan.w, scratch->data, ids, pos, mask, cache.k.data(), cache.v.data(), B, T, past, cache.Tmax,
+                          last_only, logits.ptr<float>(), plan.device);
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("gpt2CudaForward", Forward);
+
 // cudaMemInfo(device) -> { free, total } in bytes (memory checks and benchmarks).
 Napi::Value CudaMemInfo(const Napi::CallbackInfo& info) {
   int device = info.Length() > 0 ? (int)int_arg(info, 0, "device") : 0;

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -41,9 +42,37 @@ void softmax(float* out, const float* x, int64_t rows, int64_t cols, int device)
 void attention(float* out, const float* qkv, float* kc, float* vc, const int32_t* mask, int64_t B, int64_t T,
                int64_t past, int64_t Tmax, int64_t H, int64_t D, int device);
 
+// linear with an epilogue: kEpilogueGelu stores gelu_new(result), kEpilogueAccumulate adds the
+// result into `out` (the residual stream). path: 0 = choose, 1 = the small-M streaming kernel
+// (M <= 16), 2 = the tiled one.
+enum { kEpilogueNone = 0, kEpilogueGelu = 1, kEpilogueAccumulate = 2 };
+void linear_ex(int path, int epilogue, float* out, const float* x, const void* w, const void* bias, DType wdt,
+               int64_t M, int64_t K, int64_t N, int device);
 // Forces one linear kernel (tests): 1 = the small-M streaming kernel (M <= 16), 2 = the tiled one.
 void linear_path(int path, float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M,
                  int64_t K, int64_t N, int device);
+
+// ---- a whole forward pass in one call -------------------------------------------------
+// The per-op path costs one JS->native call, one tensor allocation and one launch per op; a
+// decode step of GPT-2 XL is ~600 of them. Here the host loop runs in C++ with 8 launches
+// per layer (bias, gelu and the residual add ride in the linear epilogues).
+struct Gpt2Layer {
+  const void *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *mproj_w, *mproj_b;
+};
+struct Gpt2Weights {
+  DType dt = DType::F32;  // every parameter has this dtype
+  int64_t C = 0, H = 0, V = 0, P = 0, inner = 0;
+  float eps = 1e-5f;
+  const void *wte = nullptr, *wpe = nullptr, *lnf_w = nullptr, *lnf_b = nullptr, *lm_head = nullptr;
+  std::vector<Gpt2Layer> layers;
+};
+// Bytes of device scratch gpt2_forward needs for B sequences of T new tokens.
+size_t gpt2_scratch_bytes(const Gpt2Weights& w, int64_t B, int64_t T, int64_t past);
+// ids/pos [B*T] and mask [B*(past+T)] (or null) are host arrays, copied on the stream before
+// this returns. logits: [B*T, V], or [B, V] when last_only.
+void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const int32_t* pos, const int32_t* mask,
+                  float* const* kc, float* const* vc, int64_t B, int64_t T, int64_t past, int64_t Tmax,
+                  bool last_only, float* logits, int device);
 
 }  // namespace gpt2_cuda
 }  // namespace nibble

@@ -37,3 +37,16 @@ void attention(float*, const float*, float*, float*, const int32_t*, int64_t, in
 
 }  // namespace gpt2_cuda
 }  // namespace nibble
+
+namespace nibble {
+namespace gpt2_cuda {
+void linear_ex(int, int, float*, const float*, const void*, const void*, DType, int64_t, int64_t, int64_t, int) {
+  throw std::runtime_error(kNoCuda);
+}
+size_t gpt2_scratch_bytes(const Gpt2Weights&, int64_t, int64_t, int64_t) { throw std::runtime_error(kNoCuda); }
+void gpt2_forward(const Gpt2Weights&, void*, const int32_t*, const int32_t*, const int32_t*, float* const*,
+                  float* const*, int64_t, int64_t, int64_t, int64_t, bool, float*, int) {
+  throw std::runtime_error(kNoCuda);
+}
+}  // namespace gpt2_cuda
+}  // namespace nibble

@@ -5,6 +5,8 @@
 //     and are read exactly once, so this runs at memory speed.
 //  2. larger M (prefill): a 64x64 shared-memory tile per block, 4x4 outputs per thread.
 // Plain FMA, no TF32 tensor cores: float32 weights must match the CPU within 1e-4.
+// An epilogue can apply gelu_new or add the result into `out` (the residual stream), which
+// saves the separate elementwise launch and a pass over the activations.
 #include <cstdint>
 
 #include "cuda/gpt2_device.cuh"
@@ -15,6 +17,16 @@ namespace gpt2_cuda {
 namespace {
 
 constexpr int kSmallMax = 16;
+
+__device__ __forceinline__ float gelu_new_f(float v) {
+  return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+template <int EPI>
+__device__ __forceinline__ void store_out(float* p, float v) {
+  if (EPI == kEpilogueGelu) *p = gelu_new_f(v);
+  else if (EPI == kEpilogueAccumulate) *p += v;
+  else *p = v;
+}
 constexpr int kWarpsPerBlock = 8;
 
 // 16 bytes of weights -> 16/sizeof(T) floats.
@@ -44,9 +56,9 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return r;
 }
 
-template <typename T, int MT>
+template <typename T, int MT, int EPI>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    linear_small_m_kernel(float* __restrict__ out, const float* __restrict__ x, const T* __restrict__ w,
+    linear_small_m_kernel(float* out, const float* __restrict__ x, const T* __restrict__ w,
                           const T* __restrict__ bias, int M, int64_t K, int64_t N, bool vec) {
   constexpr int VEC = 16 / sizeof(T);
   const int lane = threadIdx.x & 31;
@@ -88,15 +100,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
   for (int m = 0; m < MT; m++) {
     float s = warp_sum(acc[m]);
-    if (lane == 0 && m < M) out[m * N + n] = s + b;
+    if (lane == 0 && m < M) store_out<EPI>(out + m * N + n, s + b);
   }
 }
 
 constexpr int kTile = 64, kTileK = 16;
 
-template <typename T>
+template <typename T, int EPI>
 __global__ void __launch_bounds__(256)
-    linear_tiled_kernel(float* __restrict__ out, const float* __restrict__ x, const T* __restrict__ w,
+    linear_tiled_kernel(float* out, const float* __restrict__ x, const T* __restrict__ w,
                         const T* __restrict__ bias, int64_t M, int64_t K, int64_t N) {
   __shared__ float xs[kTileK][kTile + 4];
   __shared__ float ws[kTileK][kTile + 4];
@@ -131,12 +143,12 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int j = 0; j < 4; j++) {
       const int64_t n = n0 + tx * 4 + j;
-      if (n < N) out[m * N + n] = acc[i][j] + (bias ? to_f32(bias[n]) : 0.f);
+      if (n < N) store_out<EPI>(out + m * N + n, acc[i][j] + (bias ? to_f32(bias[n]) : 0.f));
     }
   }
 }
 
-template <typename T>
+template <typename T, int EPI>
 void launch_small(float* out, const float* x, const T* w, const T* bias, int64_t M, int64_t K, int64_t N,
                   cudaStream_t s) {
   constexpr int VEC = 16 / sizeof(T);
@@ -144,49 +156,67 @@ void launch_small(float* out, const float* x, const T* w, const T* bias, int64_t
                    (reinterpret_cast<uintptr_t>(x) & 15) == 0;
   const unsigned grid = blocks_for(N, kWarpsPerBlock);
   const int threads = kWarpsPerBlock * 32, m = (int)M;
-  if (M == 1) linear_small_m_kernel<T, 1><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
-  else if (M == 2) linear_small_m_kernel<T, 2><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
-  else if (M <= 4) linear_small_m_kernel<T, 4><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
-  else if (M <= 8) linear_small_m_kernel<T, 8><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
-  else linear_small_m_kernel<T, 16><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
+  if (M == 1) linear_small_m_kernel<T, 1, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
+  else if (M == 2) linear_small_m_kernel<T, 2, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
+  else if (M <= 4) linear_small_m_kernel<T, 4, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
+  else if (M <= 8) linear_small_m_kernel<T, 8, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
+  else linear_small_m_kernel<T, 16, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
 }
 
-template <typename T>
+template <typename T, int EPI>
 void launch_tiled(float* out, const float* x, const T* w, const T* bias, int64_t M, int64_t K, int64_t N,
                   cudaStream_t s) {
   const int64_t gy = (M + kTile - 1) / kTile;
   if (gy > 65535) throw std::runtime_error("linear: " + std::to_string(M) + " rows exceed one launch");
   dim3 grid(blocks_for(N, kTile), (unsigned)gy);
-  linear_tiled_kernel<T><<<grid, 256, 0, s>>>(out, x, w, bias, M, K, N);
+  linear_tiled_kernel<T, EPI><<<grid, 256, 0, s>>>(out, x, w, bias, M, K, N);
 }
 
-template <typename T>
-void run(int path, float* out, const float* x, const T* w, const T* bias, int64_t M, int64_t K, int64_t N,
-         cudaStream_t s) {
+template <typename T, int EPI>
+void run_epi(int path, float* out, const float* x, const T* w, const T* bias, int64_t M, int64_t K, int64_t N,
+             cudaStream_t s) {
   if (path == 0) path = M <= kSmallMax ? 1 : 2;
   if (path == 1) {
     if (M > kSmallMax) throw std::runtime_error("linear: the small-M kernel takes at most 16 rows");
-    launch_small(out, x, w, bias, M, K, N, s);
+    launch_small<T, EPI>(out, x, w, bias, M, K, N, s);
   } else {
-    launch_tiled(out, x, w, bias, M, K, N, s);
+    launch_tiled<T, EPI>(out, x, w, bias, M, K, N, s);
+  }
+}
+
+template <typename T>
+void run(int path, int epilogue, float* out, const float* x, const T* w, const T* bias, int64_t M, int64_t K,
+         int64_t N, cudaStream_t s) {
+  switch (epilogue) {
+    case kEpilogueNone: run_epi<T, kEpilogueNone>(path, out, x, w, bias, M, K, N, s); break;
+    case kEpilogueGelu: run_epi<T, kEpilogueGelu>(path, out, x, w, bias, M, K, N, s); break;
+    case kEpilogueAccumulate: run_epi<T, kEpilogueAccumulate>(path, out, x, w, bias, M, K, N, s); break;
+    default: throw std::runtime_error("linear: unknown epilogue " + std::to_string(epilogue));
   }
 }
 
 }  // namespace
 
-void linear_path(int path, float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M,
-                 int64_t K, int64_t N, int device) {
+void linear_ex(int path, int epilogue, float* out, const float* x, const void* w, const void* bias, DType wdt,
+               int64_t M, int64_t K, int64_t N, int device) {
   if (M == 0 || N == 0) return;
   cudaStream_t s = begin(device);
   // K == 0 needs no special case: both kernels then write the bias (or zeros).
   switch (wdt) {
-    case DType::F32: run(path, out, x, (const float*)w, (const float*)bias, M, K, N, s); break;
-    case DType::F16: run(path, out, x, (const __half*)w, (const __half*)bias, M, K, N, s); break;
-    case DType::BF16: run(path, out, x, (const __nv_bfloat16*)w, (const __nv_bfloat16*)bias, M, K, N, s); break;
+    case DType::F32: run(path, epilogue, out, x, (const float*)w, (const float*)bias, M, K, N, s); break;
+    case DType::F16: run(path, epilogue, out, x, (const __half*)w, (const __half*)bias, M, K, N, s); break;
+    case DType::BF16:
+      run(path, epilogue, out, x, (const __nv_bfloat16*)w, (const __nv_bfloat16*)bias, M, K, N, s);
+      break;
     default: throw std::runtime_error(std::string("linear: weights of ") + dtype_name(wdt) + " are not supported");
   }
   NIBBLE_CUDA_CHECK_LAUNCH("linear [" + std::to_string(M) + "x" + std::to_string(K) + "] x [" + std::to_string(N) +
                            "x" + std::to_string(K) + "]^T");
+}
+
+void linear_path(int path, float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M,
+                 int64_t K, int64_t N, int device) {
+  linear_ex(path, kEpilogueNone, out, x, w, bias, wdt, M, K, N, device);
 }
 
 void linear(float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M, int64_t K, int64_t N,

@@ -133,6 +133,27 @@ void test_linear(int path, int64_t M, int64_t K, int64_t N, DType dt, bool bias)
           out.get(), want, 1e-5);
 }
 
+// The fused epilogues: gelu_new(x.w^T + b), and out += x.w^T + b (the residual stream).
+void test_linear_epilogues(int path, int64_t M, int64_t K, int64_t N, DType dt) {
+  auto x = randn(M * K), resid = randn(M * N);
+  std::vector<float> wf, bf;
+  auto wb = encode(randn(N * K, 1.f / std::sqrt((float)K)), dt, &wf);
+  auto bb = encode(randn(N), dt, &bf);
+  std::vector<float> lin(M * N), want(M * N);
+  cpu::linear_ref(lin.data(), x.data(), wb.data(), bb.data(), dt, M, K, N);
+  Dev dx(x), dw(wb), db(bb), out(M * N * 4);
+  const std::string shape = " M=" + std::to_string(M) + " K=" + std::to_string(K) + " N=" + std::to_string(N) + " " + dtn(dt) +
+                            (path == 1 ? " small" : " tiled");
+  cpu::gelu_new_ref(want.data(), lin.data(), M * N);
+  out.poison();
+  gpt2_cuda::linear_ex(path, gpt2_cuda::kEpilogueGelu, out.as(), dx.as(), dw.p, db.p, dt, M, K, N, 0);
+  compare("linear+gelu" + shape, out.get(), want, 1e-5);
+  cpu::add_ref(want.data(), resid.data(), lin.data(), M * N);
+  Dev dr(resid);
+  gpt2_cuda::linear_ex(path, gpt2_cuda::kEpilogueAccumulate, dr.as(), dx.as(), dw.p, db.p, dt, M, K, N, 0);
+  compare("linear+residual" + shape, dr.get(), want, 1e-5);
+}
+
 void test_pointwise(int64_t n) {
   auto x = randn(n, 3.f), y = randn(n);
   std::vector<float> want(n);
@@ -223,6 +244,8 @@ int main(int argc, char** argv) {
       for (int64_t M : {17, 64, 70, 131}) test_linear(2, M, 200, 131, dt, M % 2 == 1);
     test_linear(2, 70, 0, 9, DType::F32, true);  // K = 0: the bias alone
     test_linear(1, 3, 0, 9, DType::F32, true);
+    for (int path : {1, 2})
+      for (DType dt : dts) test_linear_epilogues(path, path == 1 ? 3 : 37, 768, 301, dt), test_linear_epilogues(path, 1 + path, 64, 3072, dt);
     test_pointwise(1), test_pointwise(1000003);
     test_softmax(1, 1), test_softmax(5, 50257), test_softmax(33, 7);
     test_attention(1, 12, 64, 16, 4, 32, false);

@@ -1,0 +1,182 @@
+// Model-level GPU checks for the GPT-2 path, for the GPU host (plain node: vitest is not
+// there). Needs dist/ (npx tsup) and the CUDA addon: NIBBLE_ADDON=/abs/nibble.node.
+//   node --expose-gc test/gpu/check-gpu.mjs [--loops 1000]
+// Checks: tiny-random-gpt2 on CUDA vs transformers' logits (1e-4) and greedy tokens;
+// float16 parameters within 2e-2; fortune-gpt2 CUDA vs CPU (same greedy tokens, logits
+// close, a left-padded batch too); errors (mixed devices, out of memory) leave the GPU
+// usable; the event loop keeps running during GPU generation; N generate calls in a loop
+// with flat GPU memory and host RSS. Prints a table last; exit status 1 on any failure.
+import { createRequire } from 'node:module';
+import { AutoModelForCausalLM, Tensor, readSafetensors } from '../../dist/index.js';
+
+const args = process.argv.slice(2);
+const LOOPS = Number(args[args.indexOf('--loops') + 1] ?? 1000) || 1000;
+const require = createRequire(import.meta.url);
+if (!process.env.NIBBLE_ADDON) throw new Error('set NIBBLE_ADDON to the CUDA build of nibble.node');
+const addon = require(process.env.NIBBLE_ADDON); // the same module instance dist loads
+
+const TINY = 'test/fixtures/tiny-random-gpt2';
+const FORTUNE = 'models/fortune-gpt2';
+const rows = [];
+function record(check, value, limit, pass) {
+  rows.push({ check, value: String(value), limit: String(limit), pass });
+  console.log(`${pass ? 'PASS' : 'FAIL'}  ${check}: ${value} (limit ${limit})`);
+}
+async function attempt(name, fn) {
+  try {
+    await fn();
+  } catch (e) {
+    record(name, `threw: ${e.message.split('\n')[0]}`, 'no error', false);
+  }
+}
+const maxAbsDiff = (a, b) => {
+  if (a.length !== b.length) return Infinity;
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return Number.isNaN(m) ? Infinity : m;
+};
+const sameTokens = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+const gpuFree = () => addon.cudaMemInfo(0).free;
+
+const info = addon.info();
+console.log(`GPU: ${info.gpus.map((g) => `${g.name} (${(g.totalMemory / 2 ** 30).toFixed(1)} GiB)`).join(', ') || 'none'}; driver ${info.cudaDriverVersion}`);
+if (!info.cudaDeviceCount) {
+  console.log(`no GPU: ${info.cudaUnavailableReason}`);
+  process.exit(2);
+}
+
+const refs = readSafetensors('test/fixtures/hf_gpt2_refs.safetensors').tensors;
+const ref = async (n) => refs.get(n).toFloat32();
+const refIds = async (n) => refs.get(n).toArray();
+
+await attempt('tiny fp32 logits vs transformers', async () => {
+  for (const deviceMap of [{ '': 'cuda:0' }, 'cuda']) {
+    const model = await AutoModelForCausalLM.fromPretrained(TINY, { deviceMap, noTokenizer: true });
+    const ids = await refIds('tiny.input_ids');
+    const prompts = [ids.slice(0, 10), ids.slice(10, 20)];
+    const { logits, pastKeyValues } = await model.forward(prompts);
+    const d = maxAbsDiff(await logits.toFloat32(), await ref('tiny.fp32.logits'));
+    record(`tiny fp32 logits max|d| (deviceMap ${JSON.stringify(deviceMap)}, ${model.device})`, d.toExponential(2), '1e-4', d <= 1e-4);
+    logits.dispose();
+    pastKeyValues.dispose();
+    const want = await refIds('tiny.fp32.greedy');
+    const got = (await model.generate(prompts[0], { maxNewTokens: want.length - 10, doSample: false }))[0];
+    record(`tiny fp32 greedy ${want.length - 10} tokens = transformers`, sameTokens(got, want) ? 'same' : `differ: ${got.slice(10)}`, 'same', sameTokens(got, want));
+    model.dispose();
+  }
+});
+
+await attempt('tiny float16/bfloat16 parameters', async () => {
+  const ids = (await refIds('tiny.input_ids')).slice(0, 10);
+  const want = (await ref('tiny.fp32.logits')).subarray(0, 10 * 1000);
+  for (const [dtype, limit] of [['float16', 2e-2], ['bfloat16', 1e-1]]) {
+    const model = await AutoModelForCausalLM.fromPretrained(TINY, { deviceMap: 'cuda', dtype, noTokenizer: true });
+    const { logits, pastKeyValues } = await model.forward([ids]);
+    const d = maxAbsDiff(await logits.toFloat32(), want);
+    record(`tiny ${dtype} parameters, float32 compute: logits max|d| vs transformers fp32`, d.toExponential(2), limit, d <= limit);
+    logits.dispose();
+    pastKeyValues.dispose();
+    model.dispose();
+  }
+});
+
+await attempt('fortune CUDA vs CPU', async () => {
+  const cpu = await AutoModelForCausalLM.fromPretrained(FORTUNE, { noTokenizer: true });
+  const cuda = await AutoModelForCausalLM.fromPretrained(FORTUNE, { deviceMap: 'cuda:0', noTokenizer: true });
+  const prompt = [464, 2003, 286, 9552, 318];
+  const a = await cpu.forward([prompt]);
+  const b = await cuda.forward([prompt]);
+  const d = maxAbsDiff(await a.logits.toFloat32(), await b.logits.toFloat32());
+  record('fortune fp32 logits CUDA vs CPU max|d|', d.toExponential(2), '2e-3', d <= 2e-3);
+  for (const o of [a, b]) o.logits.dispose(), o.pastKeyValues.dispose();
+  const gc = await cpu.generate(prompt, { maxNewTokens: 40, doSample: false });
+  const gg = await cuda.generate(prompt, { maxNewTokens: 40, doSample: false });
+  record('fortune fp32 greedy 40 tokens CUDA = CPU', sameTokens(gc, gg) ? 'same' : 'differ', 'same', sameTokens(gc, gg));
+  const batch = [prompt, [50256, 17], [1169, 2003, 286]];
+  const bc = await cpu.generate(batch, { maxNewTokens: 16, doSample: false });
+  const bg = await cuda.generate(batch, { maxNewTokens: 16, doSample: false });
+  record('fortune left-padded batch of 3, greedy CUDA = CPU', sameTokens(bc, bg) ? 'same' : 'differ', 'same', sameTokens(bc, bg));
+  // The per-op path (what quantized models use) against the whole-forward path.
+  process.env.NIBBLE_CUDA_FUSED = '0';
+  const perOp = await AutoModelForCausalLM.fromPretrained(FORTUNE, { deviceMap: 'cuda:0', noTokenizer: true });
+  const po = await perOp.forward([prompt]);
+  const fu = await cuda.forward([prompt]);
+  const dpo = maxAbsDiff(await po.logits.toFloat32(), await fu.logits.toFloat32());
+  record('fortune per-op CUDA path vs whole-forward path max|d|', dpo.toExponential(2), '1e-5', dpo <= 1e-5);
+  for (const o of [po, fu]) o.logits.dispose(), o.pastKeyValues.dispose();
+  const bp = await perOp.generate(batch, { maxNewTokens: 16, doSample: false });
+  record('fortune padded batch greedy, per-op CUDA = CPU', sameTokens(bc, bp) ? 'same' : 'differ', 'same', sameTokens(bc, bp));
+  perOp.dispose();
+  delete process.env.NIBBLE_CUDA_FUSED;
+  const f16 = await AutoModelForCausalLM.fromPretrained(FORTUNE, { deviceMap: 'cuda:0', dtype: 'float16', noTokenizer: true });
+  const h = await f16.forward([prompt]);
+  const c2 = await cpu.forward([prompt]);
+  const d16 = maxAbsDiff(await h.logits.toFloat32(), await c2.logits.toFloat32());
+  record('fortune float16 parameters vs CPU fp32 logits max|d|', d16.toExponential(2), '2e-2', d16 <= 2e-2);
+  for (const o of [h, c2]) o.logits.dispose(), o.pastKeyValues.dispose();
+  f16.dispose();
+  cpu.dispose();
+  cuda.dispose();
+});
+
+await attempt('errors', async () => {
+  const x = Tensor.from(new Float32Array(32).fill(0.5), [4, 8]).toDevice('cuda:0');
+  const w = Tensor.from(new Float32Array(24).fill(0.25), [3, 8]);
+  const out = Tensor.empty([4, 3], 'float32', 'cuda:0');
+  let msg = '';
+  try { addon.linear(out, x, w, null); } catch (e) { msg = e.message; }
+  record('CPU weight with a CUDA input: JS error', msg.slice(0, 70) || 'no error', 'names the tensor', /'weight' .* on cpu/.test(msg));
+  msg = '';
+  let big;
+  try { big = Tensor.empty([Math.ceil(info.gpus[0].totalMemory / 2)], 'float32', 'cuda:0'); } catch (e) { msg = e.message; }
+  big?.dispose();
+  record('allocating 2x the GPU memory: JS error', msg.slice(0, 70) || 'no error', 'out of memory + bytes', /out of memory allocating \d+ bytes/.test(msg));
+  const model = await AutoModelForCausalLM.fromPretrained(FORTUNE, { deviceMap: 'cuda', noTokenizer: true });
+  const g = await model.generate([464, 2003], { maxNewTokens: 5, doSample: false });
+  record('generation works after the errors', g[0].length, 7, g[0].length === 7);
+  model.dispose();
+});
+
+await attempt('event loop and memory', async () => {
+  const model = await AutoModelForCausalLM.fromPretrained(FORTUNE, { deviceMap: 'cuda:0', noTokenizer: true });
+  const prompt = [464, 2003, 286, 9552, 318];
+  let last = performance.now();
+  let worst = 0;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    worst = Math.max(worst, now - last);
+    last = now;
+  }, 5);
+  const t0 = performance.now();
+  const long = await model.generate(prompt, { maxNewTokens: 200, doSample: true, seed: 3, topP: 0.9 });
+  const secs = (performance.now() - t0) / 1000;
+  clearInterval(timer);
+  record('5 ms timer during a 200-token GPU generate: worst gap', `${worst.toFixed(1)} ms`, '50 ms', worst <= 50);
+  console.log(`  (fortune-gpt2 decode through generate(): ${(200 / secs).toFixed(0)} tokens/s)`);
+  void long;
+
+  const snap = () => {
+    globalThis.gc?.();
+    return { gpu: gpuFree(), rss: process.memoryUsage().rss };
+  };
+  let base;
+  const t1 = performance.now();
+  for (let i = 0; i < LOOPS; i++) {
+    const sample = i % 2 === 1;
+    await model.generate(i % 3 === 0 ? [prompt, [50256, 17]] : prompt, { maxNewTokens: 8, doSample: sample, seed: i, topK: 40 });
+    if (i === 49) base = snap();
+  }
+  const end = snap();
+  const dGpu = base.gpu - end.gpu;
+  const dRss = end.rss - base.rss;
+  record(`${LOOPS} generate calls: GPU memory used, call 50 -> ${LOOPS}`, `${(dGpu / 2 ** 20).toFixed(1)} MiB`, '2 MiB', Math.abs(dGpu) <= 2 * 2 ** 20);
+  record(`${LOOPS} generate calls: host RSS, call 50 -> ${LOOPS}`, `${(dRss / 2 ** 20).toFixed(1)} MiB`, '32 MiB', dRss <= 32 * 2 ** 20);
+  console.log(`  (${LOOPS} calls in ${((performance.now() - t1) / 1000).toFixed(1)} s)`);
+  model.dispose();
+});
+
+console.log('\n| check | value | limit | result |\n|---|---|---|---|');
+for (const r of rows) console.log(`| ${r.check} | ${r.value} | ${r.limit} | ${r.pass ? 'pass' : 'FAIL'} |`);
+const failed = rows.filter((r) => !r.pass).length;
+console.log(`\n${failed ? 'FAILED' : 'PASSED'}: ${rows.length - failed} of ${rows.length} checks`);
+process.exit(failed ? 1 : 0);
