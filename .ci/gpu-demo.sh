@@ -51,7 +51,9 @@ run)
   ldd "$addon" | sed 's/^/  /'
   if ldd "$addon" | grep -q libcudart; then echo "FAIL: the CUDA prebuild needs libcudart" >&2; exit 1; fi
   echo "== nibble info"
-  "${clean_env[@]}" node node_modules/nibble-llm/dist/cli.js info
+  info=$("${clean_env[@]}" node node_modules/nibble-llm/dist/cli.js info)
+  echo "$info"
+  grep -q '^binary    CUDA prebuild' <<<"$info" || { echo "FAIL: the CUDA prebuild was not chosen (see 'why' above)" >&2; exit 1; }
   echo "== nibble generate --device cuda:0"
   "${clean_env[@]}" node node_modules/nibble-llm/dist/cli.js generate "The future of AI is" --max-new-tokens 40 --greedy --device cuda:0
   echo
