@@ -22,3 +22,24 @@ export function progressBar(label: string, stream: NodeJS.WriteStream = process.
     },
   };
 }
+
+/**
+ * Progress callbacks for fromPretrained: a bar per downloaded file and one for loading
+ * (layers read / quantized). Drawn only on a terminal unless `always`, so piped output of
+ * `nibble generate` stays just the text.
+ */
+export function loadProgress(always = false) {
+  if (!always && !process.stderr.isTTY) return {};
+  const files = new Map<string, ReturnType<typeof progressBar>>();
+  const load = progressBar('load');
+  return {
+    onDownloadProgress(p: { file: string; loaded: number; total: number }) {
+      let bar = files.get(p.file);
+      if (!bar) files.set(p.file, (bar = progressBar(`download ${p.file}`)));
+      bar.update(Math.round(p.loaded / 1024), Math.max(1, Math.round(p.total / 1024)), 'KiB');
+    },
+    onProgress(p: { done: number; total: number }) {
+      load.update(p.done, p.total);
+    },
+  };
+}

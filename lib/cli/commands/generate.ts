@@ -1,5 +1,6 @@
 // nibble generate: stream a continuation of a prompt to stdout.
 import { AutoModelForCausalLM } from '../../models/auto.js';
+import { loadProgress } from '../progress.js';
 import { numberOption, parse, stringOption, type CliCommand } from '../args.js';
 import { loadOptionsFromFlags, quantizationFlags, quantizationHelp } from '../quant-flags.js';
 
@@ -50,7 +51,7 @@ export const command: CliCommand = {
     if (values.greedy && sampling) throw new Error('generate: --greedy cannot be combined with --temperature, --top-k or --top-p');
 
     const model = await AutoModelForCausalLM.fromPretrained(stringOption(values.model), {
-      deviceMap: stringOption(values.device), ...loadOptionsFromFlags('generate', values),
+      deviceMap: stringOption(values.device), ...loadOptionsFromFlags('generate', values), ...loadProgress(),
     });
     const tokenizer = model.tokenizer;
     if (!tokenizer) throw new Error(`generate: ${model.modelDir} has no tokenizer files`);

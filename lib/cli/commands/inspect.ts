@@ -2,6 +2,7 @@
 import { AutoModelForCausalLM } from '../../models/auto.js';
 import type { Module } from '../../nn/module.js';
 import type { Tensor } from '../../tensor.js';
+import { loadProgress } from '../progress.js';
 import { parse, stringOption, type CliCommand } from '../args.js';
 import { loadOptionsFromFlags, quantizationFlags, quantizationHelp } from '../quant-flags.js';
 
@@ -58,7 +59,7 @@ export const command: CliCommand = {
     if (positionals.length) throw new Error(`inspect: unexpected argument '${positionals[0]}'`);
     const load = loadOptionsFromFlags('inspect', values);
     const id = stringOption(values.model);
-    const model = await AutoModelForCausalLM.fromPretrained(id, { deviceMap: stringOption(values.device), noTokenizer: true, ...load });
+    const model = await AutoModelForCausalLM.fromPretrained(id, { deviceMap: stringOption(values.device), noTokenizer: true, ...load, ...loadProgress() });
     process.stdout.write(moduleTable(model.namedModules()) + '\n');
     const after = model.getMemoryFootprint();
     const withConsts = model.getMemoryFootprint({ includeQuantConstants: true });

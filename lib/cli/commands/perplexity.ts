@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { perplexity } from '../../evaluation/perplexity.js';
 import { AutoModelForCausalLM } from '../../models/auto.js';
 import { numberOption, parse, stringOption, type CliCommand } from '../args.js';
-import { progressBar } from '../progress.js';
+import { loadProgress, progressBar } from '../progress.js';
 import { loadOptionsFromFlags, quantizationFlags, quantizationHelp } from '../quant-flags.js';
 
 const help = `Usage: nibble perplexity --file text.txt [options]
@@ -42,7 +42,7 @@ export const command: CliCommand = {
     }
     const windowSize = numberOption('perplexity', 'window', values.window, { int: true, min: 2 });
     const model = await AutoModelForCausalLM.fromPretrained(stringOption(values.model), {
-      deviceMap: stringOption(values.device), ...loadOptionsFromFlags('perplexity', values),
+      deviceMap: stringOption(values.device), ...loadOptionsFromFlags('perplexity', values), ...loadProgress(),
     });
     if (!model.tokenizer) throw new Error(`perplexity: ${model.modelDir} has no tokenizer files`);
     const ids = model.tokenizer.encode(text);

@@ -2,7 +2,7 @@
 // transformers + bitsandbytes serialized format (loadable by both).
 import { AutoModelForCausalLM } from '../../models/auto.js';
 import { parse, stringOption, type CliCommand } from '../args.js';
-import { progressBar } from '../progress.js';
+import { loadProgress } from '../progress.js';
 import { loadOptionsFromFlags, quantizationFlags, quantizationHelp } from '../quant-flags.js';
 import { formatBytes } from './inspect.js';
 
@@ -30,8 +30,7 @@ export const command: CliCommand = {
     const [input, output] = positionals as [string, string];
     const load = loadOptionsFromFlags('quantize', values);
     if (!load.quantizationConfig) throw new Error('quantize: give --load-in-4bit or --load-in-8bit');
-    const bar = progressBar('quantize');
-    const model = await AutoModelForCausalLM.fromPretrained(input, { ...load, onProgress: (p) => bar.update(p.done, p.total) });
+    const model = await AutoModelForCausalLM.fromPretrained(input, { ...load, ...loadProgress(true) });
     await model.savePretrained(output);
     const bytes = model.getMemoryFootprint();
     model.dispose();
