@@ -324,7 +324,7 @@ struct MmaCfg {
   static constexpr int kABytes = BM * kBK * 2;  // per stage
   static constexpr int kBBytes = kBN * kBK / 2;
   static constexpr int kAbsBytes = kBN * 2 * 4 * 2;  // raw: code word + float, per (row, half tile)
-  static constexpr int kSmem = kLutBytes + kStages * (kABytes + kBBytes + kAbsBytes) + kBN * 2 * 4 + 256 * 4;
+  static constexpr int kSmem = kLutBytes + kStages * (kABytes + kBBytes + kAbsBytes) + kThreads / 32 * 64 * 4 + 256 * 4;
   static constexpr int kCtasPerSm = BM <= 16 ? 3 : 2;
 };
 
@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
   uint8_t* s_b = s_a + kStages * Cfg::kABytes;
   uint32_t* s_raw = reinterpret_cast<uint32_t*>(s_b + kStages * Cfg::kBBytes);  // [stage][2][kBN*2]
   float* s_abs = reinterpret_cast<float*>(s_raw + kStages * kBN * 4);            // decoded, current tile
-  float* s_ncode = s_abs + kBN * 2;
+  float* s_ncode = s_abs + Cfg::kThreads / 32 * 64;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / Cfg::WN, wn = warp % Cfg::WN;
@@ -409,10 +409,14 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
       }
     }
   };
-  auto decode_abs = [&](int stage, int kt) {
+  // Each warp decodes the 64 entries of its own 32 rows (lane l: row wn*32 + l, both halves)
+  // into its own buffer, so only a warp-level sync separates decode and use.
+  auto decode_abs = [&](int stage, int kt, float* mine) {
     const uint32_t* rq = s_raw + stage * kBN * 4;
     const float* ra = reinterpret_cast<const float*>(rq + kBN * 2);
-    for (int i = tid; i < kBN * 2; i += Cfg::kThreads) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int i = (wn * 32 + lane) * 2 + h;
       bool ok;
       const int64_t b = abs_index(i, kt, ok);
       float a = 0.0f;
@@ -424,7 +428,7 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
           a = ra[i];
         }
       }
-      s_abs[i] = a;
+      mine[lane * 2 + h] = a;
     }
   };
 
@@ -454,13 +458,14 @@ __global__ void __launch_bounds__(MmaCfg<BM>::kThreads)
       issue_abs((it + kStages - 1) % kStages, kt_begin + it + kStages - 1);
     }
     dev::cp_async_commit();
-    decode_abs(it % kStages, kt_begin + it);
-    __syncthreads();
+    float* abs_w = s_abs + warp * 64;
+    decode_abs(it % kStages, kt_begin + it, abs_w);
+    __syncwarp();
 
     const int st = it % kStages;
     const uint8_t* a_s = s_a + st * Cfg::kABytes;
     const uint8_t* b_s = s_b + st * Cfg::kBBytes;
-    const float* abs_s = s_abs;
+    const float* abs_s = abs_w - wn * 64;  // indexed by tile row r = wn*32 + j*8 + g
     // B fragments for this warp's four n8 tiles: row (wn*32 + j*8 + g), byte t of each word.
     uint32_t words[4][8];
     T2 scale[4][2];
@@ -590,7 +595,9 @@ W4 make_w4(const Weight4bit& w, const char* op) {
   return d;
 }
 
-bool gemv_ok(const void* x, const Weight4bit& w) { return w.K % 32 == 0 && aligned16(x) && aligned16(w.packed); }
+bool gemv_ok(const void* x, const Weight4bit& w) {
+  return w.K % 32 == 0 && aligned16(x) && aligned16(w.packed) && ((uintptr_t)w.qabsmax & 3) == 0;
+}
 bool mma_ok(const void* x, DType dt, const Weight4bit& w) {
   return (dt == DType::F16 || dt == DType::BF16) && w.K % 32 == 0 && aligned16(x) && aligned16(w.packed) &&
          ((uintptr_t)w.qabsmax & 3) == 0;
@@ -716,7 +723,7 @@ void matmul_4bit_path(Matmul4bitPath path, const void* x, DType dt, int64_t M, c
   if (M <= 0) throw std::runtime_error(std::string(op) + ": empty input");
   const W4 w = make_w4(wt, op);
   if (path == Matmul4bitPath::Auto) {
-    if (M == 1 && gemv_ok(x, wt)) path = Matmul4bitPath::Gemv;
+    if (M == 1 && gemv_ok(x, wt)) path = Matmul4bitPath::Gemv;  // exact float32 code values
     else if (M > 1 && mma_ok(x, dt, wt)) path = Matmul4bitPath::Mma;
     else path = Matmul4bitPath::Simt;
   }

@@ -27,6 +27,8 @@ using fmt::QuantType;
 namespace {
 
 bool g_quick = false;
+std::string g_only;  // run only the sections whose tag contains this
+bool want(const char* tag) { return g_only.empty() || std::string(tag).find(g_only) != std::string::npos; }
 
 // Median time (ms) of one call of fn(i), i = launch counter (used to rotate buffers).
 double time_ms(const std::function<void(int)>& fn, int per_batch = 20, int batches = 11) {
@@ -156,6 +158,7 @@ int main(int argc, char** argv) {
     if (a == "--baselines" && i + 1 < argc) baselines_path = argv[++i];
     else if (a == "--json" && i + 1 < argc) json_path = argv[++i];
     else if (a == "--quick") g_quick = true;
+    else if (a == "--only" && i + 1 < argc) g_only = argv[++i];
   }
   cudaDeviceProp prop;
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
@@ -181,6 +184,7 @@ int main(int argc, char** argv) {
     // ---- 4-bit GEMV, M = 1, nf4 + double quant, fp16 ----
     const int64_t gemv_shapes[][2] = {{8192, 8192}, {28672, 8192}, {4096, 4096}};
     for (auto& s : gemv_shapes) {
+      if (!want("gemv")) break;
       const int64_t N = s[0], K = s[1];
       const int nc = copies_for(N * K / 2);
       std::vector<std::unique_ptr<Q4>> ws;
@@ -207,6 +211,7 @@ int main(int argc, char** argv) {
     // ---- 4-bit GEMM vs fp16 (torch) ----
     for (int64_t M : {16, 64, 256}) {
       const int64_t gemm_shapes[][2] = {{8192, 8192}, {28672, 8192}};
+      if (!want(("gemm" + std::to_string(M)).c_str())) continue;
       for (auto& s : gemm_shapes) {
         const int64_t N = s[0], K = s[1];
         const int nc = copies_for(N * K / 2);
@@ -228,6 +233,7 @@ int main(int argc, char** argv) {
 
     // ---- Linear8bitLt (no outliers): quantize x, int8 product with fused dequant ----
     for (int64_t M : {1, 2048}) {
+      if (!want(("lin8_" + std::to_string(M)).c_str())) continue;
       const int64_t N = 8192, K = 8192;
       const int nc = copies_for(N * K);
       std::vector<std::unique_ptr<DevBuf>> wq;
@@ -267,7 +273,7 @@ int main(int argc, char** argv) {
     }
 
     // ---- quantize4bit / dequantize4bit, 8192x8192 fp16, nf4 bs64 ----
-    {
+    if (want("quant")) {
       const int64_t n = 8192LL * 8192;
       const int nc = 2;
       std::vector<std::unique_ptr<DevBuf>> xs;
