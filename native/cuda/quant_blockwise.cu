@@ -185,9 +185,8 @@ void quantize_dispatch(const void* x, DType dt, int64_t n, int bs, uint8_t* out,
 }
 
 // ---- dequantize -----------------------------------------------------------------------------
-// Each thread expands 16 packed bytes (32 elements, 4-bit) or 16 bytes (16 elements, 8-bit):
-// with blocksize >= 32 one absmax covers the whole chunk, so it is fetched (and for double
-// quantization decoded) once per thread.
+// With blocksize >= 32 one absmax covers each 8-element unit, fetched (and for double
+// quantization decoded) once per unit.
 template <typename T, int KIND, bool DQ>
 __global__ void __launch_bounds__(kThreads)
     k_dequantize(const uint8_t* __restrict__ q, const float* __restrict__ absmax, const uint8_t* __restrict__ qabsmax,
@@ -204,56 +203,60 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = threadIdx.x; i < 256; i += kThreads) s_ncode[i] = ncode[i];
   __syncthreads();
 
-  constexpr int EPC = KIND == 2 ? 16 : 32;  // elements per 16-byte chunk
-  constexpr int kPer = 2;                   // chunks in flight per thread
-  const int64_t chunks = (n + EPC - 1) / EPC;
+  // Units of 8 elements: a lane reads 4 packed bytes (8 for 8-bit) and writes 8 outputs
+  // (16 bytes at float16), consecutive lanes take consecutive units, so every warp-wide
+  // load and store is one contiguous run. kPer units per thread are in flight at once.
+  constexpr int kPer = 4;
+  const int64_t units = (n + 7) / 8;
   const int64_t stride = (int64_t)gridDim.x * kThreads;
-  for (int64_t c0 = (int64_t)blockIdx.x * kThreads + threadIdx.x; c0 < chunks; c0 += kPer * stride) {
-    uint4 raw[kPer];
+  for (int64_t u0 = (int64_t)blockIdx.x * kThreads + threadIdx.x; u0 < units; u0 += kPer * stride) {
+    uint2 raw[kPer];
     float scale[kPer];
 #pragma unroll
-    for (int u = 0; u < kPer; u++) {
-      const int64_t chunk = c0 + u * stride;
-      const int64_t e0 = chunk * EPC;
-      scale[u] = 0.0f;
-      raw[u] = make_uint4(0, 0, 0, 0);
-      if (chunk >= chunks) continue;
+    for (int k = 0; k < kPer; k++) {
+      const int64_t u = u0 + k * stride;
+      const int64_t e0 = u * 8;
+      scale[k] = 0.0f;
+      raw[k] = make_uint2(0, 0);
+      if (u >= units) continue;
       const int64_t b = e0 >> log2_bs;
-      scale[u] = DQ ? dev::dq_absmax(s_ncode, qabsmax[b], nested[b / fmt::kNestedBlocksize], *offset) : absmax[b];
-      if (e0 + EPC <= n && vec_ok) {
-        raw[u] = __ldcs(reinterpret_cast<const uint4*>(q + (KIND == 2 ? e0 : e0 / 2)));
+      scale[k] = DQ ? dev::dq_absmax(s_ncode, qabsmax[b], nested[b / fmt::kNestedBlocksize], *offset) : absmax[b];
+      if (e0 + 8 <= n && vec_ok) {
+        if (KIND == 2) raw[k] = __ldcs(reinterpret_cast<const uint2*>(q + e0));
+        else raw[k].x = __ldcs(reinterpret_cast<const unsigned int*>(q + e0 / 2));
       } else {
-        uint8_t* r = reinterpret_cast<uint8_t*>(&raw[u]);
+        uint8_t* r = reinterpret_cast<uint8_t*>(&raw[k]);
         const int64_t nbytes = KIND == 2 ? n : (n + 1) / 2;
         const int64_t b0 = KIND == 2 ? e0 : e0 / 2;
 #pragma unroll
-        for (int j = 0; j < 16; j++) r[j] = (b0 + j < nbytes) ? q[b0 + j] : 0;
+        for (int j = 0; j < 8; j++) r[j] = (b0 + j < nbytes) ? q[b0 + j] : 0;
       }
     }
 #pragma unroll
-    for (int u = 0; u < kPer; u++) {
-      const int64_t chunk = c0 + u * stride;
-      if (chunk >= chunks) continue;
-      const int64_t e0 = chunk * EPC;
-      const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw[u]);
-      __align__(16) T v[EPC];
+    for (int k = 0; k < kPer; k++) {
+      const int64_t u = u0 + k * stride;
+      if (u >= units) continue;
+      const int64_t e0 = u * 8;
+      const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw[k]);
+      __align__(16) T v[8];
+      if (KIND == 2) {
 #pragma unroll
-      for (int j = 0; j < 16; j++) {
-        if (KIND == 2) {
-          v[j] = dev::from_f32<T>(__fmul_rn(s_tab[bytes[j]], scale[u]));
-        } else {
-          v[2 * j] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] >> 4), scale[u]));
-          v[2 * j + 1] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] & 15), scale[u]));
+        for (int j = 0; j < 8; j++) v[j] = dev::from_f32<T>(__fmul_rn(s_tab[bytes[j]], scale[k]));
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          v[2 * j] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] >> 4), scale[k]));
+          v[2 * j + 1] = dev::from_f32<T>(__fmul_rn(dev::value4<KIND>(s_tab, bytes[j] & 15), scale[k]));
         }
       }
-      if (e0 + EPC <= n && vec_ok) {
+      if (e0 + 8 <= n && vec_ok) {
         uint4* o = reinterpret_cast<uint4*>(out + e0);
         const uint4* src = reinterpret_cast<const uint4*>(v);
 #pragma unroll
-        for (int j = 0; j < EPC * (int)sizeof(T) / 16; j++) __stcs(o + j, src[j]);
+        for (int j = 0; j < 8 * (int)sizeof(T) / 16; j++) __stcs(o + j, src[j]);
       } else {
 #pragma unroll
-        for (int j = 0; j < EPC; j++)
+        for (int j = 0; j < 8; j++)
           if (e0 + j < n) out[e0 + j] = v[j];
       }
     }
@@ -273,9 +276,9 @@ void dequantize_dispatch(const uint8_t* q, const float* absmax, const uint8_t* q
                          const float* ncode, const float* offset, int64_t n, int bs, void* out, DType dt,
                          const float* code8, cudaStream_t s, const char* op) {
   const int l2 = log2_exact(bs, op, 32);
-  const int64_t chunks = (n + (KIND == 2 ? 16 : 32) - 1) / (KIND == 2 ? 16 : 32);
+  const int64_t units = (n + 7) / 8;
   const bool vec_ok = aligned16(q) && aligned16(out);
-  const unsigned grid = std::min<unsigned>(grid_1d(chunks, kThreads, op), (unsigned)sm_count() * 8);
+  const unsigned grid = std::min<unsigned>(grid_1d(units, kThreads, op), (unsigned)sm_count() * 8);
   switch (dt) {
     case DType::F32:
       k_dequantize<float, KIND, DQ><<<grid, kThreads, 0, s>>>(q, absmax, qabsmax, nested, ncode, offset, n, l2,

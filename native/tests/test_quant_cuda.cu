@@ -7,7 +7,7 @@
 //  3. bad arguments raise exceptions (never abort).
 // Prints one PASS/FAIL line per check and a summary; exits non-zero on any failure.
 //
-// Usage: test_quant_cuda [--seed N] [--fixtures path/to/bnb_vectors.safetensors]
+// Usage: test_quant_cuda [--seed N] [--fixtures path/to/bnb_vectors.safetensors] [--only name-substring]
 #include <cfloat>
 #include <chrono>
 #include <cstdlib>
@@ -73,7 +73,10 @@ std::vector<float> make_input(std::mt19937_64& rng, int64_t n, int bs, bool spec
   return x;
 }
 
+std::string g_only;  // --only: run the checks whose name contains this
+
 void run_guarded(Table& t, const std::string& name, const std::function<std::string(bool&)>& body) {
+  if (!g_only.empty() && name.find(g_only) == std::string::npos) return;
   bool pass = true;
   std::string detail;
   try {
@@ -629,6 +632,7 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "--seed" && i + 1 < argc) seed = std::strtoull(argv[++i], nullptr, 10);
     else if (a == "--fixtures" && i + 1 < argc) fixtures = argv[++i];
+    else if (a == "--only" && i + 1 < argc) g_only = argv[++i];
   }
   int ndev = 0;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
