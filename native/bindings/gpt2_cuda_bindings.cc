@@ -3,6 +3,7 @@
 // the weights, a bound KV cache, one call per forward) and `cudaMemInfo(device)`.
 #include "bindings/gpt2_cuda_bindings.h"
 
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -195,6 +196,11 @@ struct Cache {
   std::vector<TensorArg> keep;
   int64_t B = 0, Tmax = 0;
   int plan = 0;
+  gpt2_cuda::DecodeGraph* graph = nullptr;  // captured on the first decode step
+  bool graph_failed = false;
+  Cache() = default;
+  Cache(const Cache&) = delete;
+  ~Cache() { gpt2_cuda::decode_graph_destroy(graph); }
 };
 std::map<int, std::unique_ptr<Plan>> g_plans;
 std::map<int, std::unique_ptr<Cache>> g_caches;
@@ -274,8 +280,9 @@ NIBBLE_BINDING("gpt2CudaPlan", CreatePlan);
 
 Napi::Value ReleasePlan(const Napi::CallbackInfo& info) {
   const int id = (int)int_arg(info, 0, "plan");
-  g_plans.erase(id);
+  // Caches first: their graphs point into the plan's weights.
   for (auto it = g_caches.begin(); it != g_caches.end();) it = it->second->plan == id ? g_caches.erase(it) : std::next(it);
+  g_plans.erase(id);
   return info.Env().Undefined();
 }
 NIBBLE_BINDING("gpt2CudaPlanRelease", ReleasePlan);
@@ -351,6 +358,23 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
   }
   act(op, "logits", logits, plan.device);
   expect_numel(op, "logits", logits, (last_only ? B : B * T) * plan.w.V);
+  // Decode steps replay a CUDA graph (NIBBLE_CUDA_GRAPH=0 turns it off); if capture fails
+  // (an unusual shape), this cache keeps using the launch-by-launch path below.
+  static const bool graphs = [] {
+    const char* e = std::getenv("NIBBLE_CUDA_GRAPH");
+    return !(e && std::string(e) == "0");
+  }();
+  if (graphs && T == 1 && last_only && !cache.graph_failed) {
+    try {
+      if (!cache.graph)
+        cache.graph = gpt2_cuda::decode_graph_create(plan.w, cache.k.data(), cache.v.data(), B, cache.Tmax, plan.device);
+      gpt2_cuda::decode_graph_run(cache.graph, ids, pos, mask, past, logits.ptr<float>());
+      return info.Env().Undefined();
+    } catch (const std::exception&) {
+      if (cache.graph) throw;  // a replay failed: report it
+      cache.graph_failed = true;
+    }
+  }
   auto scratch = Storage::cuda(gpt2_cuda::gpt2_scratch_bytes(plan.w, B, T, past), plan.device);
   // `scratch` goes back to the caching allocator on return while the kernels may still run:
   // safe, since every later user of that memory is queued behind them on the same stream.

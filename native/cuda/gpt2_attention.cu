@@ -1,7 +1,9 @@
 // Causal self-attention over a KV cache. Two launches: the new tokens' keys and values are
 // copied into the cache, then one block per (query, head, sequence) scores every allowed
 // key, takes the softmax in shared memory and sums the values. A decode step (T = 1) thus
-// reads each cached key and value row exactly once.
+// reads each cached key and value row exactly once. For a decode step (T == 1) the cache
+// write happens in the attention kernel itself (each block owns its head's new row): one
+// launch fewer per layer.
 #include <cmath>
 
 #include "cuda/gpt2_device.cuh"
@@ -24,28 +26,37 @@ __global__ void kv_write_kernel(const float* __restrict__ qkv, float* __restrict
 }
 
 // Shared memory: q[D] | p[L] | part[blockDim.x].
-template <bool VEC>
-__global__ void attention_kernel(float* __restrict__ out, const float* __restrict__ qkv, const float* __restrict__ kc,
-                                 const float* __restrict__ vc, const int32_t* __restrict__ mask, int64_t T,
-                                 int64_t past, int64_t Tmax, int64_t H, int D, float scale) {
+// kc/vc are not __restrict__ const: with WRITE_KV the block reads back rows it just wrote,
+// which the read-only data path is not guaranteed to see.
+template <bool VEC, bool WRITE_KV>
+__global__ void attention_kernel(float* __restrict__ out, const float* __restrict__ qkv, float* kc, float* vc,
+                                 const int32_t* __restrict__ mask, int64_t T, int64_t past, int64_t Tmax, int64_t H,
+                                 int D, float scale, const int32_t* past_dev, int64_t mask_stride) {
   extern __shared__ float sm[];
   __shared__ float scratch[32];
+  // A replayed CUDA graph reads `past` from device memory (the host updates it each step).
+  if (past_dev) past = *past_dev;
   const int64_t t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int64_t C = H * D, L = past + T, last = past + t;
+  if (!mask_stride) mask_stride = L;
   float* q = sm;
   float* p = sm + D;
   float* part = p + L;
   const int tid = threadIdx.x;
   const float* qrow = qkv + (b * T + t) * 3 * C + h * D;
   for (int d = tid; d < D; d += blockDim.x) q[d] = qrow[d];
-  __syncthreads();
+  if (WRITE_KV) {  // T == 1: this block is the only one touching row `past` of head h
+    const int64_t dst = ((b * H + h) * Tmax + past) * D;
+    for (int d = tid; d < D; d += blockDim.x) kc[dst + d] = qrow[C + d], vc[dst + d] = qrow[2 * C + d];
+  }
+  __syncthreads();  // also makes the new cache row visible to the whole block
   const float* Kb = kc + (b * H + h) * Tmax * D;
   const float* Vb = vc + (b * H + h) * Tmax * D;
 
   float mx = -INFINITY;
   for (int64_t j = tid; j <= last; j += blockDim.x) {
     float s = -INFINITY;
-    if (!mask || mask[b * L + j]) {
+    if (!mask || mask[b * mask_stride + j]) {
       float acc = 0.f;
       const float* kr = Kb + j * D;
       if (VEC) {
@@ -102,15 +113,19 @@ void attention(float* out, const float* qkv, float* kc, float* vc, const int32_t
     throw std::runtime_error("attention: B=" + std::to_string(B) + " T=" + std::to_string(T) + " H=" +
                              std::to_string(H) + " exceeds one launch");
   cudaStream_t s = begin(device);
-  const int64_t n = B * T * H * D;
-  int64_t g = (n + 255) / 256;
-  kv_write_kernel<<<(unsigned)(g < 65535 ? g : 65535), 256, 0, s>>>(qkv, kc, vc, B, T, past, Tmax, H, D);
-  NIBBLE_CUDA_CHECK_LAUNCH("attention (cache write)");
+  const bool fused_write = T == 1;
+  if (!fused_write) {
+    const int64_t n = B * T * H * D;
+    int64_t g = (n + 255) / 256;
+    kv_write_kernel<<<(unsigned)(g < 65535 ? g : 65535), 256, 0, s>>>(qkv, kc, vc, B, T, past, Tmax, H, D);
+    NIBBLE_CUDA_CHECK_LAUNCH("attention (cache write)");
+  }
 
   const int threads = D <= 128 ? 128 : (int)((D + 31) / 32 * 32);
   const size_t smem = sizeof(float) * (size_t)(D + past + T + threads);
   const bool vec = D % 4 == 0 && (reinterpret_cast<uintptr_t>(kc) & 15) == 0;
-  auto kernel = vec ? attention_kernel<true> : attention_kernel<false>;
+  auto kernel = fused_write ? (vec ? attention_kernel<true, true> : attention_kernel<false, true>)
+                            : (vec ? attention_kernel<true, false> : attention_kernel<false, false>);
   if (smem > 48 * 1024) {
     int dev_max = 0;
     NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&dev_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
@@ -123,8 +138,23 @@ void attention(float* out, const float* qkv, float* kc, float* vc, const int32_t
   }
   const float scale = (float)(1.0 / std::sqrt((double)D));
   dim3 grid((unsigned)T, (unsigned)H, (unsigned)B);
-  kernel<<<grid, threads, smem, s>>>(out, qkv, kc, vc, mask, T, past, Tmax, H, (int)D, scale);
+  kernel<<<grid, threads, smem, s>>>(out, qkv, kc, vc, mask, T, past, Tmax, H, (int)D, scale, nullptr, 0);
   NIBBLE_CUDA_CHECK_LAUNCH("attention");
+}
+
+void attention_decode_dev(float* out, const float* qkv, float* kc, float* vc, const int32_t* mask,
+                          const int32_t* past_dev, int64_t B, int64_t Tmax, int64_t H, int64_t D, int device) {
+  if (D > 1024 || H > 65535 || B > 65535) throw std::runtime_error("attention: shape exceeds one launch");
+  cudaStream_t s = begin(device);
+  const int threads = D <= 128 ? 128 : (int)((D + 31) / 32 * 32);
+  const size_t smem = sizeof(float) * (size_t)(D + Tmax + threads);  // room for any past < Tmax
+  if (smem > 48 * 1024) throw std::runtime_error("attention: the decode graph supports caches up to ~12k positions");
+  const bool vec = D % 4 == 0 && (reinterpret_cast<uintptr_t>(kc) & 15) == 0;
+  auto kernel = vec ? attention_kernel<true, true> : attention_kernel<false, true>;
+  const float scale = (float)(1.0 / std::sqrt((double)D));
+  dim3 grid(1, (unsigned)H, (unsigned)B);
+  kernel<<<grid, threads, smem, s>>>(out, qkv, kc, vc, mask, 1, 0, Tmax, H, (int)D, scale, past_dev, Tmax);
+  NIBBLE_CUDA_CHECK_LAUNCH("attention (decode graph)");
 }
 
 }  // namespace gpt2_cuda

@@ -52,6 +52,11 @@ void linear_ex(int path, int epilogue, float* out, const float* x, const void* w
 void linear_path(int path, float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M,
                  int64_t K, int64_t N, int device);
 
+// attention for one new token per sequence with `past` read from device memory and the mask
+// laid out [B, Tmax]: the form a captured CUDA graph can replay step after step.
+void attention_decode_dev(float* out, const float* qkv, float* kc, float* vc, const int32_t* mask,
+                          const int32_t* past_dev, int64_t B, int64_t Tmax, int64_t H, int64_t D, int device);
+
 // ---- a whole forward pass in one call -------------------------------------------------
 // The per-op path costs one JS->native call, one tensor allocation and one launch per op; a
 // decode step of GPT-2 XL is ~600 of them. Here the host loop runs in C++ with 8 launches
@@ -73,6 +78,17 @@ size_t gpt2_scratch_bytes(const Gpt2Weights& w, int64_t B, int64_t T, int64_t pa
 void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const int32_t* pos, const int32_t* mask,
                   float* const* kc, float* const* vc, int64_t B, int64_t T, int64_t past, int64_t Tmax,
                   bool last_only, float* logits, int device);
+
+// A decode step (T = 1, last position only) captured once per bound KV cache and replayed:
+// one graph launch instead of ~8 launches per layer. Activations live at fixed addresses in
+// the graph; ids, positions, the mask and `past` go through pinned staging memory.
+struct DecodeGraph;
+DecodeGraph* decode_graph_create(const Gpt2Weights& w, float* const* kc, float* const* vc, int64_t B, int64_t Tmax,
+                                 int device);
+// mask: [B, past+1] host ints or null (all ones). logits: [B, V] device float32.
+void decode_graph_run(DecodeGraph* g, const int32_t* ids, const int32_t* pos, const int32_t* mask, int64_t past,
+                      float* logits);
+void decode_graph_destroy(DecodeGraph* g);
 
 }  // namespace gpt2_cuda
 }  // namespace nibble

@@ -50,3 +50,20 @@ void gpt2_forward(const Gpt2Weights&, void*, const int32_t*, const int32_t*, con
 }
 }  // namespace gpt2_cuda
 }  // namespace nibble
+
+namespace nibble {
+namespace gpt2_cuda {
+struct DecodeGraph {};
+void attention_decode_dev(float*, const float*, float*, float*, const int32_t*, const int32_t*, int64_t, int64_t, int64_t,
+                          int64_t, int) {
+  throw std::runtime_error(kNoCuda);
+}
+DecodeGraph* decode_graph_create(const Gpt2Weights&, float* const*, float* const*, int64_t, int64_t, int) {
+  throw std::runtime_error(kNoCuda);
+}
+void decode_graph_run(DecodeGraph*, const int32_t*, const int32_t*, const int32_t*, int64_t, float*) {
+  throw std::runtime_error(kNoCuda);
+}
+void decode_graph_destroy(DecodeGraph*) {}
+}  // namespace gpt2_cuda
+}  // namespace nibble

@@ -1,0 +1,125 @@
+// The decode step as a CUDA graph (see gpt2_cuda.h). Captured once per bound KV cache, on
+// the first single-token step, and replayed for every later one: the host then pays one
+// graph launch per token instead of ~8 kernel launches per layer, and the GPU runs the
+// kernels back to back. Everything a step changes (ids, positions, mask, past) is copied
+// from pinned staging memory by the graph's first node, so the captured kernels never change.
+#include "cuda/gpt2_device.cuh"
+
+namespace nibble {
+namespace gpt2_cuda {
+
+struct DecodeGraph {
+  const Gpt2Weights* w = nullptr;
+  int device = 0;
+  int64_t B = 0, Tmax = 0;
+  void* dev = nullptr;        // activations, logits and the staged inputs
+  int32_t* host = nullptr;    // pinned: ids[B] | pos[B] | past | mask[B * Tmax]
+  size_t stage_bytes = 0;
+  float* logits = nullptr;    // [B, V]
+  cudaGraphExec_t exec = nullptr;
+  cudaEvent_t done = nullptr;
+  bool launched = false;
+};
+
+namespace {
+size_t up(size_t n) { return (n + 255) / 256 * 256; }
+
+void capture(DecodeGraph* g, float* const* kc, float* const* vc) {
+  const Gpt2Weights& w = *g->w;
+  const int64_t B = g->B, C = w.C, D = C / w.H;
+  char* p = static_cast<char*>(g->dev);
+  auto take = [&](size_t bytes) { void* r = p; p += up(bytes); return r; };
+  float* x = (float*)take(B * C * 4);
+  float* h = (float*)take(B * C * 4);
+  float* att = (float*)take(B * C * 4);
+  float* qkv = (float*)take(B * 3 * C * 4);
+  float* fc = (float*)take(B * w.inner * 4);
+  g->logits = (float*)take(B * w.V * 4);
+  int32_t* stage = (int32_t*)take(g->stage_bytes);
+  int32_t *d_ids = stage, *d_pos = stage + B, *d_past = stage + 2 * B, *d_mask = stage + 2 * B + 1;
+
+  cudaStream_t s = begin(g->device);
+  NIBBLE_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "decode graph: begin capture");
+  cudaGraph_t graph = nullptr;
+  try {
+    NIBBLE_CUDA_CHECK(cudaMemcpyAsync(stage, g->host, g->stage_bytes, cudaMemcpyHostToDevice, s), "decode graph: inputs");
+    embedding(x, w.wte, w.wpe, w.dt, d_ids, d_pos, B, C, w.V, w.P, g->device);
+    for (size_t l = 0; l < w.layers.size(); l++) {
+      const Gpt2Layer& L = w.layers[l];
+      layernorm(h, x, L.ln1_w, L.ln1_b, w.dt, B, C, w.eps, g->device);
+      linear_ex(0, kEpilogueNone, qkv, h, L.attn_w, L.attn_b, w.dt, B, C, 3 * C, g->device);
+      attention_decode_dev(att, qkv, kc[l], vc[l], d_mask, d_past, B, g->Tmax, w.H, D, g->device);
+      linear_ex(0, kEpilogueAccumulate, x, att, L.proj_w, L.proj_b, w.dt, B, C, C, g->device);
+      layernorm(h, x, L.ln2_w, L.ln2_b, w.dt, B, C, w.eps, g->device);
+      linear_ex(0, kEpilogueGelu, fc, h, L.fc_w, L.fc_b, w.dt, B, C, w.inner, g->device);
+      linear_ex(0, kEpilogueAccumulate, x, fc, L.mproj_w, L.mproj_b, w.dt, B, w.inner, C, g->device);
+    }
+    layernorm(h, x, w.lnf_w, w.lnf_b, w.dt, B, C, w.eps, g->device);
+    linear_ex(0, kEpilogueNone, g->logits, h, w.lm_head, nullptr, w.dt, B, C, w.V, g->device);
+  } catch (...) {
+    cudaStreamEndCapture(s, &graph);  // leave the stream usable
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    throw;
+  }
+  NIBBLE_CUDA_CHECK(cudaStreamEndCapture(s, &graph), "decode graph: end capture");
+  cudaError_t e = cudaGraphInstantiate(&g->exec, graph, 0);
+  cudaGraphDestroy(graph);
+  NIBBLE_CUDA_CHECK(e, "decode graph: instantiate");
+}
+}  // namespace
+
+DecodeGraph* decode_graph_create(const Gpt2Weights& w, float* const* kc, float* const* vc, int64_t B, int64_t Tmax,
+                                 int device) {
+  auto* g = new DecodeGraph;
+  g->w = &w, g->device = device, g->B = B, g->Tmax = Tmax;
+  g->stage_bytes = (size_t)(2 * B + 1 + B * Tmax) * 4;
+  const size_t bytes = up(B * w.C * 4) * 3 + up(B * 3 * w.C * 4) + up(B * w.inner * 4) + up(B * w.V * 4) +
+                       up(g->stage_bytes);
+  try {
+    NIBBLE_CUDA_CHECK(cudaSetDevice(device), "cudaSetDevice");
+    NIBBLE_CUDA_CHECK(cudaMalloc(&g->dev, bytes), "decode graph: allocating " + std::to_string(bytes) + " bytes");
+    NIBBLE_CUDA_CHECK(cudaMallocHost(&g->host, g->stage_bytes), "decode graph: pinned staging");
+    NIBBLE_CUDA_CHECK(cudaEventCreateWithFlags(&g->done, cudaEventDisableTiming), "decode graph: event");
+    capture(g, kc, vc);
+  } catch (...) {
+    decode_graph_destroy(g);
+    throw;
+  }
+  return g;
+}
+
+void decode_graph_run(DecodeGraph* g, const int32_t* ids, const int32_t* pos, const int32_t* mask, int64_t past,
+                      float* logits) {
+  const int64_t B = g->B, L = past + 1;
+  if (L > g->Tmax) throw std::out_of_range("decode graph: the KV cache is full");
+  cudaStream_t s = begin(g->device);
+  // The previous replay must have read the staging memory before it is overwritten.
+  if (g->launched) NIBBLE_CUDA_CHECK(cudaEventSynchronize(g->done), "decode graph: previous step");
+  int32_t* hp = g->host;
+  for (int64_t b = 0; b < B; b++) hp[b] = ids[b], hp[B + b] = pos[b];
+  hp[2 * B] = (int32_t)past;
+  int32_t* hm = hp + 2 * B + 1;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t j = 0; j < L; j++) hm[b * g->Tmax + j] = mask ? mask[b * L + j] : 1;
+  NIBBLE_CUDA_CHECK(cudaGraphLaunch(g->exec, s), "decode graph: launch");
+  NIBBLE_CUDA_CHECK(cudaMemcpyAsync(logits, g->logits, B * g->w->V * 4, cudaMemcpyDeviceToDevice, s),
+                    "decode graph: logits");
+  NIBBLE_CUDA_CHECK(cudaEventRecord(g->done, s), "decode graph: event");
+  g->launched = true;
+}
+
+void decode_graph_destroy(DecodeGraph* g) {
+  if (!g) return;
+  cudaSetDevice(g->device);
+  if (g->launched && g->done) cudaEventSynchronize(g->done);
+  if (g->exec) cudaGraphExecDestroy(g->exec);
+  if (g->done) cudaEventDestroy(g->done);
+  if (g->host) cudaFreeHost(g->host);
+  if (g->dev) cudaFree(g->dev);
+  cudaGetLastError();
+  delete g;
+}
+
+}  // namespace gpt2_cuda
+}  // namespace nibble
