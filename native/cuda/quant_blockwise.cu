@@ -8,7 +8,9 @@
 // shuffles (and shared memory for blocks wider than a warp), and each thread writes its
 // packed codes with one store.
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
+#include <mutex>
 
 #include "cuda/quant_cuda.h"
 #include "cuda/quant_device.cuh"
@@ -17,13 +19,13 @@ namespace nibble {
 namespace cuda {
 
 int sm_count() {
-  static int cached[64] = {0};
+  static std::atomic<int> cached[64];
   int dev = 0;
   NIBBLE_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
-  if (dev < 64 && cached[dev]) return cached[dev];
+  if (dev < 64 && cached[dev].load()) return cached[dev].load();
   int n = 0;
   NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  if (dev < 64) cached[dev] = n;
+  if (dev < 64) cached[dev].store(n);
   return n;
 }
 
@@ -385,6 +387,8 @@ __global__ void k_decompress(const uint8_t* __restrict__ q, const float* __restr
 // The signed dynamic map, uploaded once per device for compress_absmax.
 const float* dynamic_map_signed_device() {
   static float* maps[64] = {nullptr};
+  static std::mutex mu;  // bindings may call from several threads
+  std::lock_guard<std::mutex> lock(mu);
   int dev = 0;
   NIBBLE_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
   if (dev >= 64) throw std::runtime_error("compress_absmax: device ordinal too large");

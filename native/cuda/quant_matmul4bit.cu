@@ -16,6 +16,7 @@
 //  4. SIMT fallback (float32, odd K, unaligned pointers): tiles of the dequantized weight in
 //     shared memory, float32 FMAs.
 #include <algorithm>
+#include <mutex>
 #include <type_traits>
 
 #include "cuda/quant_cuda.h"
@@ -555,6 +556,8 @@ __global__ void k_build_pair_lut(uint32_t* __restrict__ out) {
 template <typename T, int KIND>
 const uint4* pair_lut_device() {
   static uint32_t* tables[64] = {nullptr};
+  static std::mutex mu;  // bindings may call from several threads
+  std::lock_guard<std::mutex> lock(mu);
   int dev = 0;
   NIBBLE_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
   if (dev >= 64) throw std::runtime_error("matmul_4bit: device ordinal too large");
