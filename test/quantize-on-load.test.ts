@@ -93,7 +93,7 @@ describe('pre-quantized checkpoints (saved by transformers) and savePretrained',
           expect(mine, k).toEqual(theirs);
         }
       }
-      expect(int8Ties).toBeLessThanOrEqual(2);
+      expect(int8Ties).toBeLessThanOrEqual(1); // 1 of 98,304 codes here
       const cfgSaved = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
       const cfgFile = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
       expect(cfgSaved.quantization_config).toEqual(cfgFile.quantization_config);
