@@ -60,6 +60,7 @@ __global__ void attention_kernel(float* __restrict__ out, const float* __restric
       float acc = 0.f;
       const float* kr = Kb + j * D;
       if (VEC) {
+#pragma unroll 4
         for (int d = 0; d < D; d += 4) {
           float4 kv = *reinterpret_cast<const float4*>(kr + d);
           acc = fmaf(q[d], kv.x, acc);
@@ -89,12 +90,21 @@ __global__ void attention_kernel(float* __restrict__ out, const float* __restric
   }
   sum = block_sum(sum, scratch);  // its barriers also publish p[]
 
-  // Groups of D threads split the keys; each thread owns one output dimension.
+  // Groups of D threads split the keys; each thread owns one output dimension. Four
+  // independent sums keep four value loads in flight (this loop is latency-bound).
   const int G = blockDim.x / D, g = tid / D, d = tid % D;
-  float acc = 0.f;
-  if (g < G)
-    for (int64_t j = g; j <= last; j += G) acc = fmaf(p[j], Vb[j * D + d], acc);
-  part[tid] = acc;
+  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+  if (g < G) {
+    int64_t j = g;
+    for (; j + 3 * G <= last; j += 4 * G) {
+      a0 = fmaf(p[j], Vb[j * D + d], a0);
+      a1 = fmaf(p[j + G], Vb[(j + G) * D + d], a1);
+      a2 = fmaf(p[j + 2 * G], Vb[(j + 2 * G) * D + d], a2);
+      a3 = fmaf(p[j + 3 * G], Vb[(j + 3 * G) * D + d], a3);
+    }
+    for (; j <= last; j += G) a0 = fmaf(p[j], Vb[j * D + d], a0);
+  }
+  part[tid] = (a0 + a1) + (a2 + a3);
   __syncthreads();
   if (tid < D) {
     float r = 0.f;
@@ -102,6 +112,10 @@ __global__ void attention_kernel(float* __restrict__ out, const float* __restric
     o[tid] = r / sum;
   }
 }
+
+// Wide blocks: a decode step has only B*H blocks, so each needs many threads to split the
+// keys (scores: one key per thread; values: blockDim/D groups).
+int attention_threads(int64_t D) { return D <= 128 ? 512 : (int)((D + 31) / 32 * 32); }
 
 }  // namespace
 
@@ -121,7 +135,7 @@ void attention(float* out, const float* qkv, float* kc, float* vc, const int32_t
     NIBBLE_CUDA_CHECK_LAUNCH("attention (cache write)");
   }
 
-  const int threads = D <= 128 ? 128 : (int)((D + 31) / 32 * 32);
+  const int threads = attention_threads(D);
   const size_t smem = sizeof(float) * (size_t)(D + past + T + threads);
   const bool vec = D % 4 == 0 && (reinterpret_cast<uintptr_t>(kc) & 15) == 0;
   auto kernel = fused_write ? (vec ? attention_kernel<true, true> : attention_kernel<false, true>)
@@ -146,7 +160,7 @@ void attention_decode_dev(float* out, const float* qkv, float* kc, float* vc, co
                           const int32_t* past_dev, int64_t B, int64_t Tmax, int64_t H, int64_t D, int device) {
   if (D > 1024 || H > 65535 || B > 65535) throw std::runtime_error("attention: shape exceeds one launch");
   cudaStream_t s = begin(device);
-  const int threads = D <= 128 ? 128 : (int)((D + 31) / 32 * 32);
+  const int threads = attention_threads(D);
   const size_t smem = sizeof(float) * (size_t)(D + Tmax + threads);  // room for any past < Tmax
   if (smem > 48 * 1024) throw std::runtime_error("attention: the decode graph supports caches up to ~12k positions");
   const bool vec = D % 4 == 0 && (reinterpret_cast<uintptr_t>(kc) & 15) == 0;

@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.f;
   if (vec) {
-#pragma unroll 2
+#pragma unroll 4
     for (int64_t k = (int64_t)lane * VEC; k < K; k += 32 * VEC) {
       float wf[VEC];
       unpack16(load_stream(wr + k), wf, T());
