@@ -9,6 +9,7 @@
 #include "core/parallel.h"
 #include "core/stream.h"
 #include "cpu/cpu_features.h"
+#include "cuda/cast_cuda.h"
 #include "cuda/cuda_api.h"
 #include "cuda/gpt2_cuda.h"
 
@@ -158,8 +159,11 @@ NIBBLE_BINDING("copy", Copy);
 Napi::Value Cast(const Napi::CallbackInfo& info) {
   TensorArg out = tensor_arg(info, 0, "out"), x = tensor_arg(info, 1, "x");
   expect_numel("cast", "out", out, x.numel());
-  expect_cpu("cast", x);
-  expect_cpu("cast", out);
+  expect_same_device("cast", out, x);
+  if (!x.on_cpu()) {
+    cuda_cast::cast(out.ptr(), out.dt, x.ptr(), x.dt, x.numel(), x.device());
+    return info.Env().Undefined();
+  }
   CpuStream::instance().enqueue([out, x] {
     const int64_t n = x.numel();
     parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
