@@ -9,11 +9,19 @@
 import { closeSync, existsSync, mkdirSync, openSync, renameSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
-import { AutoModelForCausalLM, Tensor } from '../dist/index.js';
+import { AutoModelForCausalLM, BitsAndBytesConfig, Tensor } from '../dist/index.js';
 
 const argv = process.argv.slice(2);
 const opt = (name, dflt) => (argv.includes(`--${name}`) ? argv[argv.indexOf(`--${name}`) + 1] : dflt);
 const MODELS = opt('models', '124m,xl').split(',');
+// Storage modes: unquantized parameters in float16 throughout; the Linear layers in int8
+// (LLM.int8, threshold 6) or nf4 + double quant (float32 compute) for the quantized modes.
+const MODES = {
+  fp16: { label: 'float16', opts: {} },
+  int8: { label: 'int8 (LLM.int8)', opts: { quantizationConfig: new BitsAndBytesConfig({ loadIn8bit: true }) } },
+  nf4: { label: 'nf4 + double quant', opts: { quantizationConfig: new BitsAndBytesConfig({ loadIn4bit: true, bnb4bitQuantType: 'nf4', bnb4bitUseDoubleQuant: true }) } },
+};
+const MODE_KEYS = opt('modes', 'fp16,nf4,int8').split(',');
 const DIR = opt('dir', '/tmp/nibble-bench');
 const JSON_OUT = opt('json', join(new URL('.', import.meta.url).pathname, 'out', 'generate-gpu.json'));
 const NEW = 128;
@@ -199,14 +207,18 @@ for (const key of MODELS) {
   const tw = performance.now();
   const dir = writeRandomGPT2(join(DIR, `gpt2-${key}-random-f16`), shape);
   console.log(`${key}: checkpoint ready in ${((performance.now() - tw) / 1000).toFixed(1)} s (${dir})`);
+  for (const modeKey of MODE_KEYS) {
+  const mode = MODES[modeKey];
+  if (!mode) throw new Error(`unknown mode ${modeKey}: use ${Object.keys(MODES).join(', ')}`);
+  try {
   const free0 = addon.cudaMemInfo(0).free;
   const t0 = performance.now();
-  const model = await AutoModelForCausalLM.fromPretrained(dir, { deviceMap: 'cuda:0', dtype: 'float16', noTokenizer: true });
+  const model = await AutoModelForCausalLM.fromPretrained(dir, { deviceMap: 'cuda:0', dtype: 'float16', noTokenizer: true, ...mode.opts });
   await addon.sync();
   const loadS = (performance.now() - t0) / 1000;
   const weightsGpu = free0 - addon.cudaMemInfo(0).free;
   const wBytes = weightBytesPerToken(model);
-  const row = { model: key, mode: 'float16 weights, float32 compute', loadS, gpuMemGiB: weightsGpu / 2 ** 30, weightBytesPerToken: wBytes };
+  const row = { model: key, mode: mode.label, loadS, gpuMemGiB: weightsGpu / 2 ** 30, weightBytesPerToken: wBytes };
   const pre1 = await timePrefill(model, 1);
   const pre8 = await timePrefill(model, 8);
   row.prefillTokPerSecB1 = PROMPT / (pre1.ms / 1000);
@@ -222,6 +234,10 @@ for (const key of MODELS) {
   results.push(row);
   console.log(JSON.stringify(row));
   model.dispose();
+  } catch (e) {
+    console.log(`${key} ${modeKey}: FAILED: ${e.message.split('\n')[0]}`);
+  }
+  }
 }
 
 mkdirSync(join(JSON_OUT, '..'), { recursive: true });

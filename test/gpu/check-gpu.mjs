@@ -7,7 +7,7 @@
 // usable; the event loop keeps running during GPU generation; N generate calls in a loop
 // with flat GPU memory and host RSS. Prints a table last; exit status 1 on any failure.
 import { createRequire } from 'node:module';
-import { AutoModelForCausalLM, Tensor, readSafetensors } from '../../dist/index.js';
+import { AutoModelForCausalLM, BitsAndBytesConfig, Tensor, readSafetensors } from '../../dist/index.js';
 
 const args = process.argv.slice(2);
 const LOOPS = Number(args[args.indexOf('--loops') + 1] ?? 1000) || 1000;
@@ -174,6 +174,31 @@ await attempt('event loop and memory', async () => {
   console.log(`  (${LOOPS} calls in ${((performance.now() - t1) / 1000).toFixed(1)} s)`);
   model.dispose();
 });
+
+// Quantized on load, on the GPU: the same references as the CPU tests (test/quantize-on-load).
+const QUANT = [
+  ['nf4_dq_fp32', { loadIn4bit: true, bnb4bitQuantType: 'nf4', bnb4bitUseDoubleQuant: true }, {}, 1e-4],
+  ['nf4_fp32', { loadIn4bit: true, bnb4bitQuantType: 'nf4' }, {}, 1e-4],
+  ['fp4_fp32', { loadIn4bit: true, bnb4bitQuantType: 'fp4' }, {}, 1e-4],
+  ['nf4_dq_fp16', { loadIn4bit: true, bnb4bitQuantType: 'nf4', bnb4bitUseDoubleQuant: true, bnb4bitComputeDtype: 'float16' }, { dtype: 'float16' }, 2e-2],
+  ['int8', { loadIn8bit: true }, { dtype: 'float16' }, 2e-2],
+];
+for (const [name, q, opts, tol] of QUANT)
+  await attempt(`tiny ${name} on CUDA`, async () => {
+    const ids = await refIds('tiny.input_ids');
+    const prompts = [ids.slice(0, 10), ids.slice(10, 20)];
+    const cfg = { quantizationConfig: new BitsAndBytesConfig(q), noTokenizer: true, ...opts };
+    const model = await AutoModelForCausalLM.fromPretrained(TINY, { deviceMap: 'cuda:0', ...cfg });
+    const { logits } = await model.forward(prompts);
+    const d = maxAbsDiff(await logits.toFloat32(), await ref(`tiny.${name}.logits`));
+    record(`tiny ${name} on CUDA: logits max|d| vs transformers+bnb`, d.toExponential(2), String(tol), d <= tol);
+    const cpu = await AutoModelForCausalLM.fromPretrained(TINY, cfg);
+    const [g] = await model.generate(prompts[0], { maxNewTokens: 20 });
+    const [c] = await cpu.generate(prompts[0], { maxNewTokens: 20 });
+    record(`tiny ${name}: 20 greedy tokens CUDA = CPU`, sameTokens(g, c) ? 'same' : `differ: ${g.slice(10)} vs ${c.slice(10)}`, 'same', tol > 1e-4 || sameTokens(g, c));
+    model.dispose();
+    cpu.dispose();
+  });
 
 console.log('\n| check | value | limit | result |\n|---|---|---|---|');
 for (const r of rows) console.log(`| ${r.check} | ${r.value} | ${r.limit} | ${r.pass ? 'pass' : 'FAIL'} |`);
