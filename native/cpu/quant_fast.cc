@@ -368,7 +368,8 @@ void int8_vectorwise_quant(const void* x, DType dt, int64_t rows, int64_t cols, 
   // Outlier columns need every row before any row can be quantized; split by columns first.
   if (threshold > 0.0f) {
     float th = dt == DType::F16 ? half_to_float(float_to_half(threshold)) : threshold;
-    parallel_for(cols, 256, [&](int64_t c0, int64_t c1) {
+    // A decode step quantizes one row: waking the pool would cost more than the scan.
+    parallel_for(cols, std::max<int64_t>(256, 32768 / std::max<int64_t>(rows, 1)), [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; c++) outlier_cols[c] = 0;
       for (int64_t r = 0; r < rows; r++)
         for (int64_t c = c0; c < c1; c++)
