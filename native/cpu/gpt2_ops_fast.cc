@@ -4,30 +4,16 @@
 #include <cmath>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include "core/parallel.h"
 #include "cpu/cpu_features.h"
+#include "cpu/simd.h"
 #include "cpu/gpt2_ops.h"
 
-#define NIBBLE_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace nibble {
 namespace cpu {
 
 namespace {
-
-NIBBLE_AVX2 inline float hsum256(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo);
-  __m128 s = _mm_add_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, s);
-  s = _mm_add_ss(s, sh);
-  return _mm_cvtss_f32(s);
-}
 
 NIBBLE_AVX2 inline float dot_avx2(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();

@@ -7,15 +7,11 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include "core/parallel.h"
 #include "cpu/cpu_features.h"
+#include "cpu/simd.h"
 #include "cpu/quant_ops.h"
 
-#define NIBBLE_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace nibble {
 namespace cpu {
@@ -56,16 +52,6 @@ inline uint32_t load_u32(const uint8_t* p) {
   uint32_t w;
   std::memcpy(&w, p, 4);
   return w;
-}
-
-NIBBLE_AVX2 inline float hsum256(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo);
-  __m128 s = _mm_add_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, s);
-  s = _mm_add_ss(s, sh);
-  return _mm_cvtss_f32(s);
 }
 
 // Eight input elements as float32 (exact conversion).

@@ -1,0 +1,27 @@
+// Shared AVX2 helpers for the fast CPU kernels. Functions are compiled for AVX2/FMA/F16C by
+// target attribute and only called after cpu::features() says the CPU has them, so the rest
+// of the binary stays baseline x86-64.
+#pragma once
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#define NIBBLE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace nibble {
+namespace cpu {
+
+// Sum of the eight lanes.
+NIBBLE_AVX2 inline float hsum256(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  __m128 sh = _mm_movehdup_ps(lo);
+  __m128 s = _mm_add_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, s);
+  s = _mm_add_ss(s, sh);
+  return _mm_cvtss_f32(s);
+}
+
+}  // namespace cpu
+}  // namespace nibble
