@@ -126,3 +126,13 @@ describe('AutoModelForCausalLM on the CPU', () => {
     });
   });
 });
+
+describe('deviceMap', () => {
+  it("'auto' means the CPU on a machine without a usable GPU; per-module maps are refused clearly", async () => {
+    const { deviceFromMap } = await import('../lib/models/auto.js');
+    const { native } = await import('../lib/native.js');
+    expect(deviceFromMap('auto')).toBe(native().info().cudaDeviceCount > 0 ? 'cuda:0' : 'cpu');
+    expect(deviceFromMap({ '': 'cuda:1' })).toBe('cuda:1');
+    expect(() => deviceFromMap({ 'transformer.h.0': 'cpu', lm_head: 'cuda:0' })).toThrow(/per-module device maps are not supported yet/);
+  });
+});

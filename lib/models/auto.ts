@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadGenerationConfig } from '../generation/generation-config.js';
 import { resolveModelDir, type HubProgress } from '../io/hub.js';
+import { native } from '../native.js';
 import { parseDevice, type Device } from '../tensor.js';
 import { AutoTokenizer } from '../tokenizer.js';
 import { BitsAndBytesConfig } from '../quantization/bitsandbytes-config.js';
@@ -21,7 +22,7 @@ export interface FromPretrainedOptions {
   quantizationConfig?: BitsAndBytesConfig;
   /** Type of the unquantized parameters (transformers' `dtype`), default float32. */
   dtype?: ParamDType;
-  /** Where to run: 'cpu' (default), 'cuda', 'cuda:N', or {'': device}. */
+  /** Where to run: 'cpu' (default), 'cuda', 'cuda:N', 'auto' (a GPU if there is one), or {'': device}. */
   deviceMap?: string | Record<string, string>;
   /** Hub revision (branch, tag or commit) for Hub ids. */
   revision?: string;
@@ -32,8 +33,13 @@ export interface FromPretrainedOptions {
   noTokenizer?: boolean;
 }
 
+/**
+ * The device a whole model goes to. 'auto' takes the first GPU when this binary has CUDA and
+ * one is present, else the CPU; no deviceMap means the CPU, as in transformers.
+ */
 export function deviceFromMap(deviceMap: FromPretrainedOptions['deviceMap']): Device {
-  if (deviceMap === undefined || deviceMap === 'auto') return 'cpu';
+  if (deviceMap === undefined) return 'cpu';
+  if (deviceMap === 'auto') return native().info().cudaDeviceCount > 0 ? 'cuda:0' : 'cpu';
   if (typeof deviceMap === 'string') return parseDevice(deviceMap);
   const entries = Object.entries(deviceMap);
   if (entries.length === 1 && entries[0]![0] === '') return parseDevice(entries[0]![1]);
