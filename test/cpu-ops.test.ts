@@ -59,6 +59,12 @@ describe(`CPU kernels: fast path vs reference (seed ${seed})`, () => {
     const x = f32([3, 1001], 4);
     let [f, r] = await both([3, 1001], (o, ref) => native().geluNew(o, x, ref));
     expect(relErr(f, r)).toBeLessThan(1e-6);
+    // the tails (exp clamping) and values near zero, elementwise: within a few float32 ulps of
+    // |x| (0.5 x (1 + tanh) itself loses that much to cancellation for negative x)
+    const wv = Float32Array.from([...rand(4099, 40), -1e-30, 1e-30, 0, -0, 88, -88, 1e4, -1e4]);
+    const wide = Tensor.from(wv);
+    [f, r] = await both([wide.numel], (o, ref) => native().geluNew(o, wide, ref));
+    f.forEach((v, i) => expect(Math.abs(v - r[i]!), `x=${wv[i]}`).toBeLessThanOrEqual(4e-7 * Math.max(1, Math.abs(wv[i]!))));
     const y = f32([3, 1001]);
     [f, r] = await both([3, 1001], (o, ref) => native().add(o, x, y, ref));
     expect(Array.from(f)).toEqual(Array.from(r));
