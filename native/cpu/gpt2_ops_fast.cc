@@ -48,7 +48,15 @@ NIBBLE_AVX2 void linear_tile_avx2(float* out, const float* x, const void* w, con
   for (int i = 0; i < MB; i++)
     for (int j = 0; j < NB; j++) acc[i][j] = _mm256_setzero_ps();
   const int64_t K8 = K & ~int64_t(7);
+  constexpr int64_t es = WT == DType::F32 ? 4 : 2;
+  // Rows of the next tile, prefetched as fast as this tile consumes its own (one 64-byte line
+  // per step for half types, two for float32): decode GEMVs stream weights, and the hardware
+  // prefetcher alone leaves the short (K*es bytes) rows under-fetched.
+  const char* next = static_cast<const char*>(w) + (n0 + NB) * K * es;
+  const int64_t next_bytes = std::max<int64_t>(0, std::min<int64_t>(NB, N - n0 - NB)) * K * es;
+  int64_t pf = 0;
   for (int64_t k = 0; k < K8; k += 8) {
+    for (int l = 0; l < (int)es / 2 && pf < next_bytes; l++, pf += 64) _mm_prefetch(next + pf, _MM_HINT_T0);
     __m256 xv[MB];
     for (int i = 0; i < MB; i++) xv[i] = _mm256_loadu_ps(x + (m0 + i) * K + k);
     for (int j = 0; j < NB; j++) {
