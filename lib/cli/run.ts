@@ -9,12 +9,20 @@ const commands: Record<string, () => Promise<{ command: CliCommand }>> = {
   quantize: () => import('./commands/quantize.js'),
 };
 
+const SUMMARIES: Record<string, string> = {
+  generate: 'stream a continuation of a prompt',
+  inspect: 'list the modules, dtypes, shapes and memory footprint of a model',
+  info: 'which native binary loaded and why; GPUs, CPU features, Hub cache',
+  perplexity: 'exp(mean NLL) of a model over a text file',
+  quantize: 'save a checkpoint quantized to 4 or 8 bits (transformers + bitsandbytes format)',
+};
+
 function usage(): string {
   return [
     'Usage: nibble <command> [options]',
     '',
     'Commands:',
-    ...Object.keys(commands).map((c) => `  ${c}`),
+    ...Object.keys(commands).map((c) => `  ${c.padEnd(11)} ${SUMMARIES[c] ?? ''}`.trimEnd()),
     '',
     'Run `nibble <command> --help` for a command\'s options.',
   ].join('\n');
