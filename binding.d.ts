@@ -40,7 +40,7 @@ export interface NativeBinding {
   readSync(t: TensorLike): ArrayBuffer;
   write(t: TensorLike, view: ArrayBufferView): void;
   copy(dst: TensorLike, src: TensorLike): void;
-  cast(out: TensorLike, x: TensorLike): void;
+  cast(out: TensorLike, x: TensorLike, ref?: boolean): void;
   transpose2d(out: TensorLike, x: TensorLike): void;
   sync(): Promise<void>;
   syncBlocking(): void;

@@ -99,3 +99,18 @@ describe(`CPU kernels: fast path vs reference (seed ${seed})`, () => {
     expect(() => native().attention(Tensor.empty([1, 1, 8]), f32([1, 1, 24]), f32([1, 2, 4, 4]), f32([1, 2, 4, 4]), null, 4)).toThrow(/5 positions exceed the KV cache length 4/);
   });
 });
+
+describe('dtype conversion (Tensor.to)', () => {
+  it('the F16C fast path equals the scalar reference bit for bit, specials included', async () => {
+    const special = [0, -0, 65504, 65519.99, 65520, -65520, 6.1e-5, 5.96e-8, 2.98e-8, 2.99e-8, 1e-10, Infinity, -Infinity, NaN, -NaN, 1 / 3, 0.1];
+    const x = Tensor.from(Float32Array.from([...rand(70001, 70000), ...rand(999, 1e-6), ...special]));
+    for (const [from, to] of [['float32', 'float16'], ['float16', 'float32'], ['float32', 'bfloat16'], ['bfloat16', 'float32'], ['float16', 'bfloat16']] as const) {
+      const src = from === 'float32' ? x : x.to(from);
+      const a = Tensor.empty(src.shape, to), b = Tensor.empty(src.shape, to);
+      native().cast(a, src, false);
+      native().cast(b, src, true);
+      const [da, db] = [new Uint8Array((await a.data()).buffer), new Uint8Array((await b.data()).buffer)];
+      expect(Buffer.compare(Buffer.from(da), Buffer.from(db)), `${from} -> ${to}`).toBe(0);
+    }
+  });
+});

@@ -8,6 +8,7 @@
 #include "bindings/tensor_arg.h"
 #include "core/parallel.h"
 #include "core/stream.h"
+#include "cpu/convert.h"
 #include "cpu/cpu_features.h"
 #include "cuda/cast_cuda.h"
 #include "cuda/cuda_api.h"
@@ -164,11 +165,9 @@ Napi::Value Cast(const Napi::CallbackInfo& info) {
     cuda_cast::cast(out.ptr(), out.dt, x.ptr(), x.dt, x.numel(), x.device());
     return info.Env().Undefined();
   }
-  CpuStream::instance().enqueue([out, x] {
-    const int64_t n = x.numel();
-    parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; i++) store_from_float(out.ptr(), out.dt, i, load_as_float(x.ptr(), x.dt, i));
-    });
+  bool ref = info.Length() > 2 && info[2].ToBoolean();
+  CpuStream::instance().enqueue([out, x, ref] {
+    (ref ? cpu::convert_ref : cpu::convert)(out.ptr(), out.dt, x.ptr(), x.dt, x.numel());
   });
   return info.Env().Undefined();
 }
