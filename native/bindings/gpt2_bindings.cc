@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include "bindings/gpt2_cuda_bindings.h"
+#include "bindings/gpt2_shapes.h"
 #include "bindings/registry.h"
 #include "bindings/tensor_arg.h"
 #include "core/stream.h"
@@ -152,16 +153,8 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   const int64_t past = int_arg(info, 5, "past");
   const char* op = "attention";
   f32_cpu(op, "out", out), f32_cpu(op, "qkv", qkv), f32_cpu(op, "kCache", kc), f32_cpu(op, "vCache", vc);
-  expect_rank(op, "qkv", qkv, 3), expect_rank(op, "kCache", kc, 4);
-  const int64_t B = qkv.dim(0), T = qkv.dim(1), C3 = qkv.dim(2);
-  const int64_t H = kc.dim(1), Tmax = kc.dim(2), D = kc.dim(3);
-  if (C3 != 3 * H * D || kc.dim(0) != B || kc.shape != vc.shape)
-    throw std::invalid_argument("attention: qkv " + qkv.describe() + " does not match the cache " + kc.describe());
-  if (past < 0 || past + T > Tmax)
-    throw std::out_of_range("attention: " + std::to_string(past + T) + " positions exceed the KV cache length " +
-                            std::to_string(Tmax));
-  expect_numel(op, "out", out, B * T * H * D);
-  if (has_mask) expect_dtype(op, "mask", mask, DType::I32), expect_numel(op, "mask", mask, B * (past + T));
+  const AttentionDims d = attention_dims(out, qkv, kc, vc, has_mask ? &mask : nullptr, past);
+  const int64_t B = d.B, T = d.T, H = d.H, Tmax = d.Tmax, D = d.D;
   bool ref = use_ref(info, 6);
   CpuStream::instance().enqueue([=] {
     (ref ? cpu::attention_ref : cpu::attention)(out.ptr<float>(), qkv.ptr<float>(), kc.ptr<float>(), vc.ptr<float>(),

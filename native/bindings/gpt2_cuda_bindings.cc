@@ -2,6 +2,7 @@
 // then launch on the device's stream and return. Also the whole-forward path (a plan holding
 // the weights, a bound KV cache, one call per forward) and `cudaMemInfo(device)`.
 #include "bindings/gpt2_cuda_bindings.h"
+#include "bindings/gpt2_shapes.h"
 
 #include <cstdlib>
 #include <map>
@@ -162,19 +163,9 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   const char* op = "attention";
   const int dev = out.device();
   act(op, "out", out, dev), act(op, "qkv", qkv, dev), act(op, "kCache", kc, dev), act(op, "vCache", vc, dev);
-  expect_rank(op, "qkv", qkv, 3), expect_rank(op, "kCache", kc, 4);
-  const int64_t B = qkv.dim(0), T = qkv.dim(1), C3 = qkv.dim(2);
-  const int64_t H = kc.dim(1), Tmax = kc.dim(2), D = kc.dim(3);
-  if (C3 != 3 * H * D || kc.dim(0) != B || kc.shape != vc.shape)
-    throw std::invalid_argument("attention: qkv " + qkv.describe() + " does not match the cache " + kc.describe());
-  if (past < 0 || past + T > Tmax)
-    throw std::out_of_range("attention: " + std::to_string(past + T) + " positions exceed the KV cache length " +
-                            std::to_string(Tmax));
-  expect_numel(op, "out", out, B * T * H * D);
-  if (has_mask) {
-    expect_dtype(op, "mask", mask, DType::I32), expect_numel(op, "mask", mask, B * (past + T));
-    on_device(op, "mask", mask, dev);
-  }
+  const AttentionDims d = attention_dims(out, qkv, kc, vc, has_mask ? &mask : nullptr, past);
+  const int64_t B = d.B, T = d.T, H = d.H, Tmax = d.Tmax, D = d.D;
+  if (has_mask) on_device(op, "mask", mask, dev);
   gpt2_cuda::attention(out.ptr<float>(), qkv.ptr<float>(), kc.ptr<float>(), vc.ptr<float>(),
                        has_mask ? mask.ptr<int32_t>() : nullptr, B, T, past, Tmax, H, D, dev);
   return info.Env().Undefined();

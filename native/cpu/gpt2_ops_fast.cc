@@ -15,18 +15,6 @@ namespace cpu {
 
 namespace {
 
-NIBBLE_AVX2 inline float dot_avx2(const float* a, const float* b, int64_t n) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= n; k += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
-  }
-  float s = hsum256(_mm256_add_ps(acc0, acc1));
-  for (; k < n; k++) s += a[k] * b[k];
-  return s;
-}
-
 // Eight weights widened to float32: F16C for half, a 16-bit shift for bfloat16.
 template <DType WT>
 NIBBLE_AVX2 inline __m256 load8(const void* w, int64_t i) {

@@ -231,18 +231,6 @@ NIBBLE_AVX2 void gemv_rows_avx2(const Weight4bit& w, const float* xf, int64_t n0
   for (int64_t n = n0; n < n1; n++) acc[n - n0] = row_dot_avx2(w, lut, n * w.K, xf);
 }
 
-NIBBLE_AVX2 float dot_avx2(const float* a, const float* b, int64_t n) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= n; k += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
-  }
-  float s = hsum256(_mm256_add_ps(acc0, acc1));
-  for (; k < n; k++) s += a[k] * b[k];
-  return s;
-}
-
 // Dequantizes `count` weight elements starting at flat element `start` into dst (float32):
 // the general path for rows that start mid-block or mid-byte.
 void dequant_span(const Weight4bit& w, int64_t start, int64_t count, float* dst) {

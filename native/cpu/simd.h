@@ -7,6 +7,8 @@
 #include <immintrin.h>
 #endif
 
+#include <cstdint>
+
 #define NIBBLE_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace nibble {
@@ -21,6 +23,19 @@ NIBBLE_AVX2 inline float hsum256(__m256 v) {
   sh = _mm_movehl_ps(sh, s);
   s = _mm_add_ss(s, sh);
   return _mm_cvtss_f32(s);
+}
+
+// Dot product of two float32 vectors (two accumulators; summation order fixed by n).
+NIBBLE_AVX2 inline float dot_avx2(const float* a, const float* b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
+  }
+  float s = hsum256(_mm256_add_ps(acc0, acc1));
+  for (; k < n; k++) s += a[k] * b[k];
+  return s;
 }
 
 }  // namespace cpu
