@@ -3,6 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { native } from '../lib/native.js';
 import { Tensor, type DType } from '../lib/tensor.js';
+import { relL2 } from './helpers/compare.js';
 
 let seed = (Date.now() ^ 0x5bd1e995) >>> 0;
 function rand(n: number, scale = 1): Float32Array {
@@ -19,11 +20,6 @@ function rand(n: number, scale = 1): Float32Array {
 const f32 = (shape: number[], scale = 1) => Tensor.from(rand(shape.reduce((a, b) => a * b, 1), scale), shape);
 const param = (shape: number[], dtype: DType, scale = 1) => f32(shape, scale).to(dtype);
 
-function relErr(a: Float32Array, b: Float32Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) { num += (a[i]! - b[i]!) ** 2; den += b[i]! ** 2; }
-  return Math.sqrt(num / Math.max(den, 1e-30));
-}
 
 async function both(shape: number[], run: (out: Tensor, ref: boolean) => void): Promise<[Float32Array, Float32Array]> {
   const a = Tensor.empty(shape), b = Tensor.empty(shape);
@@ -40,9 +36,9 @@ describe(`CPU kernels: fast path vs reference (seed ${seed})`, () => {
       for (const [M, K, N] of [[1, 1, 1], [1, 7, 5], [3, 64, 33], [5, 129, 17], [17, 130, 70], [64, 96, 9]] as const) {
         const x = f32([M, K]), w = param([N, K], dt), b = param([N], dt);
         const [fast, ref] = await both([M, N], (out, r) => native().linear(out, x, w, b, r));
-        expect(relErr(fast, ref), `${dt} M=${M} K=${K} N=${N}`).toBeLessThan(1e-5);
+        expect(relL2(fast, ref), `${dt} M=${M} K=${K} N=${N}`).toBeLessThan(1e-5);
         const [fast2, ref2] = await both([M, N], (out, r) => native().linear(out, x, w, null, r));
-        expect(relErr(fast2, ref2)).toBeLessThan(1e-5);
+        expect(relL2(fast2, ref2)).toBeLessThan(1e-5);
       }
   });
 
@@ -50,7 +46,7 @@ describe(`CPU kernels: fast path vs reference (seed ${seed})`, () => {
     for (const dt of DTYPES) {
       const x = f32([7, 67], 3), w = param([67], dt), b = param([67], dt);
       let [f, r] = await both([7, 67], (o, ref) => native().layernorm(o, x, w, b, 1e-5, ref));
-      expect(relErr(f, r)).toBeLessThan(1e-5);
+      expect(relL2(f, r)).toBeLessThan(1e-5);
       const wte = param([50, 33], dt), wpe = param([20, 33], dt);
       const ids = Tensor.from(new Int32Array([0, 49, 7, 7, 13])), pos = Tensor.from(new Int32Array([0, 1, 2, 19, 4]));
       [f, r] = await both([5, 33], (o, ref) => native().embedding(o, wte, wpe, ids, pos, ref));
@@ -58,7 +54,7 @@ describe(`CPU kernels: fast path vs reference (seed ${seed})`, () => {
     }
     const x = f32([3, 1001], 4);
     let [f, r] = await both([3, 1001], (o, ref) => native().geluNew(o, x, ref));
-    expect(relErr(f, r)).toBeLessThan(1e-6);
+    expect(relL2(f, r)).toBeLessThan(1e-6);
     // the tails (exp clamping) and values near zero, elementwise: within a few float32 ulps of
     // |x| (0.5 x (1 + tanh) itself loses that much to cancellation for negative x)
     const wv = Float32Array.from([...rand(4099, 40), -1e-30, 1e-30, 0, -0, 88, -88, 1e4, -1e4]);
@@ -69,7 +65,7 @@ describe(`CPU kernels: fast path vs reference (seed ${seed})`, () => {
     [f, r] = await both([3, 1001], (o, ref) => native().add(o, x, y, ref));
     expect(Array.from(f)).toEqual(Array.from(r));
     [f, r] = await both([3, 1001], (o, ref) => native().softmax(o, x, ref));
-    expect(relErr(f, r)).toBeLessThan(1e-5);
+    expect(relL2(f, r)).toBeLessThan(1e-5);
   });
 
   it('attention with a KV cache and a padding mask', async () => {
@@ -82,7 +78,7 @@ describe(`CPU kernels: fast path vs reference (seed ${seed})`, () => {
       const a = Tensor.empty([B, T, H * D]), b = Tensor.empty([B, T, H * D]);
       native().attention(a, qkv, k!, v!, mask, past, false);
       native().attention(b, qkv, k2!, v2!, mask, past, true);
-      expect(relErr(await a.toFloat32(), await b.toFloat32())).toBeLessThan(1e-5);
+      expect(relL2(await a.toFloat32(), await b.toFloat32())).toBeLessThan(1e-5);
       expect(Array.from(await k!.toFloat32())).toEqual(Array.from(await k2!.toFloat32()));
     }
   });

@@ -9,6 +9,7 @@ import {
 import { readSafetensors } from '../lib/io/safetensors.js';
 import { Linear4bit } from '../lib/nn/Linear4bit.js';
 import { Linear8bitLt } from '../lib/nn/Linear8bitLt.js';
+import { bytes, firstDiff, relL2 } from './helpers/compare.js';
 import { Tensor } from '../lib/tensor.js';
 
 const { tensors: ref, metadata } = readSafetensors(new URL('./fixtures/bnb_vectors.safetensors', import.meta.url).pathname);
@@ -17,16 +18,6 @@ const get = (k: string): Tensor => {
   if (!t) throw new Error(`fixture lacks ${k}`);
   return t;
 };
-const bytes = (t: Tensor): Uint8Array => {
-  const d = t.dataSync();
-  return new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
-};
-/** Index of the first differing byte, or -1: cheaper and clearer than toEqual on 50K elements. */
-function firstDiff(a: Uint8Array, b: Uint8Array): number {
-  if (a.length !== b.length) return Math.min(a.length, b.length);
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
-  return -1;
-}
 function expectSameBytes(actual: Tensor, expected: Tensor, what: string): void {
   expect(actual.nbytes, `${what}: byte size`).toBe(expected.nbytes);
   expect(firstDiff(bytes(actual), bytes(expected)), `${what}: first differing byte`).toBe(-1);
@@ -45,14 +36,6 @@ function maxUlps(a: Float32Array, b: Float32Array, dtype: 'float32' | 'float16')
   let worst = 0;
   for (let i = 0; i < a.length; i++) worst = Math.max(worst, ulps(a[i]!, b[i]!, dtype));
   return worst;
-}
-function relL2(a: Float32Array, b: Float32Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 describe('codebooks and maps (native/formats.h)', () => {

@@ -6,23 +6,14 @@ import {
   quantize4bit, quantizeBlockwise,
 } from '../lib/functional.js';
 import { type DType, Tensor } from '../lib/tensor.js';
+import { bytes, firstDiff, mulberry32, relL2 } from './helpers/compare.js';
 
 // A fresh seed per run (printed, so a failure can be replayed with NIBBLE_TEST_SEED).
 const SEED = Number(process.env.NIBBLE_TEST_SEED ?? (Date.now() % 1e9));
 console.log(`quant-sweep seed ${SEED}`);
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 function randn(n: number, seed: number, scale = 1): Float32Array {
-  const r = rng(seed), out = new Float32Array(n);
+  const r = mulberry32(seed), out = new Float32Array(n);
   for (let i = 0; i < n; i += 2) {
     const u = Math.max(r(), 1e-12), v = r();
     const m = Math.sqrt(-2 * Math.log(u)) * scale;
@@ -37,23 +28,6 @@ function tensorOf(values: Float32Array, shape: number[], dtype: DType): Tensor {
   const c = t.to(dtype);
   t.dispose();
   return c;
-}
-const bytes = (t: Tensor): Uint8Array => {
-  const d = t.dataSync();
-  return new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
-};
-function firstDiff(a: Uint8Array, b: Uint8Array): number {
-  if (a.length !== b.length) return Math.min(a.length, b.length);
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
-  return -1;
-}
-function relL2(a: Float32Array, b: Float32Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
 }
 
 const DTYPES: DType[] = ['float32', 'float16', 'bfloat16'];

@@ -3,18 +3,10 @@
 // (Tensors out, a KV cache, left padding under an attention mask) so generate() is tested
 // against it without native model code.
 import { Tensor } from '../../lib/tensor.js';
+import { mulberry32 } from './compare.js';
 import type { CausalLM, ForwardOptions, ForwardOutput, KVCache } from '../../lib/models/types.js';
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 };
 
 class FakeCache implements KVCache {
   /** Per row: [token, mask] for every stored position. */
