@@ -51,7 +51,8 @@ export interface NativeBinding {
   /** cudaMemGetInfo for a GPU (bytes). */
   cudaMemInfo(device?: number): { free: number; total: number };
   /** Whole-forward CUDA path (native/bindings/gpt2_cuda_bindings.cc). */
-  gpt2CudaPlan(params: TensorLike[], nHead: number, eps: number): number;
+  /** params: tensors, or for a quantized Linear's weight a description ({ kind: '4bit' | 'int8', ... }, see gpt2_cuda_bindings.cc). */
+  gpt2CudaPlan(params: unknown[], nHead: number, eps: number): number;
   gpt2CudaPlanRelease(plan: number): void;
   gpt2CudaCache(plan: number, k: TensorLike[], v: TensorLike[]): number;
   gpt2CudaCacheRelease(cache: number): void;
@@ -64,4 +65,28 @@ export interface NativeBinding {
   add(out: TensorLike, a: TensorLike, b: TensorLike, ref?: boolean): void;
   softmax(out: TensorLike, x: TensorLike, ref?: boolean): void;
   attention(out: TensorLike, qkv: TensorLike, k: TensorLike, v: TensorLike, mask: TensorLike | null, past: number, ref?: boolean): void;
+
+  /**
+   * Logits processors and the choice of the next token on the GPU (native/bindings/sampling_bindings.cc):
+   * for each batch row in `rows`, the last position of `logits` ([B, V] or [B, positions, V] on CUDA).
+   * `u`: one uniform in [0, 1) per row when sampling; `history`/`historyOffsets`: each row's ids for the
+   * repetition penalty. status 0 = ids[i] is the token; anything else: the host path must do this step.
+   */
+  sampleTokens(
+    logits: TensorLike, rows: Int32Array, u: Float64Array | null, history: Int32Array | null,
+    historyOffsets: Int32Array | null, config: DeviceSamplingConfig,
+  ): Promise<{ ids: Int32Array; status: Int32Array }>;
+}
+
+/** The sampling options sampleTokens applies, with lib/generation's meanings. */
+export interface DeviceSamplingConfig {
+  doSample: boolean;
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number | null;
+  repetitionPenalty: number;
+  minTokensToKeep?: number;
+  /** Tests: keep the row in global memory even when it fits in shared memory. */
+  forceGlobal?: boolean;
 }

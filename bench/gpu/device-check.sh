@@ -1,17 +1,18 @@
 #!/bin/sh
 # One complete GPU check + benchmark on the GPU host (no Node.js, no compiler needed there).
 # Prepare here (repo root):
-#   npx cmake-js compile -O build-gpu --CDNIBBLE_CUDA_ARCHS=90 --CDNIBBLE_NATIVE_TESTS=ON && npx tsup
+#   npx cmake-js compile -O build-gpu --CDNIBBLE_CUDA_ARCHS=90-real --CDNIBBLE_NATIVE_TESTS=ON && npx tsup
 #   sh ../shared/gpu/node-bundle.sh      # writes .gpu/node.xz + .gpu/unpack.sh
-#   mkdir -p .gpu/gpt2 && gzip -9c build-gpu/Release/nibble.node > .gpu/gpt2/nibble.node.gz \
-#     && gzip -9c build-gpu/test_gpt2_cuda > .gpu/gpt2/test_gpt2_cuda.gz
+#   mkdir -p .gpu/gpt2 && xz -9c build-gpu/Release/nibble.node > .gpu/gpt2/nibble.node.xz \
+#     && xz -9c build-gpu/test_gpt2_cuda > .gpu/gpt2/test_gpt2_cuda.xz
+# (90-real and xz: the carried files plus the repo must stay under the device's 64 MiB.)
 # Run there with carry [.gpu, dist, node_modules/@huggingface/tokenizers]:
 #   sh bench/gpu/device-check.sh
 # Logs and bench JSON go to $OUT (or /tmp/gpu-out).
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 sh .gpu/unpack.sh >/dev/null || exit 1
-gzip -dc .gpu/gpt2/nibble.node.gz > /tmp/nibble.node && gzip -dc .gpu/gpt2/test_gpt2_cuda.gz > /tmp/test_gpt2_cuda || exit 1
+xz -dc .gpu/gpt2/nibble.node.xz > /tmp/nibble.node && xz -dc .gpu/gpt2/test_gpt2_cuda.xz > /tmp/test_gpt2_cuda || exit 1
 chmod +x /tmp/test_gpt2_cuda
 /tmp/test_gpt2_cuda > "$OUT/native.log" 2>&1; echo "native rc=$?"; grep -v "^ok" "$OUT/native.log" | tail -4
 export NIBBLE_ADDON=/tmp/nibble.node

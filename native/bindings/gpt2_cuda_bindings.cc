@@ -4,6 +4,7 @@
 #include "bindings/gpt2_cuda_bindings.h"
 #include "bindings/gpt2_shapes.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -13,6 +14,7 @@
 #include "bindings/registry.h"
 #include "bindings/tensor_arg.h"
 #include "cuda/gpt2_cuda.h"
+#include "formats.h"
 
 namespace nibble {
 namespace gpt2_cuda_bindings {
@@ -203,9 +205,13 @@ Plan& plan_arg(const Napi::CallbackInfo& info, size_t i) {
   return *it->second;
 }
 
-// gpt2CudaPlan(params: Tensor[], nHead) -> id. params: wte, wpe, 12 per layer (ln_1 w/b,
-// c_attn w/b, attn c_proj w/b, ln_2 w/b, c_fc w/b, mlp c_proj w/b), ln_f w/b, lm_head; every
-// Linear weight in [out, in] layout, all on one GPU in one float dtype.
+// gpt2CudaPlan(params, nHead, eps) -> id. params: wte, wpe, 12 per layer (ln_1 w/b,
+// c_attn w/b, attn c_proj w/b, ln_2 w/b, c_fc w/b, mlp c_proj w/b), ln_f w/b, lm_head; all on
+// one GPU, the unquantized ones in one float dtype, every Linear weight in [out, in] layout.
+// A Linear's weight entry is a Tensor (plain) or a quantized layer's description:
+//   { kind: '4bit', packed, absmax, nestedAbsmax?, nestedCode?, offset?, blocksize, quantType
+//     (0 fp4, 1 nf4), computeDtype (dtype code) }   (bitsandbytes' QuantState)
+//   { kind: 'int8', CB, SCB, threshold }           (Linear8bitLt)
 Napi::Value CreatePlan(const Napi::CallbackInfo& info) {
   const char* op = "gpt2CudaPlan";
   if (info.Length() < 3 || !info[0].IsArray()) throw Napi::TypeError::New(info.Env(), "gpt2CudaPlan(params[], nHead, eps)");
@@ -215,25 +221,91 @@ Napi::Value CreatePlan(const Napi::CallbackInfo& info) {
   const uint32_t n = arr.Length();
   if (n < 17 || (n - 5) % 12 != 0) throw std::invalid_argument("gpt2CudaPlan: expected 5 + 12 * nLayer parameter tensors");
   auto plan = std::make_unique<Plan>();
+  Napi::Env env = info.Env();
   auto get = [&](uint32_t i, const char* name) {
-    return tensor_from_object(info.Env(), arr.Get(i), name);
+    return tensor_from_object(env, arr.Get(i), name);
   };
   TensorArg wte = get(0, "wte");
   const int dev = wte.device();
   if (dev < 0) throw std::invalid_argument("gpt2CudaPlan: the weights are on the CPU");
   const DType dt = wte.dt;
+  auto shape_str = [](const std::vector<int64_t>& shape) {
+    std::string s;
+    for (auto d : shape) s += (s.empty() ? "" : ", ") + std::to_string(d);
+    return "[" + s + "]";
+  };
   auto param = [&](uint32_t i, const char* name, std::vector<int64_t> shape) -> const void* {
     TensorArg t = get(i, name);
     expect_float(op, name, t);
     on_device(op, name, t, dev);
     if (t.dt != dt) throw std::invalid_argument(std::string(op) + ": '" + name + "' is " + t.describe() + ", wte is " + wte.describe());
-    if (t.shape != shape) {
-      std::string want;
-      for (auto d : shape) want += (want.empty() ? "" : ", ") + std::to_string(d);
-      throw std::invalid_argument(std::string(op) + ": '" + name + "' is " + t.describe() + ", expected [" + want + "]");
-    }
+    if (t.shape != shape)
+      throw std::invalid_argument(std::string(op) + ": '" + name + "' is " + t.describe() + ", expected " + shape_str(shape));
     plan->keep.push_back(t);
     return t.ptr();
+  };
+  // A tensor field of a quantized layer's description: dtype and element count checked.
+  auto field = [&](Napi::Object o, const char* layer, const char* key, DType want, int64_t numel, bool required) -> const void* {
+    Napi::Value v = o.Get(key);
+    if (v.IsNull() || v.IsUndefined()) {
+      if (required) throw std::invalid_argument(std::string(op) + ": '" + layer + "' has no '" + key + "'");
+      return nullptr;
+    }
+    const std::string name = std::string(layer) + "." + key;
+    TensorArg t = tensor_from_object(env, v, name.c_str());
+    on_device(op, name.c_str(), t, dev);
+    if (t.dt != want || t.numel() != numel)
+      throw std::invalid_argument(std::string(op) + ": '" + name + "' is " + t.describe() + ", expected " +
+                                  dtype_name(want) + " with " + std::to_string(numel) + " elements");
+    plan->keep.push_back(t);
+    return t.ptr();
+  };
+  auto linear = [&](uint32_t i, const char* name, int64_t N, int64_t K, uint32_t bias_i, const char* bias_name) {
+    gpt2_cuda::QLinear L;
+    L.N = N, L.K = K;
+    L.bias = param(bias_i, bias_name, {N});
+    Napi::Value v = arr.Get(i);
+    Napi::Value kind = v.IsObject() ? v.As<Napi::Object>().Get("kind") : env.Undefined();
+    if (!kind.IsString()) {
+      L.w = param(i, name, {N, K});
+      return L;
+    }
+    Napi::Object o = v.As<Napi::Object>();
+    const std::string k = kind.As<Napi::String>().Utf8Value();
+    plan->w.quantized = true;
+    if (k == "4bit") {
+      L.kind = gpt2_cuda::QLinear::k4bit;
+      L.blocksize = (int)o.Get("blocksize").ToNumber().Int32Value();
+      L.quant_type = (int)o.Get("quantType").ToNumber().Int32Value();
+      const int cdt = (int)o.Get("computeDtype").ToNumber().Int32Value();
+      if (!fmt::valid_4bit_blocksize(L.blocksize))
+        throw std::invalid_argument(std::string(op) + ": '" + name + "' has an unsupported blocksize " + std::to_string(L.blocksize));
+      if (L.quant_type != 0 && L.quant_type != 1) throw std::invalid_argument(std::string(op) + ": '" + name + "' has an unknown quant type");
+      if (cdt != (int)DType::F32 && cdt != (int)DType::F16 && cdt != (int)DType::BF16)
+        throw std::invalid_argument(std::string(op) + ": '" + name + "' has a compute dtype that is not float32, float16 or bfloat16");
+      L.compute = (DType)cdt;
+      const int64_t nb = fmt::num_blocks(N * K, L.blocksize);
+      L.packed = (const uint8_t*)field(o, name, "packed", DType::U8, fmt::packed4_bytes(N * K), true);
+      const bool dq = !o.Get("nestedAbsmax").IsNull() && !o.Get("nestedAbsmax").IsUndefined();
+      if (dq) {
+        L.qabsmax = (const uint8_t*)field(o, name, "absmax", DType::U8, nb, true);
+        L.nested_absmax = (const float*)field(o, name, "nestedAbsmax", DType::F32, fmt::num_blocks(nb, fmt::kNestedBlocksize), true);
+        L.nested_code = (const float*)field(o, name, "nestedCode", DType::F32, 256, true);
+        L.offset = (const float*)field(o, name, "offset", DType::F32, 1, true);
+      } else {
+        L.absmax = (const float*)field(o, name, "absmax", DType::F32, nb, true);
+      }
+    } else if (k == "int8") {
+      L.kind = gpt2_cuda::QLinear::kInt8;
+      L.cb = (const int8_t*)field(o, name, "CB", DType::I8, N * K, true);
+      L.scb = (const float*)field(o, name, "SCB", DType::F32, N, true);
+      L.threshold = (float)o.Get("threshold").ToNumber().DoubleValue();
+      if (!(L.threshold >= 0.0f) || !std::isfinite(L.threshold))
+        throw std::invalid_argument(std::string(op) + ": '" + name + "' has a bad outlier threshold");
+    } else {
+      throw std::invalid_argument(std::string(op) + ": '" + name + "' has an unknown kind '" + k + "'");
+    }
+    return L;
   };
   expect_rank(op, "wte", wte, 2);
   auto& w = plan->w;
@@ -242,9 +314,9 @@ Napi::Value CreatePlan(const Napi::CallbackInfo& info) {
   TensorArg wpe = get(1, "wpe");
   expect_rank(op, "wpe", wpe, 2);
   w.P = wpe.dim(0);
-  TensorArg fc0 = get(10, "c_fc.weight");
-  expect_rank(op, "c_fc.weight", fc0, 2);
-  w.inner = fc0.dim(0);
+  // The MLP width comes from c_fc's bias (its weight may be packed).
+  TensorArg fcb0 = get(11, "c_fc.bias");
+  w.inner = fcb0.numel();
   const int64_t C = w.C, I = w.inner;
   w.wte = param(0, "wte", {w.V, C});
   w.wpe = param(1, "wpe", {w.P, C});
@@ -253,11 +325,11 @@ Napi::Value CreatePlan(const Napi::CallbackInfo& info) {
     const uint32_t b = 2 + 12 * l;
     gpt2_cuda::Gpt2Layer L;
     L.ln1_w = param(b + 0, "ln_1.weight", {C}), L.ln1_b = param(b + 1, "ln_1.bias", {C});
-    L.attn_w = param(b + 2, "c_attn.weight", {3 * C, C}), L.attn_b = param(b + 3, "c_attn.bias", {3 * C});
-    L.proj_w = param(b + 4, "attn.c_proj.weight", {C, C}), L.proj_b = param(b + 5, "attn.c_proj.bias", {C});
+    L.attn = linear(b + 2, "c_attn.weight", 3 * C, C, b + 3, "c_attn.bias");
+    L.proj = linear(b + 4, "attn.c_proj.weight", C, C, b + 5, "attn.c_proj.bias");
     L.ln2_w = param(b + 6, "ln_2.weight", {C}), L.ln2_b = param(b + 7, "ln_2.bias", {C});
-    L.fc_w = param(b + 8, "c_fc.weight", {I, C}), L.fc_b = param(b + 9, "c_fc.bias", {I});
-    L.mproj_w = param(b + 10, "mlp.c_proj.weight", {C, I}), L.mproj_b = param(b + 11, "mlp.c_proj.bias", {C});
+    L.fc = linear(b + 8, "c_fc.weight", I, C, b + 9, "c_fc.bias");
+    L.mproj = linear(b + 10, "mlp.c_proj.weight", C, I, b + 11, "mlp.c_proj.bias");
     w.layers.push_back(L);
   }
   w.lnf_w = param(n - 3, "ln_f.weight", {C}), w.lnf_b = param(n - 2, "ln_f.bias", {C});

@@ -61,16 +61,53 @@ void attention_decode_dev(float* out, const float* qkv, float* kc, float* vc, co
 // The per-op path costs one JS->native call, one tensor allocation and one launch per op; a
 // decode step of GPT-2 XL is ~600 of them. Here the host loop runs in C++ with 8 launches
 // per layer (bias, gelu and the residual add ride in the linear epilogues).
+
+// One Linear layer of the plan: plain (weight of the model dtype), 4-bit (bitsandbytes packed
+// NF4/FP4, absmax plain or double-quantized) or LLM.int8() (CB int8 [N, K] + SCB). Biases have
+// the model dtype. Activations stay float32 between layers; a quantized layer reproduces its
+// nn module's arithmetic (gpt2_qlinear.cu says how).
+struct QLinear {
+  enum Kind { kPlain = 0, k4bit = 1, kInt8 = 2 } kind = kPlain;
+  int64_t N = 0, K = 0;
+  const void* w = nullptr;     // plain: [N, K] of the model dtype
+  const void* bias = nullptr;  // [N] of the model dtype, or null
+  // 4-bit
+  const uint8_t* packed = nullptr;
+  const float* absmax = nullptr;         // plain absmax, or null
+  const uint8_t* qabsmax = nullptr;      // double-quantized absmax codes
+  const float* nested_absmax = nullptr;
+  const float* nested_code = nullptr;
+  const float* offset = nullptr;         // device float32 [1]
+  int blocksize = 64;
+  int quant_type = 1;                    // fmt::QuantType (0 fp4, 1 nf4)
+  DType compute = DType::F32;            // Linear4bit.computeDtype (x's dtype when unset)
+  // int8
+  const int8_t* cb = nullptr;
+  const float* scb = nullptr;
+  float threshold = 0.0f;
+};
 struct Gpt2Layer {
-  const void *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *mproj_w, *mproj_b;
+  const void *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+  QLinear attn, proj, fc, mproj;
 };
 struct Gpt2Weights {
-  DType dt = DType::F32;  // every parameter has this dtype
+  DType dt = DType::F32;  // every unquantized parameter has this dtype
   int64_t C = 0, H = 0, V = 0, P = 0, inner = 0;
   float eps = 1e-5f;
   const void *wte = nullptr, *wpe = nullptr, *lnf_w = nullptr, *lnf_b = nullptr, *lm_head = nullptr;
   std::vector<Gpt2Layer> layers;
+  bool quantized = false;  // any layer not plain
 };
+
+// out[M, N] (float32) = epilogue(L(x[M, K])). `qscratch` holds qlinear_scratch_bytes(w, M)
+// bytes of device memory (unused by plain layers).
+void qlinear(const QLinear& L, DType dt, int epilogue, float* out, const float* x, int64_t M, void* qscratch,
+             int device);
+size_t qlinear_scratch_bytes(const Gpt2Weights& w, int64_t M);
+// layernorm(x) then qlinear: out = epilogue(L(layernorm(x))). Decode-sized quantized layers
+// fuse the layernorm into their kernel; otherwise it is written to h ([M, K] scratch) first.
+void qlinear_ln(const QLinear& L, const void* ln_w, const void* ln_b, float eps, DType dt, int epilogue, float* out,
+                const float* x, float* h, int64_t M, void* qscratch, int device);
 // Bytes of device scratch gpt2_forward needs for B sequences of T new tokens.
 size_t gpt2_scratch_bytes(const Gpt2Weights& w, int64_t B, int64_t T, int64_t past);
 // ids/pos [B*T] and mask [B*(past+T)] (or null) are host arrays, copied on the stream before

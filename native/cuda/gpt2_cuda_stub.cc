@@ -44,6 +44,12 @@ void linear_ex(int, int, float*, const float*, const void*, const void*, DType, 
   throw std::runtime_error(kNoCuda);
 }
 size_t gpt2_scratch_bytes(const Gpt2Weights&, int64_t, int64_t, int64_t) { throw std::runtime_error(kNoCuda); }
+void qlinear(const QLinear&, DType, int, float*, const float*, int64_t, void*, int) { throw std::runtime_error(kNoCuda); }
+size_t qlinear_scratch_bytes(const Gpt2Weights&, int64_t) { throw std::runtime_error(kNoCuda); }
+void qlinear_ln(const QLinear&, const void*, const void*, float, DType, int, float*, const float*, float*, int64_t, void*,
+                int) {
+  throw std::runtime_error(kNoCuda);
+}
 void gpt2_forward(const Gpt2Weights&, void*, const int32_t*, const int32_t*, const int32_t*, float* const*,
                   float* const*, int64_t, int64_t, int64_t, int64_t, bool, float*, int) {
   throw std::runtime_error(kNoCuda);

@@ -24,7 +24,7 @@ struct Carve {
 size_t gpt2_scratch_bytes(const Gpt2Weights& w, int64_t B, int64_t T, int64_t past) {
   const size_t BT = (size_t)(B * T);
   return up(BT * w.C * 4) * 3 + up(BT * 3 * w.C * 4) + up(BT * w.inner * 4) + up((size_t)B * w.C * 4) +
-         up(BT * 4) * 2 + up((size_t)(B * (past + T)) * 4);
+         up(BT * 4) * 2 + up((size_t)(B * (past + T)) * 4) + up(qlinear_scratch_bytes(w, BT));
 }
 
 void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const int32_t* pos, const int32_t* mask,
@@ -42,6 +42,7 @@ void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const
   int32_t* d_ids = cv.take<int32_t>(BT);
   int32_t* d_pos = cv.take<int32_t>(BT);
   int32_t* d_mask = cv.take<int32_t>(B * (past + T));
+  void* qs = cv.take<char>(qlinear_scratch_bytes(w, BT));
   // Pageable host -> device on the stream: small copies are staged at once, so the caller's
   // arrays may be reused as soon as this returns.
   NIBBLE_CUDA_CHECK(cudaMemcpyAsync(d_ids, ids, BT * 4, cudaMemcpyHostToDevice, s), "gpt2 forward: copying ids");
@@ -53,13 +54,11 @@ void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const
   embedding(x, w.wte, w.wpe, w.dt, d_ids, d_pos, BT, C, w.V, w.P, device);
   for (size_t l = 0; l < w.layers.size(); l++) {
     const Gpt2Layer& L = w.layers[l];
-    layernorm(h, x, L.ln1_w, L.ln1_b, w.dt, BT, C, w.eps, device);
-    linear_ex(0, kEpilogueNone, qkv, h, L.attn_w, L.attn_b, w.dt, BT, C, 3 * C, device);
+    qlinear_ln(L.attn, L.ln1_w, L.ln1_b, w.eps, w.dt, kEpilogueNone, qkv, x, h, BT, qs, device);
     attention(att, qkv, kc[l], vc[l], mask ? d_mask : nullptr, B, T, past, Tmax, w.H, D, device);
-    linear_ex(0, kEpilogueAccumulate, x, att, L.proj_w, L.proj_b, w.dt, BT, C, C, device);
-    layernorm(h, x, L.ln2_w, L.ln2_b, w.dt, BT, C, w.eps, device);
-    linear_ex(0, kEpilogueGelu, fc, h, L.fc_w, L.fc_b, w.dt, BT, C, w.inner, device);
-    linear_ex(0, kEpilogueAccumulate, x, fc, L.mproj_w, L.mproj_b, w.dt, BT, w.inner, C, device);
+    qlinear(L.proj, w.dt, kEpilogueAccumulate, x, att, BT, qs, device);
+    qlinear_ln(L.fc, L.ln2_w, L.ln2_b, w.eps, w.dt, kEpilogueGelu, fc, x, h, BT, qs, device);
+    qlinear(L.mproj, w.dt, kEpilogueAccumulate, x, fc, BT, qs, device);
   }
   const float* src = x;
   int64_t rows = BT;

@@ -36,6 +36,7 @@ void capture(DecodeGraph* g, float* const* kc, float* const* vc) {
   float* fc = (float*)take(B * w.inner * 4);
   g->logits = (float*)take(B * w.V * 4);
   int32_t* stage = (int32_t*)take(g->stage_bytes);
+  void* qs = take(qlinear_scratch_bytes(w, B));
   int32_t *d_ids = stage, *d_pos = stage + B, *d_past = stage + 2 * B, *d_mask = stage + 2 * B + 1;
 
   cudaStream_t s = begin(g->device);
@@ -46,13 +47,11 @@ void capture(DecodeGraph* g, float* const* kc, float* const* vc) {
     embedding(x, w.wte, w.wpe, w.dt, d_ids, d_pos, B, C, w.V, w.P, g->device);
     for (size_t l = 0; l < w.layers.size(); l++) {
       const Gpt2Layer& L = w.layers[l];
-      layernorm(h, x, L.ln1_w, L.ln1_b, w.dt, B, C, w.eps, g->device);
-      linear_ex(0, kEpilogueNone, qkv, h, L.attn_w, L.attn_b, w.dt, B, C, 3 * C, g->device);
+      qlinear_ln(L.attn, L.ln1_w, L.ln1_b, w.eps, w.dt, kEpilogueNone, qkv, x, h, B, qs, g->device);
       attention_decode_dev(att, qkv, kc[l], vc[l], d_mask, d_past, B, g->Tmax, w.H, D, g->device);
-      linear_ex(0, kEpilogueAccumulate, x, att, L.proj_w, L.proj_b, w.dt, B, C, C, g->device);
-      layernorm(h, x, L.ln2_w, L.ln2_b, w.dt, B, C, w.eps, g->device);
-      linear_ex(0, kEpilogueGelu, fc, h, L.fc_w, L.fc_b, w.dt, B, C, w.inner, g->device);
-      linear_ex(0, kEpilogueAccumulate, x, fc, L.mproj_w, L.mproj_b, w.dt, B, w.inner, C, g->device);
+      qlinear(L.proj, w.dt, kEpilogueAccumulate, x, att, B, qs, g->device);
+      qlinear_ln(L.fc, L.ln2_w, L.ln2_b, w.eps, w.dt, kEpilogueGelu, fc, x, h, B, qs, g->device);
+      qlinear(L.mproj, w.dt, kEpilogueAccumulate, x, fc, B, qs, g->device);
     }
     layernorm(h, x, w.lnf_w, w.lnf_b, w.dt, B, C, w.eps, g->device);
     linear_ex(0, kEpilogueNone, g->logits, h, w.lm_head, nullptr, w.dt, B, C, w.V, g->device);
@@ -75,7 +74,7 @@ DecodeGraph* decode_graph_create(const Gpt2Weights& w, float* const* kc, float* 
   g->w = &w, g->device = device, g->B = B, g->Tmax = Tmax;
   g->stage_bytes = (size_t)(2 * B + 1 + B * Tmax) * 4;
   const size_t bytes = up(B * w.C * 4) * 3 + up(B * 3 * w.C * 4) + up(B * w.inner * 4) + up(B * w.V * 4) +
-                       up(g->stage_bytes);
+                       up(g->stage_bytes) + up(qlinear_scratch_bytes(w, B));
   try {
     NIBBLE_CUDA_CHECK(cudaSetDevice(device), "cudaSetDevice");
     NIBBLE_CUDA_CHECK(cudaMalloc(&g->dev, bytes), "decode graph: allocating " + std::to_string(bytes) + " bytes");

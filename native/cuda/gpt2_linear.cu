@@ -56,21 +56,26 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return r;
 }
 
+// KS warps share one output row when rows are long (each takes every KS-th 512-byte stretch
+// of it), so a warp's loads are all in flight at once instead of in a chain of batches; their
+// partial sums meet in shared memory in a fixed order (deterministic).
 template <typename T, int MT, int EPI>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     linear_small_m_kernel(float* out, const float* __restrict__ x, const T* __restrict__ w,
-                          const T* __restrict__ bias, int M, int64_t K, int64_t N, bool vec) {
+                          const T* __restrict__ bias, int M, int64_t K, int64_t N, bool vec, int KS) {
   constexpr int VEC = 16 / sizeof(T);
-  const int lane = threadIdx.x & 31;
-  const int64_t n = (int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (n >= N) return;
-  const T* wr = w + n * K;
+  __shared__ float s_part[kWarpsPerBlock][MT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS;
+  const int64_t n = (int64_t)blockIdx.x * (kWarpsPerBlock / KS) + warp / KS;
+  const bool live = n < N;
+  const T* wr = w + (live ? n : 0) * K;
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.f;
-  if (vec) {
-#pragma unroll 4
-    for (int64_t k = (int64_t)lane * VEC; k < K; k += 32 * VEC) {
+  if (!live) {
+  } else if (vec) {
+#pragma unroll 8
+    for (int64_t k = (int64_t)(lane + 32 * ks) * VEC; k < K; k += 32 * VEC * KS) {
       float wf[VEC];
       unpack16(load_stream(wr + k), wf, T());
 #pragma unroll
@@ -89,18 +94,28 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
       }
     }
   } else {
-    for (int64_t k = lane; k < K; k += 32) {
+    for (int64_t k = lane + 32 * ks; k < K; k += 32 * KS) {
       const float wk = to_f32(wr[k]);
 #pragma unroll
       for (int m = 0; m < MT; m++)
         if (m < M) acc[m] = fmaf(wk, x[m * K + k], acc[m]);
     }
   }
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    const float s = warp_sum(acc[m]);
+    if (KS > 1 && lane == 0) s_part[warp][m] = s;
+    acc[m] = s;
+  }
+  if (KS > 1) __syncthreads();
+  if (!live || ks != 0 || lane != 0) return;
   const float b = bias ? to_f32(bias[n]) : 0.f;
 #pragma unroll
   for (int m = 0; m < MT; m++) {
-    float s = warp_sum(acc[m]);
-    if (lane == 0 && m < M) store_out<EPI>(out + m * N + n, s + b);
+    if (m >= M) continue;
+    float s = acc[m];
+    for (int i = 1; i < KS; i++) s += s_part[warp + i][m];
+    store_out<EPI>(out + m * N + n, s + b);
   }
 }
 
@@ -154,13 +169,16 @@ void launch_small(float* out, const float* x, const T* w, const T* bias, int64_t
   constexpr int VEC = 16 / sizeof(T);
   const bool vec = K % VEC == 0 && (reinterpret_cast<uintptr_t>(w) & 15) == 0 &&
                    (reinterpret_cast<uintptr_t>(x) & 15) == 0;
-  const unsigned grid = blocks_for(N, kWarpsPerBlock);
+  // Warps per row: one per ~4 KB of weights, at most a block's worth.
+  const int64_t row_bytes = K * (int64_t)sizeof(T);
+  const int KS = row_bytes > 16384 ? 8 : row_bytes > 8192 ? 4 : row_bytes > 4096 ? 2 : 1;
+  const unsigned grid = blocks_for(N, kWarpsPerBlock / KS);
   const int threads = kWarpsPerBlock * 32, m = (int)M;
-  if (M == 1) linear_small_m_kernel<T, 1, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
-  else if (M == 2) linear_small_m_kernel<T, 2, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
-  else if (M <= 4) linear_small_m_kernel<T, 4, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
-  else if (M <= 8) linear_small_m_kernel<T, 8, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
-  else linear_small_m_kernel<T, 16, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec);
+  if (M == 1) linear_small_m_kernel<T, 1, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec, KS);
+  else if (M == 2) linear_small_m_kernel<T, 2, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec, KS);
+  else if (M <= 4) linear_small_m_kernel<T, 4, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec, KS);
+  else if (M <= 8) linear_small_m_kernel<T, 8, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec, KS);
+  else linear_small_m_kernel<T, 16, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec, KS);
 }
 
 template <typename T, int EPI>

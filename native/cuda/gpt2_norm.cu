@@ -9,22 +9,64 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename P>
+// NPT > 0: each thread keeps its NPT values of the row in registers (C <= NPT * kThreads), so
+// the row is read from memory once instead of three times; the sums run in the same order
+// either way. NPT == 0: any C, re-reading the row.
+template <typename P, int NPT>
 __global__ void layernorm_kernel(float* __restrict__ out, const float* __restrict__ x, const P* __restrict__ w,
                                  const P* __restrict__ b, int64_t C, float eps) {
   __shared__ float scratch[32];
   const float* xr = x + blockIdx.x * C;
   float* orow = out + blockIdx.x * C;
-  float s = 0.f;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
-  const float mean = block_sum(s, scratch) / (float)C;
-  float v = 0.f;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    float d = xr[c] - mean;
-    v += d * d;
+  if constexpr (NPT > 0) {
+    float xv[NPT];
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+      const int64_t c = threadIdx.x + (int64_t)i * kThreads;
+      xv[i] = c < C ? xr[c] : 0.f;
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < NPT; i++)
+      if (threadIdx.x + (int64_t)i * kThreads < C) s += xv[i];
+    const float mean = block_sum(s, scratch) / (float)C;
+    float v = 0.f;
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+      if (threadIdx.x + (int64_t)i * kThreads < C) {
+        float d = xv[i] - mean;
+        v += d * d;
+      }
+    }
+    const float rstd = rsqrtf(block_sum(v, scratch) / (float)C + eps);
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+      const int64_t c = threadIdx.x + (int64_t)i * kThreads;
+      if (c < C) orow[c] = (xv[i] - mean) * rstd * to_f32(w[c]) + to_f32(b[c]);
+    }
+  } else {
+    float s = 0.f;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
+    const float mean = block_sum(s, scratch) / (float)C;
+    float v = 0.f;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+      float d = xr[c] - mean;
+      v += d * d;
+    }
+    const float rstd = rsqrtf(block_sum(v, scratch) / (float)C + eps);
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) orow[c] = (xr[c] - mean) * rstd * to_f32(w[c]) + to_f32(b[c]);
   }
-  const float rstd = rsqrtf(block_sum(v, scratch) / (float)C + eps);
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) orow[c] = (xr[c] - mean) * rstd * to_f32(w[c]) + to_f32(b[c]);
+}
+
+template <typename P>
+void launch_layernorm(float* out, const float* x, const P* w, const P* b, int64_t rows, int64_t C, float eps,
+                      cudaStream_t s) {
+  const unsigned g = (unsigned)rows;
+  const int64_t npt = (C + kThreads - 1) / kThreads;
+  if (npt <= 2) layernorm_kernel<P, 2><<<g, kThreads, 0, s>>>(out, x, w, b, C, eps);
+  else if (npt <= 4) layernorm_kernel<P, 4><<<g, kThreads, 0, s>>>(out, x, w, b, C, eps);
+  else if (npt <= 8) layernorm_kernel<P, 8><<<g, kThreads, 0, s>>>(out, x, w, b, C, eps);
+  else layernorm_kernel<P, 0><<<g, kThreads, 0, s>>>(out, x, w, b, C, eps);
 }
 
 __global__ void softmax_kernel(float* __restrict__ out, const float* __restrict__ x, int64_t cols) {
@@ -51,13 +93,10 @@ void layernorm(float* out, const float* x, const void* w, const void* b, DType p
   if (rows == 0 || C == 0) return;
   check_rows("layernorm", rows);
   cudaStream_t s = begin(device);
-  const unsigned g = (unsigned)rows;
   switch (pdt) {
-    case DType::F32: layernorm_kernel<<<g, kThreads, 0, s>>>(out, x, (const float*)w, (const float*)b, C, eps); break;
-    case DType::F16: layernorm_kernel<<<g, kThreads, 0, s>>>(out, x, (const __half*)w, (const __half*)b, C, eps); break;
-    case DType::BF16:
-      layernorm_kernel<<<g, kThreads, 0, s>>>(out, x, (const __nv_bfloat16*)w, (const __nv_bfloat16*)b, C, eps);
-      break;
+    case DType::F32: launch_layernorm(out, x, (const float*)w, (const float*)b, rows, C, eps, s); break;
+    case DType::F16: launch_layernorm(out, x, (const __half*)w, (const __half*)b, rows, C, eps, s); break;
+    case DType::BF16: launch_layernorm(out, x, (const __nv_bfloat16*)w, (const __nv_bfloat16*)b, rows, C, eps, s); break;
     default: throw std::runtime_error(std::string("layernorm: parameters of ") + dtype_name(pdt) + " are not supported");
   }
   NIBBLE_CUDA_CHECK_LAUNCH("layernorm");

@@ -172,6 +172,19 @@ __device__ __forceinline__ void mma_16832_s8(int (&d)[4], const uint32_t (&a)[4]
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// cpu::rcp_approx on the device: the reciprocal bitsandbytes' __fdividef(127, absmax) uses,
+// modelled as the exact reciprocal biased up by 0.14 ulp and rounded to nearest. Computing
+// the same model here (rather than calling __fdividef) keeps CUDA and CPU bit-identical;
+// both reproduce bitsandbytes' codes on its reference data.
+__device__ __forceinline__ float rcp_like_fdividef(float x) {
+  const double e = __ddiv_rn(1.0, (double)x);
+  const float rn = __double2float_rn(e);
+  if (isinf(rn) || isnan(rn) || rn == 0.0f) return rn;
+  const float away = nextafterf(rn, rn > 0.0f ? INFINITY : -INFINITY);
+  const double ulp = fabs(__dsub_rn((double)away, (double)rn));
+  return __double2float_rn(__dadd_rn(e, copysign(__dmul_rn(0.14, ulp), e)));
+}
+
 }  // namespace dev
 
 // ---- host helpers ---------------------------------------------------------------------------

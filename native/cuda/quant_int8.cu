@@ -21,19 +21,6 @@ __global__ void k_outlier_cols(const T* __restrict__ x, int64_t n, int64_t cols,
 
 constexpr int kRowThreads = 256;
 
-// cpu::rcp_approx on the device: the reciprocal bitsandbytes' __fdividef(127, absmax) uses,
-// modelled as the exact reciprocal biased up by 0.14 ulp and rounded to nearest. Computing
-// the same model here (rather than calling __fdividef) keeps CUDA and CPU bit-identical;
-// both reproduce bitsandbytes' codes on its reference data.
-__device__ __forceinline__ float rcp_like_fdividef(float x) {
-  const double e = __ddiv_rn(1.0, (double)x);
-  const float rn = __double2float_rn(e);
-  if (isinf(rn) || isnan(rn) || rn == 0.0f) return rn;
-  const float away = nextafterf(rn, rn > 0.0f ? INFINITY : -INFINITY);
-  const double ulp = fabs(__dsub_rn((double)away, (double)rn));
-  return __double2float_rn(__dadd_rn(e, copysign(__dmul_rn(0.14, ulp), e)));
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
     k_rowquant(const T* __restrict__ x, int64_t cols, float th, bool sparse, const uint8_t* __restrict__ flags,
@@ -53,7 +40,7 @@ __global__ void __launch_bounds__(kRowThreads)
 #pragma unroll
   for (int w = 1; w < kRowThreads / 32; w++) m = fmaxf(m, s_red[w]);
   if (threadIdx.x == 0) row_stats[blockIdx.x] = m;
-  const float scale = __fmul_rn(127.0f, rcp_like_fdividef(m));
+  const float scale = __fmul_rn(127.0f, dev::rcp_like_fdividef(m));
   int8_t* orow = out + (int64_t)blockIdx.x * cols;
   for (int64_t c = threadIdx.x; c < cols; c += kRowThreads) {
     const float v = __fmul_rn(dev::to_f32(row[c]), scale);

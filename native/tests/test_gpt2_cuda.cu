@@ -16,7 +16,9 @@
 
 #include "core/dtype.h"
 #include "cpu/gpt2_ops.h"
+#include "cpu/quant_ops.h"
 #include "cuda/gpt2_cuda.h"
+#include "formats.h"
 
 using namespace nibble;
 
@@ -213,6 +215,98 @@ void test_attention(int64_t B, int64_t H, int64_t D, int64_t T0, int steps, int6
 
 }  // namespace
 
+
+// The plan's quantized Linear layers (gpt2_cuda::qlinear: the decode GEMVs for M <= 8, the
+// general paths above) against the CPU reference of the module they stand for, with the
+// gelu and residual epilogues and a float16 bias (the plan's biases have the model dtype).
+void test_qlinear_4bit(int64_t M, int64_t K, int64_t N, fmt::QuantType qt, bool dq, int epi, bool ln) {
+  auto x = randn(M * K, 1.f, 0.5f), w = randn(N * K, 0.05f), resid = randn(M * N);
+  std::vector<float> bf, lnwf, lnbf;
+  auto bb = encode(randn(N, 0.1f), DType::F16, &bf);
+  auto lnw = encode(randn(K, 0.3f, 1.f), DType::F16, &lnwf), lnb = encode(randn(K, 0.1f), DType::F16, &lnbf);
+  std::vector<float> xin = x;
+  if (ln) cpu::layernorm_ref(xin.data(), x.data(), lnw.data(), lnb.data(), DType::F16, M, K, 1e-5f);
+  const int bs = 64;
+  const int64_t nb = fmt::num_blocks(N * K, bs);
+  std::vector<uint8_t> packed(fmt::packed4_bytes(N * K)), qabs(nb);
+  std::vector<float> absmax(nb), nested(fmt::num_blocks(nb, 256)), code(256);
+  cpu::quantize_4bit_ref(w.data(), DType::F32, N * K, bs, qt, packed.data(), absmax.data());
+  for (int i = 0; i < 256; i++) std::memcpy(&code[i], &fmt::kDynamicMapSignedBits[i], 4);
+  float offset = dq ? cpu::compress_absmax(absmax.data(), nb, qabs.data(), nested.data()) : 0.f;
+  cpu::Weight4bit cw;
+  cw.packed = packed.data(), cw.blocksize = bs, cw.qt = qt, cw.N = N, cw.K = K;
+  if (dq) cw.qabsmax = qabs.data(), cw.nested_absmax = nested.data(), cw.nested_code = code.data(), cw.offset = offset;
+  else cw.absmax = absmax.data();
+  std::vector<float> lin(M * N), want(M * N);
+  cpu::matmul_4bit_ref(xin.data(), DType::F32, M, cw, nullptr, lin.data());
+  for (int64_t i = 0; i < M * N; i++) lin[i] += bf[i % N];
+  Dev dx(x), dp(packed), da(absmax), dq_(qabs), dn(nested), dc(code), doff(std::vector<float>{offset}), db(bb);
+  gpt2_cuda::QLinear L;
+  L.kind = gpt2_cuda::QLinear::k4bit, L.N = N, L.K = K, L.bias = db.p, L.packed = dp.as<uint8_t>(), L.blocksize = bs;
+  L.quant_type = (int)qt;
+  if (dq) L.qabsmax = dq_.as<uint8_t>(), L.nested_absmax = dn.as(), L.nested_code = dc.as(), L.offset = doff.as();
+  else L.absmax = da.as();
+  gpt2_cuda::Gpt2Weights gw;
+  gw.C = K, gw.inner = N, gw.quantized = true;
+  Dev scratch(gpt2_cuda::qlinear_scratch_bytes(gw, M) + std::max<int64_t>(M * std::max(K, N) * 8, 4096));
+  Dev out(resid), dlw(lnw), dlb(lnb), h(M * K * 4);
+  if (epi == gpt2_cuda::kEpilogueGelu) cpu::gelu_new_ref(want.data(), lin.data(), M * N);
+  else if (epi == gpt2_cuda::kEpilogueAccumulate) cpu::add_ref(want.data(), resid.data(), lin.data(), M * N);
+  else want = lin;
+  if (epi != gpt2_cuda::kEpilogueAccumulate) out.poison();
+  if (ln) gpt2_cuda::qlinear_ln(L, dlw.p, dlb.p, 1e-5f, DType::F16, epi, out.as(), dx.as(), h.as(), M, scratch.p, 0);
+  else gpt2_cuda::qlinear(L, DType::F16, epi, out.as(), dx.as(), M, scratch.p, 0);
+  compare(std::string(ln ? "qlinear+ln " : "qlinear ") + "4bit " + (qt == fmt::QuantType::NF4 ? "nf4" : "fp4") + (dq ? "+dq" : "") + " epi " +
+              std::to_string(epi) + " M=" + std::to_string(M) + " K=" + std::to_string(K) + " N=" + std::to_string(N),
+          out.get(), want, 1e-5);
+}
+
+// LLM.int8(): x rounded to float16, vectorwise quantization with outlier columns, int8 product,
+// float16 dequantization with the bias, the 16-bit outlier product: Linear8bitLt.forward.
+void test_qlinear_int8(int64_t M, int64_t K, int64_t N, float threshold, int epi, bool ln) {
+  auto x = randn(M * K, 1.5f), w = randn(N * K, 0.05f), resid = randn(M * N);
+  std::vector<float> bf, lnwf, lnbf;
+  auto bb = encode(randn(N, 0.1f), DType::F16, &bf);
+  auto lnw = encode(randn(K, 0.5f, 1.5f), DType::F16, &lnwf), lnb = encode(randn(K, 0.1f), DType::F16, &lnbf);
+  std::vector<float> xin = x;
+  if (ln) cpu::layernorm_ref(xin.data(), x.data(), lnw.data(), lnb.data(), DType::F16, M, K, 1e-5f);
+  std::vector<uint16_t> wh(N * K), xh(M * K), bias_h(N);
+  for (int64_t i = 0; i < N * K; i++) wh[i] = float_to_half(w[i]);
+  for (int64_t i = 0; i < M * K; i++) xh[i] = float_to_half(xin[i]);
+  std::memcpy(bias_h.data(), bb.data(), N * 2);
+  std::vector<int8_t> cb(N * K), xq(M * K);
+  std::vector<float> scb(N), rs(M);
+  cpu::int8_vectorwise_quant_ref(wh.data(), DType::F16, N, K, 0.f, cb.data(), scb.data(), nullptr);
+  std::vector<uint8_t> mask(K);
+  cpu::int8_vectorwise_quant_ref(xh.data(), DType::F16, M, K, threshold, xq.data(), rs.data(), mask.data());
+  std::vector<int32_t> C(M * N);
+  cpu::int8_linear_matmul_ref(xq.data(), cb.data(), M, N, K, C.data());
+  std::vector<uint16_t> oh(M * N);
+  cpu::int8_mm_dequant_ref(C.data(), rs.data(), scb.data(), bias_h.data(), M, N, oh.data());
+  if (threshold > 0) cpu::int8_outlier_matmul_add(oh.data(), xh.data(), DType::F16, mask.data(), cb.data(), scb.data(), M, N, K);
+  int outliers = 0;
+  for (auto f : mask) outliers += f;
+  std::vector<float> lin(M * N), want(M * N);
+  for (int64_t i = 0; i < M * N; i++) lin[i] = half_to_float(oh[i]);
+  if (epi == gpt2_cuda::kEpilogueGelu) cpu::gelu_new_ref(want.data(), lin.data(), M * N);
+  else if (epi == gpt2_cuda::kEpilogueAccumulate) cpu::add_ref(want.data(), resid.data(), lin.data(), M * N);
+  else want = lin;
+  Dev dx(x), dcb(cb), dscb(scb), db(bb), out(resid), dlw(lnw), dlb(lnb), h(M * K * 4);
+  gpt2_cuda::QLinear L;
+  L.kind = gpt2_cuda::QLinear::kInt8, L.N = N, L.K = K, L.bias = db.p, L.cb = dcb.as<int8_t>(), L.scb = dscb.as();
+  L.threshold = threshold;
+  gpt2_cuda::Gpt2Weights gw;
+  gw.C = K, gw.inner = N, gw.quantized = true;
+  Dev scratch(gpt2_cuda::qlinear_scratch_bytes(gw, M) + std::max<int64_t>(M * std::max(K, N) * 8, 4096));
+  if (epi != gpt2_cuda::kEpilogueAccumulate) out.poison();
+  if (ln) gpt2_cuda::qlinear_ln(L, dlw.p, dlb.p, 1e-5f, DType::F16, epi, out.as(), dx.as(), h.as(), M, scratch.p, 0);
+  else gpt2_cuda::qlinear(L, DType::F16, epi, out.as(), dx.as(), M, scratch.p, 0);
+  // float16 outputs: the outlier product's float sum may round to the neighbouring half.
+  compare(std::string(ln ? "qlinear+ln" : "qlinear") + " int8 th=" + std::to_string((int)threshold) + " (" + std::to_string(outliers) + " outlier cols) epi " +
+              std::to_string(epi) + " M=" + std::to_string(M) + " K=" + std::to_string(K) + " N=" + std::to_string(N),
+          out.get(), want, 2e-3);
+}
+
 int main(int argc, char** argv) {
   const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::random_device{}();
   rng.seed(seed);
@@ -254,6 +348,15 @@ int main(int argc, char** argv) {
     test_attention(2, 2, 160, 4, 2, 8, false);   // D > 128: a wider block
     test_attention(1, 25, 64, 1, 40, 64, false); // XL's head count, decode only
     test_attention(2, 2, 8, 600, 1, 700, true);  // a long prompt: many keys per thread
+    for (DType dt : dts) test_layernorm(2, 3000, dt), test_linear(1, 1, 6400, 77, dt, true), test_linear(1, 8, 3100, 45, dt, false);
+    for (int64_t M : {1, 2, 3, 8, 16, 20})
+      for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{64, 33}, {1600, 100}, {6400, 75}, {8192, 16}})
+        for (int epi = 0; epi < 3; epi++) {
+          if ((M + kn.first + epi) % 2 && M > 3) continue;  // a sample of the large cases
+          const bool ln = (M + epi) % 2 == 0;
+          test_qlinear_4bit(M, kn.first, kn.second, (M + epi) % 2 ? fmt::QuantType::NF4 : fmt::QuantType::FP4, (M + epi) % 3 != 0, epi, ln);
+          test_qlinear_int8(M, kn.first, kn.second, epi == 1 ? 0.f : 6.f, epi, ln);
+        }
   } catch (const std::exception& e) {
     std::printf("FAIL exception: %s\n", e.what());
     return 1;

@@ -196,6 +196,21 @@ for (const [name, q, opts, tol] of QUANT)
     const [g] = await model.generate(prompts[0], { maxNewTokens: 20 });
     const [c] = await cpu.generate(prompts[0], { maxNewTokens: 20 });
     record(`tiny ${name}: 20 greedy tokens CUDA = CPU`, sameTokens(g, c) ? 'same' : `differ: ${g.slice(10)} vs ${c.slice(10)}`, 'same', tol > 1e-4 || sameTokens(g, c));
+    // The whole-forward plan (quantized layers in native/cuda/gpt2_qlinear.cu, decode steps as
+    // a CUDA graph) against the module-by-module path it replaces.
+    process.env.NIBBLE_CUDA_FUSED = '0';
+    const perOp = await AutoModelForCausalLM.fromPretrained(TINY, { deviceMap: 'cuda:0', ...cfg });
+    const po = await perOp.forward(prompts);
+    const [gp] = await perOp.generate(prompts[0], { maxNewTokens: 20 });
+    const bp = await perOp.generate(prompts, { maxNewTokens: 12 });
+    delete process.env.NIBBLE_CUDA_FUSED;
+    const dp = maxAbsDiff(await logits.toFloat32(), await po.logits.toFloat32());
+    record(`tiny ${name}: plan vs per-op logits max|d|`, dp.toExponential(2), '1e-4', dp <= 1e-4);
+    const bf = await model.generate(prompts, { maxNewTokens: 12 });
+    const same = sameTokens(g, gp) && sameTokens(bf, bp);
+    record(`tiny ${name}: greedy tokens plan = per-op (B=1 and B=2)`, same ? 'same' : 'differ', 'same', same);
+    po.logits.dispose(), po.pastKeyValues.dispose();
+    perOp.dispose();
     model.dispose();
     cpu.dispose();
   });

@@ -1,0 +1,461 @@
+// Decode-step GEMVs for the GPT-2 plan's quantized layers (M <= 8 rows of float32 activations).
+// At decode time a layer's weight is a few MB and each kernel lasts a few microseconds, so
+// what counts is starting fast and keeping loads in flight, not the steady state:
+//  - no prologue beyond one 16-float code table (the general matmul_4bit GEMV builds a
+//    512-entry table, stages the 256 nested codes and synchronizes three times);
+//  - one warp per output row, its lanes over 16-byte chunks of the row, every chunk's loads
+//    (packed weight, absmax, activations) issued before any is used;
+//  - enough blocks for every SM even at N = 1600.
+// int8 layers quantize the activations inside the kernel: each block recomputes the row
+// absmax over x (a few KB from L2) instead of a separate single-block pass, so an LLM.int8()
+// layer is one launch. The integer dot product and its dequantization are bit-identical to
+// int8_linear_matmul + int8_mm_dequant; the outlier columns' 16-bit product is summed per lane
+// and then across the warp (the CPU adds it column by column: the float sums may differ in
+// the last bits, as any two summation orders do).
+#include <algorithm>
+
+#include "cuda/gpt2_decode_gemv.h"
+#include "cuda/gpt2_device.cuh"
+#include "cuda/quant_device.cuh"
+
+namespace nibble {
+namespace gpt2_cuda {
+
+namespace {
+
+constexpr int kWarps = 8, kThreads = kWarps * 32;
+
+__device__ __forceinline__ float gelu_f(float v) {
+  return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+__device__ __forceinline__ float bias_at(const void* b, DType dt, int64_t n) {
+  if (!b) return 0.0f;
+  if (dt == DType::F16) return __half2float(static_cast<const __half*>(b)[n]);
+  if (dt == DType::BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(b)[n]);
+  return static_cast<const float*>(b)[n];
+}
+template <int EPI>
+__device__ __forceinline__ void store(float* p, float v) {
+  if (EPI == kEpilogueGelu) *p = gelu_f(v);
+  else if (EPI == kEpilogueAccumulate) *p += v;
+  else *p = v;
+}
+__device__ __forceinline__ float round_half(float v) { return __half2float(__float2half_rn(v)); }
+
+// Activations staged in shared memory (SX): a lane reads the E floats of its chunk, so in
+// global memory the lanes of one load sit E*4 bytes apart (32 cache lines per instruction);
+// in shared memory, padded by 4 floats per E, the same loads take the minimum 4 wavefronts.
+template <int E>
+__device__ __forceinline__ int64_t padded(int64_t k) { return k + (k / E) * 4; }
+template <int E>
+__device__ void stage_x(float* s_x, const float* __restrict__ x, int M, int64_t K) {
+  const int64_t K4 = K / 4, Kp = padded<E>(K);
+  for (int64_t i = threadIdx.x; i < M * K4; i += blockDim.x) {
+    const int64_t m = i / K4, k = (i % K4) * 4;
+    *reinterpret_cast<float4*>(s_x + m * Kp + padded<E>(k)) = __ldg(reinterpret_cast<const float4*>(x) + i);
+  }
+}
+// The layernorm in front of c_attn and c_fc, fused into the staging: the same arithmetic and
+// reduction order as layernorm_kernel (256 threads, thread t sums elements t, t+256, ...), so
+// the staged rows equal what that kernel would have written.
+struct LnArgs {
+  const void* w = nullptr;  // null: no layernorm
+  const void* b = nullptr;
+  DType dt = DType::F32;
+  float eps = 1e-5f;
+};
+__device__ __forceinline__ float param_at(const void* p, DType dt, int64_t i) {
+  if (dt == DType::F16) return __half2float(static_cast<const __half*>(p)[i]);
+  if (dt == DType::BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  return static_cast<const float*>(p)[i];
+}
+template <int E>
+__device__ void stage_x_ln(float* s_x, const float* __restrict__ x, int M, int64_t K, const LnArgs& ln, float* scratch) {
+  const int64_t Kp = padded<E>(K);
+  for (int m = 0; m < M; m++) {
+    const float* xr = x + m * K;
+    float s = 0.f;
+    for (int64_t c = threadIdx.x; c < K; c += blockDim.x) s += xr[c];
+    const float mean = block_sum(s, scratch) / (float)K;
+    float v = 0.f;
+    for (int64_t c = threadIdx.x; c < K; c += blockDim.x) {
+      float d = xr[c] - mean;
+      v += d * d;
+    }
+    const float rstd = rsqrtf(block_sum(v, scratch) / (float)K + ln.eps);
+    for (int64_t c = threadIdx.x; c < K; c += blockDim.x)
+      s_x[m * Kp + padded<E>(c)] = (xr[c] - mean) * rstd * param_at(ln.w, ln.dt, c) + param_at(ln.b, ln.dt, c);
+  }
+}
+
+template <int E>
+__device__ __forceinline__ const float4* x_chunk(bool staged, const float* s_x, const float* x, int m, int64_t K,
+                                                 int64_t c) {
+  return staged ? reinterpret_cast<const float4*>(s_x + m * padded<E>(K) + c * (E + 4))
+                : reinterpret_cast<const float4*>(x + m * K + c * E);
+}
+template <int E>
+size_t staged_bytes(int64_t M, int64_t K) { return (size_t)(M * (K + K / E * 4)) * 4; }
+constexpr size_t kMaxStaged = 96 * 1024;
+
+// ---- 4-bit -------------------------------------------------------------------------------------
+struct W4Args {
+  const uint8_t* packed;
+  const float* absmax;
+  const uint8_t* qabsmax;
+  const float* nested;
+  const float* ncode;
+  const float* offset;
+  int log2_bs;
+  int64_t N, K;
+  const void* bias;
+  DType bias_dt;
+};
+
+template <int KIND, bool DQ, int MT, int EPI, bool SX>
+__global__ void __launch_bounds__(kThreads)
+    k_decode_gemv4(const float* __restrict__ x, W4Args w, float* out, int M, int KS, LnArgs ln) {
+  extern __shared__ float4 s_dyn[];
+  float* s_x = reinterpret_cast<float*>(s_dyn);
+  __shared__ float s_code[16];
+  __shared__ float s_part[kWarps][MT];
+  __shared__ float s_red[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS;
+  const int64_t n0 = (int64_t)blockIdx.x * (kWarps / KS) + warp / KS;
+  const bool live = n0 < w.N;
+  const int64_t n = live ? n0 : 0;
+  const int64_t C = live ? w.K >> 5 : 0;  // 32 codes per 16-byte chunk
+  const uint4* row = reinterpret_cast<const uint4*>(w.packed + n * (w.K >> 1));
+  // The first chunk's weight and scale are requested before the prologue, so their DRAM
+  // latency overlaps it; each later chunk is requested one step ahead.
+  struct Chunk {
+    uint4 raw;
+    uint32_t q;
+    float a;
+  };
+  auto fetch = [&](int64_t c) {
+    Chunk r{make_uint4(0, 0, 0, 0), 0u, 0.0f};
+    if (c < C) {
+      r.raw = __ldcs(row + c);
+      const int64_t blk = (n * w.K + c * 32) >> w.log2_bs;
+      if (DQ) r.q = __ldg(w.qabsmax + blk), r.a = __ldg(w.nested + (blk >> 8));
+      else r.a = __ldg(w.absmax + blk);
+    }
+    return r;
+  };
+  int64_t c = lane + 32 * ks;
+  Chunk cur = fetch(c);
+  const float off = DQ ? __ldg(w.offset) : 0.0f;
+  if (SX) {
+    if (ln.w) stage_x_ln<32>(s_x, x, M, w.K, ln, s_red);
+    else stage_x<32>(s_x, x, M, w.K);
+  }
+  if (threadIdx.x < 16)
+    s_code[threadIdx.x] = KIND == 1 ? cuda::dev::c_tables4.nf4_values[threadIdx.x] : cuda::dev::c_tables4.fp4_values[threadIdx.x];
+  __syncthreads();
+  float acc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; m++) acc[m] = 0.0f;
+  while (c < C) {
+    const int64_t cn = c + 32 * KS;
+    const Chunk nxt = fetch(cn);
+    const float am = DQ ? cuda::dev::dq_absmax(w.ncode, (uint8_t)cur.q, cur.a, off) : cur.a;
+    const uint32_t words[4] = {cur.raw.x, cur.raw.y, cur.raw.z, cur.raw.w};
+    float wv[32];
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+      for (int b = 0; b < 4; b++) {
+        const uint32_t byte = (words[q] >> (8 * b)) & 0xffu;
+        wv[(q * 4 + b) * 2] = s_code[byte >> 4];
+        wv[(q * 4 + b) * 2 + 1] = s_code[byte & 15u];
+      }
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      if (m < M) {
+        const float4* xp = x_chunk<32>(SX, s_x, x, m, w.K, c);
+        float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+          const float4 xv = xp[j];
+          d0 = fmaf(wv[4 * j], xv.x, d0);
+          d1 = fmaf(wv[4 * j + 1], xv.y, d1);
+          d0 = fmaf(wv[4 * j + 2], xv.z, d0);
+          d1 = fmaf(wv[4 * j + 3], xv.w, d1);
+        }
+        acc[m] = fmaf(am, d0 + d1, acc[m]);
+      }
+    }
+    cur = nxt;
+    c = cn;
+  }
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    acc[m] = warp_sum(acc[m]);
+    if (KS > 1 && lane == 0) s_part[warp][m] = acc[m];
+  }
+  if (KS > 1) __syncthreads();
+  if (!live || ks != 0 || lane != 0) return;
+  const float b = bias_at(w.bias, w.bias_dt, n);
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    if (m >= M) continue;
+    float s = acc[m];
+    for (int i = 1; i < KS; i++) s += s_part[warp + i][m];
+    store<EPI>(out + m * w.N + n, s + b);
+  }
+}
+
+// ---- int8 (LLM.int8()) ---------------------------------------------------------------------------
+struct W8Args {
+  const int8_t* cb;
+  const float* scb;
+  int64_t N, K;
+  float th;  // effective (float16-rounded) threshold
+  bool sparse;
+  const void* bias;
+  DType bias_dt;
+};
+
+// Packs four quantized activations into a dp4a operand.
+__device__ __forceinline__ int pack4(int a, int b, int c, int d) {
+  return (a & 0xff) | ((b & 0xff) << 8) | ((c & 0xff) << 16) | ((int)((unsigned)d << 24));
+}
+
+template <int MT, int EPI, bool SX>
+__global__ void __launch_bounds__(kThreads)
+    k_decode_gemv8(const float* __restrict__ x, W8Args w, float* out, int M, int KS, LnArgs ln) {
+  extern __shared__ float4 s_dyn[];
+  float* s_x = reinterpret_cast<float*>(s_dyn);
+  __shared__ float s_lnred[32];
+  const int ks0 = (threadIdx.x >> 5) % KS;
+  const int64_t n00 = (int64_t)blockIdx.x * (kWarps / KS) + (threadIdx.x >> 5) / KS;
+  const int64_t C0 = n00 < w.N ? w.K >> 4 : 0;
+  const int64_t c_first = (threadIdx.x & 31) + 32 * ks0;
+  // The first chunk is requested before the prologue (its latency overlaps it).
+  int4 first = make_int4(0, 0, 0, 0);
+  if (c_first < C0) first = __ldcs(reinterpret_cast<const int4*>(w.cb + n00 * w.K) + c_first);
+  if (SX) {
+    if (ln.w) stage_x_ln<16>(s_x, x, M, w.K, ln, s_lnred);
+    else stage_x<16>(s_x, x, M, w.K);
+    __syncthreads();
+  }
+  // With a fused layernorm the quantization reads the normalized rows from shared memory.
+  auto xval = [&](int m, int64_t k) { return SX ? s_x[m * padded<16>(w.K) + padded<16>(k)] : x[m * w.K + k]; };
+  __shared__ float s_red[kWarps][MT];
+  __shared__ int s_ipart[kWarps][MT];
+  __shared__ float s_fpart[kWarps][MT];
+  __shared__ int s_any[kWarps];
+  __shared__ float s_rs[MT], s_scale[MT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t K = w.K;
+  // Row absmax over the non-outlier elements of float16(x), as int8_vectorwise_quant.
+  float mx[MT];
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    mx[m] = 0.0f;
+    if (m < M)
+      for (int64_t k = threadIdx.x; k < K; k += kThreads) {
+        const float a = fabsf(round_half(xval(m, k)));
+        if (!w.sparse || a < w.th) mx[m] = fmaxf(mx[m], a);
+      }
+    float v = mx[m];
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) s_red[warp][m] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < MT) {
+    float v = 0.0f;
+    for (int i = 0; i < kWarps; i++) v = fmaxf(v, s_red[i][threadIdx.x]);
+    s_rs[threadIdx.x] = v;
+    s_scale[threadIdx.x] = __fmul_rn(127.0f, cuda::dev::rcp_like_fdividef(v));
+  }
+  __syncthreads();
+  const int ks = warp % KS;
+  const int64_t n0 = (int64_t)blockIdx.x * (kWarps / KS) + warp / KS;
+  const bool live = n0 < w.N;
+  const int64_t n = live ? n0 : 0;
+  const int8_t* row = w.cb + n * K;
+  const int64_t C = live ? K >> 4 : 0;  // 16 int8 per chunk
+  int iacc[MT];
+  float facc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; m++) iacc[m] = 0, facc[m] = 0.0f;
+  bool any_outlier = false;
+  int4 nxt = first;
+  for (int64_t c = lane + 32 * ks; c < C; c += 32 * KS) {
+    const int4 raw = nxt;
+    if (c + 32 * KS < C) nxt = __ldcs(reinterpret_cast<const int4*>(row) + c + 32 * KS);
+    const int words[4] = {raw.x, raw.y, raw.z, raw.w};
+    float xh[MT][16];
+    uint32_t omask = 0;  // outlier columns of this chunk (any row)
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      if (m < M) {
+        const float4* xp = x_chunk<16>(SX, s_x, x, m, K, c);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          const float4 v = xp[j];
+          xh[m][4 * j] = round_half(v.x), xh[m][4 * j + 1] = round_half(v.y);
+          xh[m][4 * j + 2] = round_half(v.z), xh[m][4 * j + 3] = round_half(v.w);
+        }
+        if (w.sparse)
+#pragma unroll
+          for (int e = 0; e < 16; e++) omask |= (fabsf(xh[m][e]) >= w.th ? 1u : 0u) << e;
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      if (m < M) {
+        int q[16];
+#pragma unroll
+        for (int e = 0; e < 16; e++) {
+          const int v = __float2int_rn(__fmul_rn(xh[m][e], s_scale[m]));  // NaN -> 0
+          q[e] = (omask >> e) & 1u ? 0 : v;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) iacc[m] = __dp4a(pack4(q[4 * j], q[4 * j + 1], q[4 * j + 2], q[4 * j + 3]), words[j], iacc[m]);
+      }
+    }
+    if (omask) {
+      any_outlier = true;
+      const float s = __ldg(w.scb + n);
+      for (int e = 0; e < 16; e++) {
+        if (!((omask >> e) & 1u)) continue;
+        const int8_t cbv = (int8_t)((words[e >> 2] >> (8 * (e & 3))) & 0xff);
+        const float wv = round_half(__fdiv_rn(__fmul_rn((float)cbv, s), 127.0f));
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+          if (m < M) facc[m] = __fadd_rn(facc[m], __fmul_rn(xh[m][e], wv));
+      }
+    }
+  }
+  any_outlier = __any_sync(0xffffffffu, any_outlier);
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    for (int o = 16; o > 0; o >>= 1) iacc[m] += __shfl_xor_sync(0xffffffffu, iacc[m], o);
+    facc[m] = any_outlier ? warp_sum(facc[m]) : 0.0f;
+    if (KS > 1 && lane == 0) s_ipart[warp][m] = iacc[m], s_fpart[warp][m] = facc[m];
+  }
+  if (KS > 1) {
+    if (lane == 0) s_any[warp] = any_outlier;
+    __syncthreads();
+  }
+  if (!live || ks != 0 || lane != 0) return;
+  for (int i = 1; i < KS; i++) any_outlier |= s_any[warp + i] != 0;
+  const float cs = __ldg(w.scb + n);
+  const bool bias_h = w.bias && w.bias_dt == DType::F16;
+  const float bh = bias_h ? __half2float(static_cast<const __half*>(w.bias)[n]) : 0.0f;
+  const float bo = bias_h ? 0.0f : bias_at(w.bias, w.bias_dt, n);
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    if (m >= M) continue;
+    int s = iacc[m];
+    float f = facc[m];
+    for (int i = 1; i < KS; i++) s += s_ipart[warp + i][m], f += s_fpart[warp + i][m];
+    // int8_mm_dequant: float16(fma(C * rs * cs, 1/127^2, bias)), then the outlier product.
+    const float p = __fmul_rn(__fmul_rn((float)s, s_rs[m]), cs);
+    float v = round_half(fmaf(p, fmt::kMmDequantScale, bh));
+    if (any_outlier) v = round_half(__fadd_rn(v, f));
+    store<EPI>(out + m * w.N + n, v + bo);
+  }
+}
+
+// Warps per output row: one per ~2 KB of the row (see linear_small_m_kernel).
+int warps_per_row(int64_t row_bytes) { return row_bytes > 8192 ? 8 : row_bytes > 4096 ? 4 : row_bytes > 2048 ? 2 : 1; }
+
+template <int KIND, bool DQ, int MT, int EPI>
+void launch4_mt(const float* x, const W4Args& a, float* out, int M, int KS, unsigned g, const LnArgs& ln,
+                cudaStream_t s) {
+  const size_t smem = staged_bytes<32>(M, a.K);
+  if (smem <= kMaxStaged) {
+    auto k = k_decode_gemv4<KIND, DQ, MT, EPI, true>;
+    if (smem > 48 * 1024)
+      NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "4-bit decode GEMV");
+    k<<<g, kThreads, smem, s>>>(x, a, out, M, KS, ln);
+  } else {
+    k_decode_gemv4<KIND, DQ, MT, EPI, false><<<g, kThreads, 0, s>>>(x, a, out, M, KS, ln);
+  }
+}
+template <int KIND, bool DQ, int EPI>
+void launch4(const float* x, const W4Args& a, float* out, int M, const LnArgs& ln, cudaStream_t s) {
+  const int KS = warps_per_row(a.K / 2);
+  const unsigned g = blocks_for(a.N, kWarps / KS);
+  if (M == 1) launch4_mt<KIND, DQ, 1, EPI>(x, a, out, M, KS, g, ln, s);
+  else if (M == 2) launch4_mt<KIND, DQ, 2, EPI>(x, a, out, M, KS, g, ln, s);
+  else if (M <= 4) launch4_mt<KIND, DQ, 4, EPI>(x, a, out, M, KS, g, ln, s);
+  else launch4_mt<KIND, DQ, 8, EPI>(x, a, out, M, KS, g, ln, s);
+}
+template <int KIND, bool DQ>
+void launch4_epi(int epi, const float* x, const W4Args& a, float* out, int M, const LnArgs& ln, cudaStream_t s) {
+  if (epi == kEpilogueGelu) launch4<KIND, DQ, kEpilogueGelu>(x, a, out, M, ln, s);
+  else if (epi == kEpilogueAccumulate) launch4<KIND, DQ, kEpilogueAccumulate>(x, a, out, M, ln, s);
+  else launch4<KIND, DQ, kEpilogueNone>(x, a, out, M, ln, s);
+}
+template <int MT, int EPI>
+void launch8_mt(const float* x, const W8Args& a, float* out, int M, int KS, unsigned g, const LnArgs& ln,
+                cudaStream_t s) {
+  const size_t smem = staged_bytes<16>(M, a.K);
+  if (smem <= kMaxStaged) {
+    auto k = k_decode_gemv8<MT, EPI, true>;
+    if (smem > 48 * 1024)
+      NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "int8 decode GEMV");
+    k<<<g, kThreads, smem, s>>>(x, a, out, M, KS, ln);
+  } else {
+    k_decode_gemv8<MT, EPI, false><<<g, kThreads, 0, s>>>(x, a, out, M, KS, ln);
+  }
+}
+template <int EPI>
+void launch8(const float* x, const W8Args& a, float* out, int M, const LnArgs& ln, cudaStream_t s) {
+  const int KS = warps_per_row(a.K);
+  const unsigned g = blocks_for(a.N, kWarps / KS);
+  if (M == 1) launch8_mt<1, EPI>(x, a, out, M, KS, g, ln, s);
+  else if (M == 2) launch8_mt<2, EPI>(x, a, out, M, KS, g, ln, s);
+  else launch8_mt<4, EPI>(x, a, out, M, KS, g, ln, s);
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+}  // namespace
+
+bool decode_gemv_4bit(const QLinear& L, DType bias_dt, int epi, float* out, const float* x, int64_t M,
+                      const DecodeNorm* norm, cudaStream_t s) {
+  if (M < 1 || M > kDecodeGemvMaxRows || L.compute != DType::F32 || L.K % 32 || !aligned16(x) || !aligned16(L.packed) ||
+      L.blocksize < 32)
+    return false;
+  if (norm && staged_bytes<32>(M, L.K) > kMaxStaged) return false;  // the layernorm needs the staged copy
+  W4Args a;
+  a.packed = L.packed, a.absmax = L.absmax, a.qabsmax = L.qabsmax, a.nested = L.nested_absmax;
+  a.ncode = L.nested_code, a.offset = L.offset, a.N = L.N, a.K = L.K, a.bias = L.bias, a.bias_dt = bias_dt;
+  a.log2_bs = 0;
+  while ((1 << a.log2_bs) < L.blocksize) a.log2_bs++;
+  LnArgs ln;
+  if (norm) ln.w = norm->w, ln.b = norm->b, ln.dt = norm->dt, ln.eps = norm->eps;
+  const bool dq = L.absmax == nullptr;
+  const int m = (int)M;
+  if (L.quant_type == 1) dq ? launch4_epi<1, true>(epi, x, a, out, m, ln, s) : launch4_epi<1, false>(epi, x, a, out, m, ln, s);
+  else dq ? launch4_epi<0, true>(epi, x, a, out, m, ln, s) : launch4_epi<0, false>(epi, x, a, out, m, ln, s);
+  NIBBLE_CUDA_CHECK_LAUNCH("4-bit decode GEMV");
+  return true;
+}
+
+bool decode_gemv_int8(const QLinear& L, DType bias_dt, int epi, float* out, const float* x, int64_t M,
+                      const DecodeNorm* norm, cudaStream_t s) {
+  // Up to 4 rows: with 8 the per-lane activation copies spill and the general path is faster.
+  if (M < 1 || M > 4 || L.K % 16 || !aligned16(x) || !aligned16(L.cb)) return false;
+  if (norm && staged_bytes<16>(M, L.K) > kMaxStaged) return false;
+  W8Args a;
+  a.cb = L.cb, a.scb = L.scb, a.N = L.N, a.K = L.K, a.bias = L.bias, a.bias_dt = bias_dt;
+  a.sparse = L.threshold > 0.0f;
+  a.th = a.sparse ? half_to_float(float_to_half(L.threshold)) : 0.0f;
+  LnArgs ln;
+  if (norm) ln.w = norm->w, ln.b = norm->b, ln.dt = norm->dt, ln.eps = norm->eps;
+  if (epi == kEpilogueGelu) launch8<kEpilogueGelu>(x, a, out, (int)M, ln, s);
+  else if (epi == kEpilogueAccumulate) launch8<kEpilogueAccumulate>(x, a, out, (int)M, ln, s);
+  else launch8<kEpilogueNone>(x, a, out, (int)M, ln, s);
+  NIBBLE_CUDA_CHECK_LAUNCH("int8 decode GEMV");
+  return true;
+}
+
+}  // namespace gpt2_cuda
+}  // namespace nibble

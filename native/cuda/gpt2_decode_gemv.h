@@ -1,0 +1,31 @@
+// Decode-step GEMVs for the GPT-2 plan's quantized layers (gpt2_decode_gemv.cu): float32
+// activations, M <= kDecodeGemvMaxRows rows, the plan's epilogues fused. Each returns false,
+// launching nothing, when the layer or the operands do not suit it (the caller then takes
+// the general path).
+#pragma once
+#include <cstdint>
+
+#include "cuda/gpt2_cuda.h"
+
+namespace nibble {
+namespace gpt2_cuda {
+
+constexpr int64_t kDecodeGemvMaxRows = 8;
+
+// A layernorm applied to x first (its output feeds only this layer), fused into the kernel.
+struct DecodeNorm {
+  const void *w, *b;
+  DType dt;
+  float eps;
+};
+
+// 4-bit layer with float32 compute: out = epilogue(x . dequant(W)^T + bias).
+bool decode_gemv_4bit(const QLinear& L, DType bias_dt, int epilogue, float* out, const float* x, int64_t M,
+                      const DecodeNorm* norm, cudaStream_t s);
+// LLM.int8() layer: the activation quantization, int8 product, dequantization and outlier
+// product of Linear8bitLt.forward in one kernel.
+bool decode_gemv_int8(const QLinear& L, DType bias_dt, int epilogue, float* out, const float* x, int64_t M,
+                      const DecodeNorm* norm, cudaStream_t s);
+
+}  // namespace gpt2_cuda
+}  // namespace nibble

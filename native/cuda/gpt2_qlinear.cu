@@ -1,0 +1,309 @@
+// The GPT-2 plan's Linear layers (QLinear, gpt2_cuda.h): plain, 4-bit and LLM.int8(), each
+// with the plan's epilogues (bias, gelu_new, residual add), float32 activations in and out.
+// A quantized layer reproduces its nn module's forward (lib/nn/Linear4bit.ts,
+// Linear8bitLt.ts) operation by operation, so the plan and the per-op path agree:
+//  - 4-bit, compute float32: for decode (M <= 8) the GEMV of gpt2_decode_gemv.cu, else the
+//    exact-code GEMV per row (M <= 16) with the epilogue fused, else matmul_4bit into
+//    scratch and one epilogue kernel. Other compute dtypes cast x
+//    first and the result back, as the module does.
+//  - int8: for decode (M <= 8) one kernel (gpt2_decode_gemv.cu). Otherwise x rounded to float16; outlier columns (|x| >= threshold in any row) and the
+//    row-wise quantization in one single-block kernel for decode-sized inputs (the per-op
+//    path's three launches and a memset); the int8 GEMV/GEMM with the dequantization fused
+//    (float16 result, as bitsandbytes); then one kernel adds the 16-bit outlier product
+//    in ascending column order (the CPU reference's order), converts to float32 and applies
+//    the epilogue. Nothing waits for the host: the outlier list stays on the device.
+#include <algorithm>
+
+#include "cuda/cast_cuda.h"
+#include "cuda/gpt2_decode_gemv.h"
+#include "cuda/gpt2_device.cuh"
+#include "cuda/quant_cuda.h"
+#include "cuda/quant_device.cuh"
+
+namespace nibble {
+namespace gpt2_cuda {
+
+namespace {
+
+constexpr size_t kAlign = 256;
+size_t up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Decode-sized int8 inputs take the single-block preparation kernel.
+constexpr int kPrepRows = 16;
+constexpr int64_t kPrepMaxCols = 32768;
+constexpr int kPrepThreads = 1024;
+
+struct QScratch {
+  void* xc;        // x in the compute dtype [M, maxK] (4 bytes per element reserved)
+  void* tmp;       // matmul result [M, maxN] (4 bytes per element reserved)
+  int8_t* xq;      // [M, maxK]
+  float* rs;       // [M]
+  uint8_t* flags;  // [maxK]
+  int32_t* list;   // [1 + maxK]: count, then the outlier columns ascending
+};
+
+int64_t max_k(const Gpt2Weights& w) { return std::max(w.C, w.inner); }
+int64_t max_n(const Gpt2Weights& w) { return std::max(3 * w.C, w.inner); }
+
+QScratch carve(void* base, int64_t M, int64_t K, int64_t N) {
+  char* p = static_cast<char*>(base);
+  auto take = [&](size_t bytes) { void* r = p; p += up(bytes); return r; };
+  QScratch q;
+  q.xc = take((size_t)(M * K) * 4);
+  q.tmp = take((size_t)(M * N) * 4);
+  q.xq = (int8_t*)take((size_t)(M * K));
+  q.rs = (float*)take((size_t)M * 4);
+  q.flags = (uint8_t*)take((size_t)K);
+  q.list = (int32_t*)take((size_t)(K + 1) * 4);
+  return q;
+}
+
+__device__ __forceinline__ float gelu_new_dev(float v) {
+  return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+__device__ __forceinline__ float load_any(const void* p, DType dt, int64_t i) {
+  if (dt == DType::F16) return __half2float(static_cast<const __half*>(p)[i]);
+  if (dt == DType::BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  return static_cast<const float*>(p)[i];
+}
+__device__ __forceinline__ void finish(float* out, int64_t i, float v, int epi) {
+  if (epi == kEpilogueGelu) out[i] = gelu_new_dev(v);
+  else if (epi == kEpilogueAccumulate) out[i] += v;
+  else out[i] = v;
+}
+__device__ __forceinline__ float round_half(float v) { return __half2float(__float2half_rn(v)); }
+
+// out = epilogue(float(in) + bias): the tail of the general 4-bit path.
+template <typename TIN>
+__global__ void k_bias_epilogue(float* out, const TIN* __restrict__ in, const void* bias, DType bdt, int epi,
+                                int64_t M, int64_t N) {
+  const int64_t total = M * N;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    float v = to_f32(in[i]);
+    if (bias) v += load_any(bias, bdt, i % N);
+    finish(out, i, v, epi);
+  }
+}
+
+// Exclusive scan over the block (blockDim.x == kPrepThreads); returns this thread's offset
+// and writes the total to *total.
+__device__ int block_exclusive_scan(int v, int* s_warp, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int incl = v;
+  for (int o = 1; o < 32; o <<= 1) {
+    const int t = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += t;
+  }
+  __syncthreads();
+  if (lane == 31) s_warp[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    int w = lane < (int)(blockDim.x >> 5) ? s_warp[lane] : 0;
+    for (int o = 1; o < 32; o <<= 1) {
+      const int t = __shfl_up_sync(0xffffffffu, w, o);
+      if (lane >= o) w += t;
+    }
+    s_warp[lane] = w;  // inclusive over warps
+  }
+  __syncthreads();
+  *total = s_warp[(blockDim.x >> 5) - 1];
+  return (warp ? s_warp[warp - 1] : 0) + incl - v;
+}
+
+// The outlier columns of flags[K] as an ascending list: list[0] = count, list[1..].
+// Each thread owns a contiguous run of columns, so one scan keeps the order.
+__device__ void compact_flags(const uint8_t* flags, int64_t K, int32_t* list, int* s_warp) {
+  const int64_t per = (K + blockDim.x - 1) / blockDim.x;
+  const int64_t c0 = (int64_t)threadIdx.x * per, c1 = min(K, c0 + per);
+  int n = 0;
+  for (int64_t c = c0; c < c1; c++) n += flags[c] ? 1 : 0;
+  int total = 0;
+  int at = block_exclusive_scan(n, s_warp, &total);
+  for (int64_t c = c0; c < c1; c++)
+    if (flags[c]) list[1 + at++] = (int32_t)c;
+  if (threadIdx.x == 0) list[0] = total;
+}
+
+__global__ void __launch_bounds__(kPrepThreads) k_compact_flags(const uint8_t* flags, int64_t K, int32_t* list) {
+  __shared__ int s_warp[32];
+  compact_flags(flags, K, list, s_warp);
+}
+
+// int8_vectorwise_quant of float16(x) for M <= kPrepRows rows in one block, plus the outlier
+// list: the same arithmetic as cpu::int8_vectorwise_quant_ref (see quant_int8.cu).
+__global__ void __launch_bounds__(kPrepThreads)
+    k_int8_prep(const float* __restrict__ x, int M, int64_t K, float th, bool sparse, int8_t* __restrict__ xq,
+                float* __restrict__ rs, uint8_t* __restrict__ flags, int32_t* __restrict__ list) {
+  extern __shared__ uint8_t s_flags[];  // [K]
+  __shared__ float s_max[kPrepThreads / 32][kPrepRows];
+  __shared__ float s_scale[kPrepRows];
+  __shared__ int s_warp[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float mx[kPrepRows];
+#pragma unroll
+  for (int m = 0; m < kPrepRows; m++) mx[m] = 0.0f;
+  for (int64_t c = threadIdx.x; c < K; c += kPrepThreads) {
+    bool outlier = false;
+#pragma unroll
+    for (int m = 0; m < kPrepRows; m++) {
+      if (m < M) {
+        const float a = fabsf(round_half(x[m * K + c]));
+        if (sparse && a >= th) outlier = true;
+        if (!sparse || a < th) mx[m] = fmaxf(mx[m], a);
+      }
+    }
+    s_flags[c] = outlier;
+    flags[c] = outlier;
+  }
+#pragma unroll
+  for (int m = 0; m < kPrepRows; m++) {
+    float v = mx[m];
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) s_max[warp][m] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < (unsigned)M) {
+    float v = 0.0f;
+    for (int w = 0; w < kPrepThreads / 32; w++) v = fmaxf(v, s_max[w][threadIdx.x]);
+    rs[threadIdx.x] = v;
+    s_scale[threadIdx.x] = __fmul_rn(127.0f, cuda::dev::rcp_like_fdividef(v));
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < K; c += kPrepThreads) {
+    const bool o = sparse && s_flags[c];
+    for (int m = 0; m < M; m++) {
+      int q = __float2int_rn(__fmul_rn(round_half(x[m * K + c]), s_scale[m]));  // NaN -> 0
+      xq[m * K + c] = o ? (int8_t)0 : (int8_t)q;
+    }
+  }
+  if (sparse) compact_flags(s_flags, K, list, s_warp);
+  else if (threadIdx.x == 0) list[0] = 0;
+}
+
+// out[m, n] = epilogue(float(half(outh + outlier product)) [+ bias]): the 16-bit half of the
+// mixed decomposition (cpu::int8_outlier_matmul_add's order and rounding), the cast back to
+// float32 and the plan's epilogue. `bias` is added here only when the dequantization could
+// not take it (a bias that is not float16).
+__global__ void k_int8_outliers_epilogue(float* out, const __half* __restrict__ outh, const float* __restrict__ x,
+                                         const int32_t* __restrict__ list, const int8_t* __restrict__ cb,
+                                         const float* __restrict__ scb, const void* bias, DType bdt, int epi,
+                                         int64_t M, int64_t N, int64_t K) {
+  const int64_t total = M * N;
+  const int cnt = list[0];
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t m = i / N, n = i % N;
+    float v = __half2float(outh[i]);
+    if (cnt) {
+      const float s = scb[n];
+      for (int j = 0; j < cnt; j++) {
+        const int64_t c = list[1 + j];
+        const float wv = round_half(__fdiv_rn(__fmul_rn((float)cb[n * K + c], s), 127.0f));
+        v = __fadd_rn(v, __fmul_rn(round_half(x[m * K + c]), wv));
+      }
+      v = round_half(v);
+    }
+    if (bias) v += load_any(bias, bdt, n);
+    finish(out, i, v, epi);
+  }
+}
+
+unsigned grid_for(int64_t n) { return (unsigned)std::min<int64_t>((n + 255) / 256, 132 * 16); }
+
+void launch_epilogue(DType tdt, float* out, const void* tmp, const void* bias, DType bdt, int epi, int64_t M,
+                     int64_t N, cudaStream_t s) {
+  const unsigned g = grid_for(M * N);
+  if (tdt == DType::F16) k_bias_epilogue<__half><<<g, 256, 0, s>>>(out, (const __half*)tmp, bias, bdt, epi, M, N);
+  else if (tdt == DType::BF16)
+    k_bias_epilogue<__nv_bfloat16><<<g, 256, 0, s>>>(out, (const __nv_bfloat16*)tmp, bias, bdt, epi, M, N);
+  else k_bias_epilogue<float><<<g, 256, 0, s>>>(out, (const float*)tmp, bias, bdt, epi, M, N);
+}
+
+void linear_4bit(const QLinear& L, DType dt, int epi, float* out, const float* x, int64_t M, const QScratch& q,
+                 int device, cudaStream_t s) {
+  cuda::Weight4bit w;
+  w.packed = L.packed, w.absmax = L.absmax, w.qabsmax = L.qabsmax, w.nested_absmax = L.nested_absmax;
+  w.nested_code = L.nested_code, w.offset_ptr = L.offset, w.blocksize = L.blocksize;
+  w.qt = (cuda::QuantType)L.quant_type, w.N = L.N, w.K = L.K;
+  if (decode_gemv_4bit(L, dt, epi, out, x, M, nullptr, s)) return;
+  if (L.compute == DType::F32 && M <= 16 && cuda::gemv_4bit_f32_supported(x, w)) {
+    cuda::GemvEpilogue e;
+    e.kind = epi, e.bias = L.bias, e.bias_dt = dt;
+    cuda::gemv_4bit_f32(x, M, w, e, out, s);
+    return;
+  }
+  const void* xc = x;
+  if (L.compute != DType::F32) {
+    cuda_cast::cast(q.xc, L.compute, x, DType::F32, M * L.K, device);
+    xc = q.xc;
+  }
+  // The module adds the bias inside the matmul in the compute dtype; that is only possible
+  // here when the bias already has it.
+  const bool bias_in = L.bias && dt == L.compute;
+  cuda::matmul_4bit(xc, L.compute, M, w, bias_in ? L.bias : nullptr, q.tmp, s);
+  launch_epilogue(L.compute, out, q.tmp, bias_in ? nullptr : L.bias, dt, epi, M, L.N, s);
+}
+
+void linear_int8(const QLinear& L, DType dt, int epi, float* out, const float* x, int64_t M, const QScratch& q,
+                 int device, cudaStream_t s) {
+  const int64_t K = L.K, N = L.N;
+  if (decode_gemv_int8(L, dt, epi, out, x, M, nullptr, s)) return;
+  const bool sparse = L.threshold > 0.0f;
+  const float th = sparse ? half_to_float(float_to_half(L.threshold)) : 0.0f;
+  if (M <= kPrepRows && K <= kPrepMaxCols) {
+    k_int8_prep<<<1, kPrepThreads, (size_t)K, s>>>(x, (int)M, K, th, sparse, q.xq, q.rs, q.flags, q.list);
+    NIBBLE_CUDA_CHECK_LAUNCH("int8 linear: quantizing the activations");
+  } else {
+    cuda_cast::cast(q.xc, DType::F16, x, DType::F32, M * K, device);
+    cuda::int8_vectorwise_quant(q.xc, DType::F16, M, K, L.threshold, q.xq, q.rs, sparse ? q.flags : nullptr, s);
+    if (sparse) k_compact_flags<<<1, kPrepThreads, 0, s>>>(q.flags, K, q.list);
+    else NIBBLE_CUDA_CHECK(cudaMemsetAsync(q.list, 0, 4, s), "int8 linear: outlier count");
+    NIBBLE_CUDA_CHECK_LAUNCH("int8 linear: outlier columns");
+  }
+  const bool bias_in = L.bias && dt == DType::F16;
+  cuda::int8_linear_matmul_dequant(q.xq, L.cb, M, N, K, q.rs, L.scb, bias_in ? (const uint16_t*)L.bias : nullptr,
+                                   (uint16_t*)q.tmp, s);
+  k_int8_outliers_epilogue<<<grid_for(M * N), 256, 0, s>>>(out, (const __half*)q.tmp, x, q.list, L.cb, L.scb,
+                                                          bias_in ? nullptr : L.bias, dt, epi, M, N, K);
+  NIBBLE_CUDA_CHECK_LAUNCH("int8 linear: outlier product");
+}
+
+}  // namespace
+
+size_t qlinear_scratch_bytes(const Gpt2Weights& w, int64_t M) {
+  if (!w.quantized) return 0;
+  const int64_t K = max_k(w), N = max_n(w);
+  return up((size_t)(M * K) * 4) + up((size_t)(M * N) * 4) + up((size_t)(M * K)) + up((size_t)M * 4) + up((size_t)K) +
+         up((size_t)(K + 1) * 4);
+}
+
+void qlinear(const QLinear& L, DType dt, int epilogue, float* out, const float* x, int64_t M, void* qscratch,
+             int device) {
+  if (L.kind == QLinear::kPlain) {
+    linear_ex(0, epilogue, out, x, L.w, L.bias, dt, M, L.K, L.N, device);
+    return;
+  }
+  if (M == 0) return;
+  cudaStream_t s = begin(device);
+  // Carved for this layer's own K and N (within the plan-wide maxima the scratch was sized for).
+  const QScratch q = carve(qscratch, M, L.K, L.N);
+  if (L.kind == QLinear::k4bit) linear_4bit(L, dt, epilogue, out, x, M, q, device, s);
+  else linear_int8(L, dt, epilogue, out, x, M, q, device, s);
+  NIBBLE_CUDA_CHECK_LAUNCH("quantized linear [" + std::to_string(M) + "x" + std::to_string(L.K) + "] x [" +
+                           std::to_string(L.N) + "x" + std::to_string(L.K) + "]^T");
+}
+
+void qlinear_ln(const QLinear& L, const void* ln_w, const void* ln_b, float eps, DType dt, int epilogue, float* out,
+                const float* x, float* h, int64_t M, void* qscratch, int device) {
+  if (M > 0 && L.kind != QLinear::kPlain) {
+    cudaStream_t s = begin(device);
+    const DecodeNorm norm{ln_w, ln_b, dt, eps};
+    const bool fused = L.kind == QLinear::k4bit ? decode_gemv_4bit(L, dt, epilogue, out, x, M, &norm, s)
+                                                : decode_gemv_int8(L, dt, epilogue, out, x, M, &norm, s);
+    if (fused) return;
+  }
+  layernorm(h, x, ln_w, ln_b, dt, M, L.K, eps, device);
+  qlinear(L, dt, epilogue, out, h, M, qscratch, device);
+}
+
+}  // namespace gpt2_cuda
+}  // namespace nibble
