@@ -13,6 +13,7 @@
 // and then across the warp (the CPU adds it column by column: the float sums may differ in
 // the last bits, as any two summation orders do).
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda/gpt2_decode_gemv.h"
 #include "cuda/gpt2_device.cuh"
@@ -45,8 +46,9 @@ __device__ __forceinline__ float round_half(float v) { return __half2float(__flo
 // Activations staged in shared memory (SX): a lane reads the E floats of its chunk, so in
 // global memory the lanes of one load sit E*4 bytes apart (32 cache lines per instruction);
 // in shared memory, padded by 4 floats per E, the same loads take the minimum 4 wavefronts.
+// (Chunks of 16 bytes of activations, E = 4, are conflict-free unpadded.)
 template <int E>
-__device__ __forceinline__ int64_t padded(int64_t k) { return k + (k / E) * 4; }
+__device__ __host__ __forceinline__ int64_t padded(int64_t k) { return k + (E >= 8 ? (k / E) * 4 : 0); }
 template <int E>
 __device__ void stage_x(float* s_x, const float* __restrict__ x, int M, int64_t K) {
   const int64_t K4 = K / 4, Kp = padded<E>(K);
@@ -91,118 +93,139 @@ __device__ void stage_x_ln(float* s_x, const float* __restrict__ x, int M, int64
 template <int E>
 __device__ __forceinline__ const float4* x_chunk(bool staged, const float* s_x, const float* x, int m, int64_t K,
                                                  int64_t c) {
-  return staged ? reinterpret_cast<const float4*>(s_x + m * padded<E>(K) + c * (E + 4))
+  return staged ? reinterpret_cast<const float4*>(s_x + m * padded<E>(K) + padded<E>(c * E))
                 : reinterpret_cast<const float4*>(x + m * K + c * E);
 }
 template <int E>
-size_t staged_bytes(int64_t M, int64_t K) { return (size_t)(M * (K + K / E * 4)) * 4; }
+size_t staged_bytes(int64_t M, int64_t K) { return (size_t)(M * padded<E>(K)) * 4; }
 constexpr size_t kMaxStaged = 96 * 1024;
 
-// ---- 4-bit -------------------------------------------------------------------------------------
-struct W4Args {
+// ---- float and 4-bit weights -----------------------------------------------------------------
+// A weight format says how a 16-byte chunk of a row becomes E float weights times a scale
+// (only the 4-bit one here: float16 layers keep linear_small_m_kernel, which measured faster
+// than this kernel with a fused layernorm for them, 368 vs 317 tokens/s on GPT-2 XL).
+template <int KIND, bool DQ>
+struct Format4 {  // bitsandbytes NF4/FP4, absmax plain or double-quantized
+  static constexpr int E = 32;
+  static constexpr bool kTable = true;
+  static constexpr int kKind = KIND;
+  struct Meta {
+    uint32_t q;
+    float a;
+  };
   const uint8_t* packed;
   const float* absmax;
   const uint8_t* qabsmax;
   const float* nested;
   const float* ncode;
-  const float* offset;
+  const float* offset_ptr;  // device scalar (the graph replays launches: no host copy)
+  float offset;             // read once per block by prepare()
   int log2_bs;
-  int64_t N, K;
-  const void* bias;
-  DType bias_dt;
-};
-
-template <int KIND, bool DQ, int MT, int EPI, bool SX>
-__global__ void __launch_bounds__(kThreads)
-    k_decode_gemv4(const float* __restrict__ x, W4Args w, float* out, int M, int KS, LnArgs ln) {
-  extern __shared__ float4 s_dyn[];
-  float* s_x = reinterpret_cast<float*>(s_dyn);
-  __shared__ float s_code[16];
-  __shared__ float s_part[kWarps][MT];
-  __shared__ float s_red[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS;
-  const int64_t n0 = (int64_t)blockIdx.x * (kWarps / KS) + warp / KS;
-  const bool live = n0 < w.N;
-  const int64_t n = live ? n0 : 0;
-  const int64_t C = live ? w.K >> 5 : 0;  // 32 codes per 16-byte chunk
-  const uint4* row = reinterpret_cast<const uint4*>(w.packed + n * (w.K >> 1));
-  // The first chunk's weight and scale are requested before the prologue, so their DRAM
-  // latency overlaps it; each later chunk is requested one step ahead.
-  struct Chunk {
-    uint4 raw;
-    uint32_t q;
-    float a;
-  };
-  auto fetch = [&](int64_t c) {
-    Chunk r{make_uint4(0, 0, 0, 0), 0u, 0.0f};
-    if (c < C) {
-      r.raw = __ldcs(row + c);
-      const int64_t blk = (n * w.K + c * 32) >> w.log2_bs;
-      if (DQ) r.q = __ldg(w.qabsmax + blk), r.a = __ldg(w.nested + (blk >> 8));
-      else r.a = __ldg(w.absmax + blk);
-    }
-    return r;
-  };
-  int64_t c = lane + 32 * ks;
-  Chunk cur = fetch(c);
-  const float off = DQ ? __ldg(w.offset) : 0.0f;
-  if (SX) {
-    if (ln.w) stage_x_ln<32>(s_x, x, M, w.K, ln, s_red);
-    else stage_x<32>(s_x, x, M, w.K);
+  int64_t K;
+  __device__ __forceinline__ void prepare() { offset = DQ ? __ldg(offset_ptr) : 0.0f; }
+  __device__ __forceinline__ uint4 load(int64_t n, int64_t c) const {
+    return __ldcs(reinterpret_cast<const uint4*>(packed + n * (K >> 1)) + c);
   }
-  if (threadIdx.x < 16)
-    s_code[threadIdx.x] = KIND == 1 ? cuda::dev::c_tables4.nf4_values[threadIdx.x] : cuda::dev::c_tables4.fp4_values[threadIdx.x];
-  __syncthreads();
-  float acc[MT];
-#pragma unroll
-  for (int m = 0; m < MT; m++) acc[m] = 0.0f;
-  while (c < C) {
-    const int64_t cn = c + 32 * KS;
-    const Chunk nxt = fetch(cn);
-    const float am = DQ ? cuda::dev::dq_absmax(w.ncode, (uint8_t)cur.q, cur.a, off) : cur.a;
-    const uint32_t words[4] = {cur.raw.x, cur.raw.y, cur.raw.z, cur.raw.w};
-    float wv[32];
+  __device__ __forceinline__ Meta meta(int64_t n, int64_t c) const {
+    const int64_t blk = (n * K + c * 32) >> log2_bs;
+    if (DQ) return {__ldg(qabsmax + blk), __ldg(nested + (blk >> 8))};
+    return {0u, __ldg(absmax + blk)};
+  }
+  __device__ __forceinline__ float decode(const uint4& r, Meta m, const float* tab, float* f) const {
+    const uint32_t words[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
     for (int q = 0; q < 4; q++)
 #pragma unroll
       for (int b = 0; b < 4; b++) {
         const uint32_t byte = (words[q] >> (8 * b)) & 0xffu;
-        wv[(q * 4 + b) * 2] = s_code[byte >> 4];
-        wv[(q * 4 + b) * 2 + 1] = s_code[byte & 15u];
+        f[(q * 4 + b) * 2] = tab[byte >> 4];
+        f[(q * 4 + b) * 2 + 1] = tab[byte & 15u];
       }
+    return DQ ? cuda::dev::dq_absmax(ncode, (uint8_t)m.q, m.a, offset) : m.a;
+  }
+};
+
+// Each block loops over groups of kWarps / KS rows (a grid of about one wave, so the prologue
+// is paid once per block); KS warps share a row. A lane's chunk loads run one step ahead,
+// across row boundaries too, and the first is issued before the prologue.
+template <typename F, int MT, int EPI, bool SX>
+__global__ void __launch_bounds__(kThreads)
+    k_decode_gemv(const float* __restrict__ x, F f, int64_t N, const void* bias, DType bias_dt, float* out, int M,
+                  int KS, LnArgs ln) {
+  constexpr int E = F::E;
+  f.prepare();
+  extern __shared__ float4 s_dyn[];
+  float* s_x = reinterpret_cast<float*>(s_dyn);
+  __shared__ float s_code[16];
+  __shared__ float s_part[kWarps][MT];
+  __shared__ float s_red[32];
+  const int64_t K = f.K;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS, RB = kWarps / KS;
+  const int64_t C = K / E, c0 = lane + 32 * ks, stride = (int64_t)gridDim.x * RB;
+  struct Chunk {
+    uint4 raw;
+    typename F::Meta meta;
+  };
+  auto fetch = [&](int64_t n, int64_t c) {
+    Chunk r;
+    r.raw = make_uint4(0, 0, 0, 0);
+    r.meta = typename F::Meta();
+    if (n < N && c < C) r.raw = f.load(n, c), r.meta = f.meta(n, c);
+    return r;
+  };
+  int64_t n = (int64_t)blockIdx.x * RB + warp / KS;
+  Chunk cur = fetch(n, c0);
+  if (SX) {
+    if (ln.w) stage_x_ln<E>(s_x, x, M, K, ln, s_red);
+    else stage_x<E>(s_x, x, M, K);
+  }
+  if (F::kTable && threadIdx.x < 16)
+    s_code[threadIdx.x] = F::kKind == 1 ? cuda::dev::c_tables4.nf4_values[threadIdx.x] : cuda::dev::c_tables4.fp4_values[threadIdx.x];
+  __syncthreads();
+  for (int64_t base = (int64_t)blockIdx.x * RB; base < N; base += stride, n += stride) {
+    float acc[MT];
+#pragma unroll
+    for (int m = 0; m < MT; m++) acc[m] = 0.0f;
+    for (int64_t c = (n < N ? c0 : C); c < C; c += 32 * KS) {
+      const int64_t cn = c + 32 * KS;
+      const Chunk nxt = cn < C ? fetch(n, cn) : fetch(n + stride, c0);
+      float wv[E];
+      const float scale = f.decode(cur.raw, cur.meta, s_code, wv);
+#pragma unroll
+      for (int m = 0; m < MT; m++) {
+        if (m < M) {
+          const float4* xp = x_chunk<E>(SX, s_x, x, m, K, c);
+          float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+          for (int j = 0; j < E / 4; j++) {
+            const float4 xv = xp[j];
+            d0 = fmaf(wv[4 * j], xv.x, d0);
+            d1 = fmaf(wv[4 * j + 1], xv.y, d1);
+            d0 = fmaf(wv[4 * j + 2], xv.z, d0);
+            d1 = fmaf(wv[4 * j + 3], xv.w, d1);
+          }
+          acc[m] = fmaf(scale, d0 + d1, acc[m]);
+        }
+      }
+      cur = nxt;
+    }
 #pragma unroll
     for (int m = 0; m < MT; m++) {
-      if (m < M) {
-        const float4* xp = x_chunk<32>(SX, s_x, x, m, w.K, c);
-        float d0 = 0.0f, d1 = 0.0f;
+      acc[m] = warp_sum(acc[m]);
+      if (KS > 1 && lane == 0) s_part[warp][m] = acc[m];
+    }
+    if (KS > 1) __syncthreads();
+    if (n < N && ks == 0 && lane == 0) {
+      const float b = bias_at(bias, bias_dt, n);
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-          const float4 xv = xp[j];
-          d0 = fmaf(wv[4 * j], xv.x, d0);
-          d1 = fmaf(wv[4 * j + 1], xv.y, d1);
-          d0 = fmaf(wv[4 * j + 2], xv.z, d0);
-          d1 = fmaf(wv[4 * j + 3], xv.w, d1);
-        }
-        acc[m] = fmaf(am, d0 + d1, acc[m]);
+      for (int m = 0; m < MT; m++) {
+        if (m >= M) continue;
+        float s = acc[m];
+        for (int i = 1; i < KS; i++) s += s_part[warp + i][m];
+        store<EPI>(out + m * N + n, s + b);
       }
     }
-    cur = nxt;
-    c = cn;
-  }
-#pragma unroll
-  for (int m = 0; m < MT; m++) {
-    acc[m] = warp_sum(acc[m]);
-    if (KS > 1 && lane == 0) s_part[warp][m] = acc[m];
-  }
-  if (KS > 1) __syncthreads();
-  if (!live || ks != 0 || lane != 0) return;
-  const float b = bias_at(w.bias, w.bias_dt, n);
-#pragma unroll
-  for (int m = 0; m < MT; m++) {
-    if (m >= M) continue;
-    float s = acc[m];
-    for (int i = 1; i < KS; i++) s += s_part[warp + i][m];
-    store<EPI>(out + m * w.N + n, s + b);
+    if (KS > 1) __syncthreads();  // s_part is reused by the next row group
   }
 }
 
@@ -364,33 +387,50 @@ __global__ void __launch_bounds__(kThreads)
 // Warps per output row: one per ~2 KB of the row (see linear_small_m_kernel).
 int warps_per_row(int64_t row_bytes) { return row_bytes > 8192 ? 8 : row_bytes > 4096 ? 4 : row_bytes > 2048 ? 2 : 1; }
 
-template <int KIND, bool DQ, int MT, int EPI>
-void launch4_mt(const float* x, const W4Args& a, float* out, int M, int KS, unsigned g, const LnArgs& ln,
-                cudaStream_t s) {
-  const size_t smem = staged_bytes<32>(M, a.K);
+// About one wave of blocks: the kernel loops over row groups.
+template <typename Kernel>
+unsigned wave_grid(Kernel k, size_t smem, int64_t groups) {
+  static int sms = [] {
+    int d = 0, n = 0;
+    cudaGetDevice(&d);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, d);
+    return n > 0 ? n : 132;
+  }();
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>(groups, (int64_t)sms * per_sm));
+}
+
+template <typename F, int MT, int EPI>
+void launch_mt(const float* x, const F& f, int64_t N, const void* bias, DType bdt, float* out, int M, int KS,
+               const LnArgs& ln, cudaStream_t s) {
+  const int64_t groups = (N + kWarps / KS - 1) / (kWarps / KS);
+  const size_t smem = staged_bytes<F::E>(M, f.K);
   if (smem <= kMaxStaged) {
-    auto k = k_decode_gemv4<KIND, DQ, MT, EPI, true>;
+    auto k = k_decode_gemv<F, MT, EPI, true>;
     if (smem > 48 * 1024)
-      NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "4-bit decode GEMV");
-    k<<<g, kThreads, smem, s>>>(x, a, out, M, KS, ln);
+      NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "decode GEMV");
+    k<<<wave_grid(k, smem, groups), kThreads, smem, s>>>(x, f, N, bias, bdt, out, M, KS, ln);
   } else {
-    k_decode_gemv4<KIND, DQ, MT, EPI, false><<<g, kThreads, 0, s>>>(x, a, out, M, KS, ln);
+    auto k = k_decode_gemv<F, MT, EPI, false>;
+    k<<<wave_grid(k, 0, groups), kThreads, 0, s>>>(x, f, N, bias, bdt, out, M, KS, ln);
   }
 }
-template <int KIND, bool DQ, int EPI>
-void launch4(const float* x, const W4Args& a, float* out, int M, const LnArgs& ln, cudaStream_t s) {
-  const int KS = warps_per_row(a.K / 2);
-  const unsigned g = blocks_for(a.N, kWarps / KS);
-  if (M == 1) launch4_mt<KIND, DQ, 1, EPI>(x, a, out, M, KS, g, ln, s);
-  else if (M == 2) launch4_mt<KIND, DQ, 2, EPI>(x, a, out, M, KS, g, ln, s);
-  else if (M <= 4) launch4_mt<KIND, DQ, 4, EPI>(x, a, out, M, KS, g, ln, s);
-  else launch4_mt<KIND, DQ, 8, EPI>(x, a, out, M, KS, g, ln, s);
+template <typename F, int EPI>
+void launch_m(const float* x, const F& f, int64_t N, const void* bias, DType bdt, float* out, int M, const LnArgs& ln,
+              cudaStream_t s) {
+  const int KS = warps_per_row(f.K * 16 / F::E);
+  if (M == 1) launch_mt<F, 1, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
+  else if (M == 2) launch_mt<F, 2, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
+  else if (M <= 4) launch_mt<F, 4, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
+  else launch_mt<F, 8, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
 }
-template <int KIND, bool DQ>
-void launch4_epi(int epi, const float* x, const W4Args& a, float* out, int M, const LnArgs& ln, cudaStream_t s) {
-  if (epi == kEpilogueGelu) launch4<KIND, DQ, kEpilogueGelu>(x, a, out, M, ln, s);
-  else if (epi == kEpilogueAccumulate) launch4<KIND, DQ, kEpilogueAccumulate>(x, a, out, M, ln, s);
-  else launch4<KIND, DQ, kEpilogueNone>(x, a, out, M, ln, s);
+template <typename F>
+void launch_epi(int epi, const float* x, const F& f, int64_t N, const void* bias, DType bdt, float* out, int M,
+                const LnArgs& ln, cudaStream_t s) {
+  if (epi == kEpilogueGelu) launch_m<F, kEpilogueGelu>(x, f, N, bias, bdt, out, M, ln, s);
+  else if (epi == kEpilogueAccumulate) launch_m<F, kEpilogueAccumulate>(x, f, N, bias, bdt, out, M, ln, s);
+  else launch_m<F, kEpilogueNone>(x, f, N, bias, bdt, out, M, ln, s);
 }
 template <int MT, int EPI>
 void launch8_mt(const float* x, const W8Args& a, float* out, int M, int KS, unsigned g, const LnArgs& ln,
@@ -424,17 +464,19 @@ bool decode_gemv_4bit(const QLinear& L, DType bias_dt, int epi, float* out, cons
       L.blocksize < 32)
     return false;
   if (norm && staged_bytes<32>(M, L.K) > kMaxStaged) return false;  // the layernorm needs the staged copy
-  W4Args a;
-  a.packed = L.packed, a.absmax = L.absmax, a.qabsmax = L.qabsmax, a.nested = L.nested_absmax;
-  a.ncode = L.nested_code, a.offset = L.offset, a.N = L.N, a.K = L.K, a.bias = L.bias, a.bias_dt = bias_dt;
-  a.log2_bs = 0;
-  while ((1 << a.log2_bs) < L.blocksize) a.log2_bs++;
+  int l2 = 0;
+  while ((1 << l2) < L.blocksize) l2++;
   LnArgs ln;
   if (norm) ln.w = norm->w, ln.b = norm->b, ln.dt = norm->dt, ln.eps = norm->eps;
-  const bool dq = L.absmax == nullptr;
   const int m = (int)M;
-  if (L.quant_type == 1) dq ? launch4_epi<1, true>(epi, x, a, out, m, ln, s) : launch4_epi<1, false>(epi, x, a, out, m, ln, s);
-  else dq ? launch4_epi<0, true>(epi, x, a, out, m, ln, s) : launch4_epi<0, false>(epi, x, a, out, m, ln, s);
+  auto go = [&](auto fmt) {
+    fmt.packed = L.packed, fmt.absmax = L.absmax, fmt.qabsmax = L.qabsmax, fmt.nested = L.nested_absmax;
+    fmt.ncode = L.nested_code, fmt.offset_ptr = L.offset, fmt.offset = 0.0f, fmt.log2_bs = l2, fmt.K = L.K;
+    launch_epi(epi, x, fmt, L.N, L.bias, bias_dt, out, m, ln, s);
+  };
+  const bool dq = L.absmax == nullptr;
+  if (L.quant_type == 1) dq ? go(Format4<1, true>{}) : go(Format4<1, false>{});
+  else dq ? go(Format4<0, true>{}) : go(Format4<0, false>{});
   NIBBLE_CUDA_CHECK_LAUNCH("4-bit decode GEMV");
   return true;
 }

@@ -70,8 +70,9 @@ void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const
       src = last;
     }
   }
-  layernorm(h, src, w.lnf_w, w.lnf_b, w.dt, rows, C, w.eps, device);
-  linear_ex(0, kEpilogueNone, logits, h, w.lm_head, nullptr, w.dt, rows, C, w.V, device);
+  QLinear head;
+  head.N = w.V, head.K = C, head.w = w.lm_head;
+  qlinear_ln(head, w.lnf_w, w.lnf_b, w.eps, w.dt, kEpilogueNone, logits, src, h, rows, qs, device);
 }
 
 }  // namespace gpt2_cuda

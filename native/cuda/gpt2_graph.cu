@@ -53,8 +53,9 @@ void capture(DecodeGraph* g, float* const* kc, float* const* vc) {
       qlinear_ln(L.fc, L.ln2_w, L.ln2_b, w.eps, w.dt, kEpilogueGelu, fc, x, h, B, qs, g->device);
       qlinear(L.mproj, w.dt, kEpilogueAccumulate, x, fc, B, qs, g->device);
     }
-    layernorm(h, x, w.lnf_w, w.lnf_b, w.dt, B, C, w.eps, g->device);
-    linear_ex(0, kEpilogueNone, g->logits, h, w.lm_head, nullptr, w.dt, B, C, w.V, g->device);
+    QLinear head;
+    head.N = w.V, head.K = C, head.w = w.lm_head;
+    qlinear_ln(head, w.lnf_w, w.lnf_b, w.eps, w.dt, kEpilogueNone, g->logits, x, h, B, qs, g->device);
   } catch (...) {
     cudaStreamEndCapture(s, &graph);  // leave the stream usable
     if (graph) cudaGraphDestroy(graph);

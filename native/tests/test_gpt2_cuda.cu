@@ -307,6 +307,30 @@ void test_qlinear_int8(int64_t M, int64_t K, int64_t N, float threshold, int epi
           out.get(), want, 2e-3);
 }
 
+// Plain layers through the plan: qlinear and qlinear_ln (layernorm, then the float GEMV).
+void test_qlinear_plain(int64_t M, int64_t K, int64_t N, DType dt, int epi, bool ln) {
+  auto x = randn(M * K, 1.f, 0.3f), resid = randn(M * N);
+  std::vector<float> wf, bf, lnwf, lnbf;
+  auto wb = encode(randn(N * K, 1.f / std::sqrt((float)K)), dt, &wf);
+  auto bb = encode(randn(N, 0.1f), dt, &bf);
+  auto lnw = encode(randn(K, 0.3f, 1.f), dt, &lnwf), lnb = encode(randn(K, 0.1f), dt, &lnbf);
+  std::vector<float> xin = x, lin(M * N), want(M * N);
+  if (ln) cpu::layernorm_ref(xin.data(), x.data(), lnw.data(), lnb.data(), dt, M, K, 1e-5f);
+  cpu::linear_ref(lin.data(), xin.data(), wb.data(), bb.data(), dt, M, K, N);
+  if (epi == gpt2_cuda::kEpilogueGelu) cpu::gelu_new_ref(want.data(), lin.data(), M * N);
+  else if (epi == gpt2_cuda::kEpilogueAccumulate) cpu::add_ref(want.data(), resid.data(), lin.data(), M * N);
+  else want = lin;
+  Dev dx(x), dw(wb), db(bb), dlw(lnw), dlb(lnb), out(resid), h(M * K * 4), scratch(4096);
+  gpt2_cuda::QLinear L;
+  L.N = N, L.K = K, L.w = dw.p, L.bias = db.p;
+  if (epi != gpt2_cuda::kEpilogueAccumulate) out.poison();
+  if (ln) gpt2_cuda::qlinear_ln(L, dlw.p, dlb.p, 1e-5f, dt, epi, out.as(), dx.as(), h.as(), M, scratch.p, 0);
+  else gpt2_cuda::qlinear(L, dt, epi, out.as(), dx.as(), M, scratch.p, 0);
+  compare(std::string(ln ? "qlinear+ln" : "qlinear") + " plain " + dtn(dt) + " epi " + std::to_string(epi) + " M=" +
+              std::to_string(M) + " K=" + std::to_string(K) + " N=" + std::to_string(N),
+          out.get(), want, 1e-5);
+}
+
 int main(int argc, char** argv) {
   const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::random_device{}();
   rng.seed(seed);
@@ -349,6 +373,10 @@ int main(int argc, char** argv) {
     test_attention(1, 25, 64, 1, 40, 64, false); // XL's head count, decode only
     test_attention(2, 2, 8, 600, 1, 700, true);  // a long prompt: many keys per thread
     for (DType dt : dts) test_layernorm(2, 3000, dt), test_linear(1, 1, 6400, 77, dt, true), test_linear(1, 8, 3100, 45, dt, false);
+    for (DType dt : dts)
+      for (int64_t M : {1, 2, 5, 8, 9})
+        for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{64, 33}, {1600, 257}, {6400, 40}, {36, 5}})
+          test_qlinear_plain(M, kn.first, kn.second, dt, (int)((M + kn.second) % 3), (M + kn.first) % 2 == 0);
     for (int64_t M : {1, 2, 3, 8, 16, 20})
       for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{64, 33}, {1600, 100}, {6400, 75}, {8192, 16}})
         for (int epi = 0; epi < 3; epi++) {
