@@ -6,6 +6,7 @@ import {
   isGenerationOptionKey, resolveGenerationConfig, unknownOptionError,
   type GenerationConfig, type GenerationOptions,
 } from './generation-config.js';
+import { DeviceSampler } from './device-sampler.js';
 import { buildLogitsProcessors } from './logits-processors.js';
 import { Xoshiro128, argmax, sampleToken } from './sampler.js';
 import { EosCriterion, StopStringCriterion, type TextDecoderLike } from './stopping.js';
@@ -203,6 +204,8 @@ async function* decodeLoop(
   const stops = tokenizer ? new StopStringCriterion(config.stopStrings, tokenizer) : null;
   const padId = config.padTokenId ?? config.eosTokenId[0] ?? 0;
   const finished = new Array<boolean>(batch).fill(false);
+  // Logits on a GPU: the processors and the choice run there and only the ids come back.
+  const deviceSampler = DeviceSampler.create(config);
 
   let cache: KVCache | undefined;
   let out: ForwardOutput | undefined;
@@ -220,20 +223,32 @@ async function* decodeLoop(
       const vocab = shape[shape.length - 1]!;
       const positions = shape.length === 3 ? shape[1]! : 1;
       if (shape[0] !== batch) throw new Error(`generate: the model returned logits [${shape.join(', ')}] for a batch of ${batch}`);
-      const data = await logits.toFloat32();
-      logits.dispose();
-
-      const tokens = new Array<number>(batch);
-      for (let b = 0; b < batch; b++) {
-        if (finished[b]) {
-          tokens[b] = padId;
-          continue;
+      let tokens: number[] | null = null;
+      if (deviceSampler?.accepts(logits)) {
+        const active: number[] = [];
+        for (let b = 0; b < batch; b++) if (!finished[b]) active.push(b);
+        const picked = await deviceSampler.sample(logits, active, seqs, rng);
+        if (picked) {
+          tokens = new Array<number>(batch).fill(padId);
+          active.forEach((b, i) => (tokens![b] = picked[i]!));
         }
-        const start = (b * positions + positions - 1) * vocab;
-        const scores = data.subarray(start, start + vocab);
-        for (const p of processors) p(scores, seqs[b]!);
-        tokens[b] = rng ? sampleToken(scores, rng) : argmax(scores);
       }
+      if (!tokens) {
+        // The host path: the whole logits tensor comes back (also when the GPU left a row to it).
+        const data = await logits.toFloat32();
+        tokens = new Array<number>(batch);
+        for (let b = 0; b < batch; b++) {
+          if (finished[b]) {
+            tokens[b] = padId;
+            continue;
+          }
+          const start = (b * positions + positions - 1) * vocab;
+          const scores = data.subarray(start, start + vocab);
+          for (const p of processors) p(scores, seqs[b]!);
+          tokens[b] = rng ? sampleToken(scores, rng) : argmax(scores);
+        }
+      }
+      logits.dispose();
       for (let b = 0; b < batch; b++) {
         seqs[b]!.push(tokens[b]!);
         masks[b]!.push(1);

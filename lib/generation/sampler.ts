@@ -40,6 +40,16 @@ export class Xoshiro128 {
     return g;
   }
 
+  /** The four state words (for saving a position in the stream and going back to it). */
+  state(): [number, number, number, number] {
+    return [this.s0, this.s1, this.s2, this.s3];
+  }
+
+  /** Goes back to a position saved with state(). */
+  restore(state: readonly [number, number, number, number]): void {
+    [this.s0, this.s1, this.s2, this.s3] = state;
+  }
+
   /** Uniform 32-bit unsigned integer. */
   nextUint32(): number {
     const result = Math.imul(rotl(Math.imul(this.s1, 5), 7), 9) >>> 0;

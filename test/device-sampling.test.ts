@@ -1,0 +1,257 @@
+// Sampling on the GPU (lib/generation/device-sampler.ts, native/cuda/sampling.cu).
+// Without a GPU: the JS side (packing, the generator's rewind, decodeLoop's use of the
+// device path, its fallback to the host and NIBBLE_DEVICE_SAMPLING=0) runs against a stand-in
+// for the native sampleTokens built from the host processors, on logits that claim to live on
+// cuda:0. With a GPU: the kernel against the host processors on random rows and real logits,
+// and fortune-gpt2 generation with device sampling against host sampling.
+import { afterEach, describe, expect, it } from 'vitest';
+import type { DeviceSamplingConfig, NativeBinding, TensorLike } from '../binding.js';
+import {
+  DeviceSampler, deviceSamplingAllowed, deviceSamplingConfig, packHistories,
+} from '../lib/generation/device-sampler.js';
+import { generate } from '../lib/generation/generate.js';
+import { GENERATION_DEFAULTS, resolveGenerationConfig, type GenerationOptions } from '../lib/generation/generation-config.js';
+import { buildLogitsProcessors } from '../lib/generation/logits-processors.js';
+import { Xoshiro128, argmax, sampleToken } from '../lib/generation/sampler.js';
+import type { CausalLM, ForwardOptions, ForwardOutput } from '../lib/models/types.js';
+import { loadGPT2 } from '../lib/models/gpt2-loader.js';
+import { native } from '../lib/native.js';
+import { Tensor } from '../lib/tensor.js';
+import { FakeLM, mulberry32 } from './helpers/fake-lm.js';
+
+const hasGpu = native().info().cudaDeviceCount > 0;
+const FORTUNE = 'models/fortune-gpt2';
+
+/** The host's choice for one row: buildLogitsProcessors then argmax or sampleToken with this u. */
+function hostChoice(row: Float32Array, history: readonly number[], cfg: DeviceSamplingConfig, u: number): number {
+  const config = { ...GENERATION_DEFAULTS, ...cfg, minP: cfg.minP ?? null };
+  const scores = row.slice();
+  for (const p of buildLogitsProcessors(config)) p(scores, history);
+  return config.doSample ? sampleToken(scores, { nextFloat: () => u } as unknown as Xoshiro128) : argmax(scores);
+}
+
+const SETS: [string, GenerationOptions][] = [
+  ['greedy', { doSample: false }],
+  ['greedy rp1.3', { doSample: false, repetitionPenalty: 1.3 }],
+  ['sample (topK 50 default)', { doSample: true }],
+  ['t0.7 topK5', { doSample: true, temperature: 0.7, topK: 5 }],
+  ['topP0.9', { doSample: true, topK: 0, topP: 0.9 }],
+  ['minP0.1', { doSample: true, topK: 0, minP: 0.1 }],
+  ['all + rp', { doSample: true, temperature: 1.3, topK: 20, topP: 0.8, minP: 0.02, repetitionPenalty: 1.2 }],
+];
+
+describe('device sampler: the JS side', () => {
+  it('packs histories and the config', () => {
+    const { history, offsets } = packHistories([0, 2], [[1, 2], [9], [3, 4, 5]]);
+    expect(Array.from(history)).toEqual([1, 2, 3, 4, 5]);
+    expect(Array.from(offsets)).toEqual([0, 2, 5]);
+    const cfg = resolveGenerationConfig({ doSample: true, topP: 0.5, minP: 0.1, repetitionPenalty: 1.1 });
+    expect(deviceSamplingConfig(cfg)).toEqual({
+      doSample: true, temperature: 1, topK: 50, topP: 0.5, minP: 0.1, repetitionPenalty: 1.1, minTokensToKeep: 1,
+    });
+  });
+
+  it('NIBBLE_DEVICE_SAMPLING=0 turns it off', () => {
+    expect(deviceSamplingAllowed({})).toBe(true);
+    expect(deviceSamplingAllowed({ NIBBLE_DEVICE_SAMPLING: '1' })).toBe(true);
+    for (const v of ['0', 'false', 'off']) expect(deviceSamplingAllowed({ NIBBLE_DEVICE_SAMPLING: v })).toBe(false);
+    expect(DeviceSampler.create(resolveGenerationConfig({}), { NIBBLE_DEVICE_SAMPLING: '0' })).toBeNull();
+  });
+
+  it('the generator rewinds to a saved state', () => {
+    const g = new Xoshiro128(42);
+    g.nextFloat();
+    const s = g.state();
+    const a = [g.nextFloat(), g.nextFloat()];
+    g.restore(s);
+    expect([g.nextFloat(), g.nextFloat()]).toEqual(a);
+  });
+
+  it('the addon has sampleTokens, and it refuses logits in host memory', async () => {
+    const b = native();
+    expect(typeof b.sampleTokens).toBe('function');
+    const t = Tensor.from(new Float32Array(8), [2, 4]);
+    expect(() => b.sampleTokens(t, Int32Array.of(0), null, null, null, deviceSamplingConfig(resolveGenerationConfig({})))).toThrow(
+      /logits must be on a CUDA device/,
+    );
+    t.dispose();
+  });
+});
+
+/** Logits that say they live on cuda:0; reads are counted (the device path must not read them). */
+class FakeGpuLogits {
+  readonly device = 'cuda:0';
+  readonly dtype = 'float32';
+  disposed = false;
+  constructor(
+    readonly data: Float32Array,
+    readonly shape: number[],
+    private readonly reads: { n: number },
+  ) {}
+  async toFloat32(): Promise<Float32Array> {
+    this.reads.n++;
+    return this.data;
+  }
+  dispose(): void {
+    this.disposed = true;
+  }
+}
+
+/** FakeLM whose logits claim to be on the GPU. */
+class FakeGpuLM implements CausalLM {
+  readonly reads = { n: 0 };
+  constructor(readonly inner: FakeLM) {}
+  get config() {
+    return this.inner.config;
+  }
+  async forward(ids: number[][], options: ForwardOptions = {}): Promise<ForwardOutput> {
+    const out = await this.inner.forward(ids, options);
+    const data = await out.logits.toFloat32();
+    const shape = [...out.logits.shape];
+    out.logits.dispose();
+    return { logits: new FakeGpuLogits(data, shape, this.reads) as unknown as Tensor, pastKeyValues: out.pastKeyValues };
+  }
+}
+
+interface Call {
+  rows: number[];
+  u: number[] | null;
+  histories: number[][] | null;
+}
+
+/** sampleTokens made of the host processors; `fail(step)` marks row 0 of that call for the host. */
+function fakeSampleTokens(calls: Call[], fail: (call: number) => boolean): NativeBinding['sampleTokens'] {
+  return async (logits: TensorLike, rows, u, history, offsets, cfg) => {
+    const t = logits as unknown as FakeGpuLogits;
+    const V = t.shape[t.shape.length - 1]!;
+    const P = t.shape.length === 3 ? t.shape[1]! : 1;
+    const call = calls.length;
+    const histories = history && offsets ? Array.from(rows, (_, i) => Array.from(history.subarray(offsets[i]!, offsets[i + 1]!))) : null;
+    calls.push({ rows: Array.from(rows), u: u ? Array.from(u) : null, histories });
+    const ids = new Int32Array(rows.length);
+    const status = new Int32Array(rows.length);
+    rows.forEach((b, i) => {
+      const start = (b * P + P - 1) * V;
+      ids[i] = hostChoice(t.data.subarray(start, start + V), histories?.[i] ?? [], cfg, u ? u[i]! : 0);
+    });
+    if (fail(call)) {
+      status[0] = 1;
+      ids[0] = -1;
+    }
+    return { ids, status };
+  };
+}
+
+describe('decodeLoop with logits on a (stand-in) GPU', () => {
+  const binding = native() as NativeBinding & { sampleTokens: NativeBinding['sampleTokens'] };
+  const original = binding.sampleTokens;
+  afterEach(() => {
+    binding.sampleTokens = original;
+    delete process.env.NIBBLE_DEVICE_SAMPLING;
+  });
+
+  const prompts = [[3, 1, 4, 1, 5], [9, 2], [6, 5, 3, 5]];
+  const lm = () => new FakeLM({ vocabSize: 61, eosTokenId: 7, scale: 3, seed: 99 });
+
+  it.each(SETS)('%s: the same tokens as the host path, no logits read, one draw per unfinished row', async (_name, opts) => {
+    const o = { ...opts, maxNewTokens: 25, seed: 1234 };
+    const want = await generate(lm(), prompts, o);
+    const calls: Call[] = [];
+    binding.sampleTokens = fakeSampleTokens(calls, () => false);
+    const gpu = new FakeGpuLM(lm());
+    expect(await generate(gpu, prompts, o)).toEqual(want);
+    expect(gpu.reads.n).toBe(0);
+    expect(calls.length).toBeGreaterThan(0);
+    // Rows that finished (eos) are not asked for again; each asked-for row has its own u.
+    const finishedAfter = new Set<number>();
+    calls.forEach((c, step) => {
+      for (const b of c.rows) expect(finishedAfter.has(b)).toBe(false);
+      if (opts.doSample) expect(c.u).toHaveLength(c.rows.length);
+      else expect(c.u).toBeNull();
+      if (opts.repetitionPenalty && opts.repetitionPenalty !== 1) {
+        // the history is the padded prompt plus the tokens so far
+        c.rows.forEach((b, i) => expect(c.histories![i]!.length).toBe(5 + step));
+      } else expect(c.histories).toBeNull();
+      c.rows.forEach((b) => {
+        const tok = want[b]![prompts[b]!.length + step]!;
+        if (tok === 7) finishedAfter.add(b);
+      });
+    });
+  });
+
+  it('a row the GPU leaves to the host: the step reruns on the host with the generator rewound', async () => {
+    const o = { doSample: true, topP: 0.9, maxNewTokens: 20, seed: 77 };
+    const want = await generate(lm(), prompts, o);
+    const calls: Call[] = [];
+    binding.sampleTokens = fakeSampleTokens(calls, (c) => c === 2 || c === 5);
+    const gpu = new FakeGpuLM(lm());
+    expect(await generate(gpu, prompts, o)).toEqual(want);
+    expect(gpu.reads.n).toBe(2);
+  });
+
+  it('NIBBLE_DEVICE_SAMPLING=0 and CPU logits take the host path', async () => {
+    const calls: Call[] = [];
+    binding.sampleTokens = fakeSampleTokens(calls, () => false);
+    const o = { doSample: true, maxNewTokens: 5, seed: 3 };
+    process.env.NIBBLE_DEVICE_SAMPLING = '0';
+    const gpu = new FakeGpuLM(lm());
+    const a = await generate(gpu, prompts, o);
+    expect(gpu.reads.n).toBeGreaterThan(0);
+    delete process.env.NIBBLE_DEVICE_SAMPLING;
+    expect(await generate(lm(), prompts, o)).toEqual(a);
+    expect(calls).toHaveLength(0);
+  });
+});
+
+describe.skipIf(!hasGpu)('sampling on the GPU', () => {
+  const configs: [string, DeviceSamplingConfig][] = SETS.map(([n, o]) => {
+    const c = deviceSamplingConfig(resolveGenerationConfig(o));
+    return [n, c];
+  });
+
+  it.each([1000, 50257])('V=%i: the kernel picks what the host picks, row for row', async (V) => {
+    const rnd = mulberry32(V);
+    const B = 6;
+    const data = new Float32Array(B * V);
+    for (let i = 0; i < data.length; i++) data[i] = i < 2 * V ? Math.round((rnd() - 0.5) * 8) : (rnd() - 0.5) * 12;
+    const logits = Tensor.from(data, [B, 1, V], 'float32', 'cuda:0');
+    const rows = Int32Array.of(0, 1, 2, 4, 5);
+    const hist = Array.from(rows, () => Array.from({ length: 40 }, () => Math.floor(rnd() * V)));
+    const { history, offsets } = packHistories([0, 1, 2, 3, 4], hist);
+    for (const [name, cfg] of configs) {
+      for (let rep = 0; rep < 4; rep++) {
+        const u = Float64Array.from(rows, () => rnd());
+        const got = await native().sampleTokens(logits, rows, cfg.doSample ? u : null, history, offsets, cfg);
+        const want = Array.from(rows, (b, i) => hostChoice(data.subarray(b * V, (b + 1) * V), hist[i]!, cfg, u[i]!));
+        expect(Array.from(got.status), name).toEqual(Array.from(rows, () => 0));
+        expect(Array.from(got.ids), name).toEqual(want);
+      }
+    }
+    logits.dispose();
+  });
+
+  it('a NaN row comes back with a status (the host then throws its error)', async () => {
+    const data = new Float32Array(2 * 100).fill(0);
+    data[150] = NaN;
+    const logits = Tensor.from(data, [2, 100], 'float32', 'cuda:0');
+    const got = await native().sampleTokens(logits, Int32Array.of(0, 1), null, null, null, configs[0]![1]);
+    expect(Array.from(got.status)).toEqual([0, 1]);
+    logits.dispose();
+  });
+
+  it('fortune-gpt2 on cuda:0: device sampling gives the host sampling tokens', async () => {
+    const model = await loadGPT2(FORTUNE, { device: 'cuda:0' });
+    const batch = [[464, 2003, 286, 9552, 318], [50256, 17], [1169, 2003, 286]];
+    for (const [, opts] of SETS) {
+      const o = { ...opts, maxNewTokens: 24, seed: 5 };
+      const device = await generate(model, batch, o);
+      process.env.NIBBLE_DEVICE_SAMPLING = '0';
+      try {
+        expect(device).toEqual(await generate(model, batch, o));
+      } finally {
+        delete process.env.NIBBLE_DEVICE_SAMPLING;
+      }
+    }
+    model.dispose();
+  });
+});
