@@ -18,5 +18,8 @@ chmod +x /tmp/test_gpt2_cuda
 export NIBBLE_ADDON=/tmp/nibble.node
 timeout 150 node --expose-gc test/gpu/check-gpu.mjs --loops 1000 > "$OUT/check.log" 2>&1; echo "check rc=$?"
 tail -23 "$OUT/check.log"
+timeout 150 node test/gpu/check-sampling.mjs > "$OUT/sampling.log" 2>&1; echo "sampling rc=$?"
+grep -A40 "==== check-sampling results" "$OUT/sampling.log" | grep -c "^PASS" | sed 's/^/sampling checks passed: /'
+grep -A40 "==== check-sampling results" "$OUT/sampling.log" | grep -v "^PASS" | tail -12
 timeout 200 node bench/generate-gpu.mjs --models 124m,xl --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1; echo "bench rc=$?"
 tail -6 "$OUT/bench.log"

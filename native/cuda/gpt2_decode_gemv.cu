@@ -146,8 +146,8 @@ struct Format4 {  // bitsandbytes NF4/FP4, absmax plain or double-quantized
 };
 
 // Each block loops over groups of kWarps / KS rows (a grid of about one wave, so the prologue
-// is paid once per block); KS warps share a row. A lane's chunk loads run one step ahead,
-// across row boundaries too, and the first is issued before the prologue.
+// is paid once per block); KS warps share a row. A lane keeps kAhead chunk loads in flight,
+// across row boundaries too, the first ones issued before the prologue.
 template <typename F, int MT, int EPI, bool SX>
 __global__ void __launch_bounds__(kThreads)
     k_decode_gemv(const float* __restrict__ x, F f, int64_t N, const void* bias, DType bias_dt, float* out, int M,
@@ -174,7 +174,20 @@ __global__ void __launch_bounds__(kThreads)
     return r;
   };
   int64_t n = (int64_t)blockIdx.x * RB + warp / KS;
-  Chunk cur = fetch(n, c0);
+  // A lane's chunks in order (row groups, then its chunks within the row): a ring of kAhead
+  // loads in flight, refilled as each chunk is used.
+  constexpr int kAhead = 3;
+  auto advance = [&](int64_t& pn, int64_t& pc) {
+    pc += 32 * KS;
+    if (pc >= C) pc = c0, pn += stride;
+  };
+  Chunk ring[kAhead];
+  int64_t tail_n = n, tail_c = c0;  // position of the newest ring entry
+#pragma unroll
+  for (int i = 0; i < kAhead; i++) {
+    if (i) advance(tail_n, tail_c);
+    ring[i] = fetch(tail_n, tail_c);
+  }
   if (SX) {
     if (ln.w) stage_x_ln<E>(s_x, x, M, K, ln, s_red);
     else stage_x<E>(s_x, x, M, K);
@@ -187,8 +200,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < MT; m++) acc[m] = 0.0f;
     for (int64_t c = (n < N ? c0 : C); c < C; c += 32 * KS) {
-      const int64_t cn = c + 32 * KS;
-      const Chunk nxt = cn < C ? fetch(n, cn) : fetch(n + stride, c0);
+      const Chunk cur = ring[0];
+#pragma unroll
+      for (int i = 0; i + 1 < kAhead; i++) ring[i] = ring[i + 1];
+      advance(tail_n, tail_c);
+      ring[kAhead - 1] = fetch(tail_n, tail_c);
       float wv[E];
       const float scale = f.decode(cur.raw, cur.meta, s_code, wv);
 #pragma unroll
@@ -207,7 +223,6 @@ __global__ void __launch_bounds__(kThreads)
           acc[m] = fmaf(scale, d0 + d1, acc[m]);
         }
       }
-      cur = nxt;
     }
 #pragma unroll
     for (int m = 0; m < MT; m++) {
