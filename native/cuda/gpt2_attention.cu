@@ -34,6 +34,11 @@ __global__ void attention_kernel(float* __restrict__ out, const float* __restric
                                  int D, float scale, const int32_t* past_dev, int64_t mask_stride) {
   extern __shared__ float sm[];
   __shared__ float scratch[32];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Lets a programmatic dependent (the next quantized GEMV) launch now and fetch its weights;
+  // it still waits for this grid to finish before reading `out`.
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
   // A replayed CUDA graph reads `past` from device memory (the host updates it each step).
   if (past_dev) past = *past_dev;
   const int64_t t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;

@@ -13,6 +13,8 @@
 // and then across the warp (the CPU adds it column by column: the float sums may differ in
 // the last bits, as any two summation orders do).
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "cuda/gpt2_decode_gemv.h"
@@ -42,6 +44,42 @@ __device__ __forceinline__ void store(float* p, float v) {
   else *p = v;
 }
 __device__ __forceinline__ float round_half(float v) { return __half2float(__float2half_rn(v)); }
+
+// Programmatic dependent launch (Hopper): a decode GEMV may start while the kernel before it
+// drains, issue its weight loads (which do not depend on that kernel), and only then wait for
+// its results. Without the launch attribute the wait returns at once.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+// Lets the next decode GEMV launch (it waits for this grid before reading its results).
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+bool pdl_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("NIBBLE_CUDA_PDL");
+    if (e && std::string(e) == "0") return false;
+    int d = 0, major = 0;
+    cudaGetDevice(&d);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d);
+    return major >= 9;
+  }();
+  return on;
+}
+template <typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), unsigned grid, size_t smem, cudaStream_t s, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid), cfg.blockDim = dim3(kThreads), cfg.dynamicSmemBytes = smem, cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr, cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  NIBBLE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...), "decode GEMV launch");
+}
 
 // Activations staged in shared memory (SX): a lane reads the E floats of its chunk, so in
 // global memory the lanes of one load sit E*4 bytes apart (32 cache lines per instruction);
@@ -153,6 +191,7 @@ __global__ void __launch_bounds__(kThreads)
     k_decode_gemv(const float* __restrict__ x, F f, int64_t N, const void* bias, DType bias_dt, float* out, int M,
                   int KS, LnArgs ln) {
   constexpr int E = F::E;
+  allow_dependents();
   f.prepare();
   extern __shared__ float4 s_dyn[];
   float* s_x = reinterpret_cast<float*>(s_dyn);
@@ -188,6 +227,9 @@ __global__ void __launch_bounds__(kThreads)
     if (i) advance(tail_n, tail_c);
     ring[i] = fetch(tail_n, tail_c);
   }
+  // Launched as a programmatic dependent (see launch()): everything above reads only weights,
+  // so it overlaps the previous kernel's tail; from here on its outputs are needed.
+  grid_dependency_wait();
   if (SX) {
     if (ln.w) stage_x_ln<E>(s_x, x, M, K, ln, s_red);
     else stage_x<E>(s_x, x, M, K);
@@ -266,6 +308,7 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ float4 s_dyn[];
   float* s_x = reinterpret_cast<float*>(s_dyn);
   __shared__ float s_lnred[32];
+  allow_dependents();
   const int ks0 = (threadIdx.x >> 5) % KS;
   const int64_t n00 = (int64_t)blockIdx.x * (kWarps / KS) + (threadIdx.x >> 5) / KS;
   const int64_t C0 = n00 < w.N ? w.K >> 4 : 0;
@@ -273,6 +316,7 @@ __global__ void __launch_bounds__(kThreads)
   // The first chunk is requested before the prologue (its latency overlaps it).
   int4 first = make_int4(0, 0, 0, 0);
   if (c_first < C0) first = __ldcs(reinterpret_cast<const int4*>(w.cb + n00 * w.K) + c_first);
+  grid_dependency_wait();  // as in k_decode_gemv: only weights were read above
   if (SX) {
     if (ln.w) stage_x_ln<16>(s_x, x, M, w.K, ln, s_lnred);
     else stage_x<16>(s_x, x, M, w.K);
@@ -425,10 +469,10 @@ void launch_mt(const float* x, const F& f, int64_t N, const void* bias, DType bd
     auto k = k_decode_gemv<F, MT, EPI, true>;
     if (smem > 48 * 1024)
       NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "decode GEMV");
-    k<<<wave_grid(k, smem, groups), kThreads, smem, s>>>(x, f, N, bias, bdt, out, M, KS, ln);
+    launch(k, wave_grid(k, smem, groups), smem, s, x, f, N, bias, bdt, out, M, KS, ln);
   } else {
     auto k = k_decode_gemv<F, MT, EPI, false>;
-    k<<<wave_grid(k, 0, groups), kThreads, 0, s>>>(x, f, N, bias, bdt, out, M, KS, ln);
+    launch(k, wave_grid(k, 0, groups), 0, s, x, f, N, bias, bdt, out, M, KS, ln);
   }
 }
 template <typename F, int EPI>
@@ -455,9 +499,9 @@ void launch8_mt(const float* x, const W8Args& a, float* out, int M, int KS, unsi
     auto k = k_decode_gemv8<MT, EPI, true>;
     if (smem > 48 * 1024)
       NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "int8 decode GEMV");
-    k<<<g, kThreads, smem, s>>>(x, a, out, M, KS, ln);
+    launch(k, g, smem, s, x, a, out, M, KS, ln);
   } else {
-    k_decode_gemv8<MT, EPI, false><<<g, kThreads, 0, s>>>(x, a, out, M, KS, ln);
+    launch(k_decode_gemv8<MT, EPI, false>, g, 0, s, x, a, out, M, KS, ln);
   }
 }
 template <int EPI>
