@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "cpu/quant_ops.h"
+#include "cuda/gpt2_decode_gemv.h"
 #include "cuda/quant_cuda.h"
 #include "tests/cuda_test_util.h"
 
@@ -204,6 +205,32 @@ int main(int argc, char** argv) {
         std::string shape = std::to_string(N) + "x" + std::to_string(K);
         raw[std::string("gemv4_") + pn + "_" + shape + "_us"] = ms * 1e3;
         rows.push_back({std::string("4-bit GEMV M=1 nf4+dq (") + pn + ")", shape, "GB/s eff. weight", ">=85% copy",
+                        gbs / copy_gbs >= 0.85 ? "met" : "missed", gbs, gbs / copy_gbs});
+      }
+      {
+        // The GPT-2 plan's decode GEMV (gpt2_decode_gemv.cu): float32 activations, the same
+        // packed weight and double-quantized state.
+        DevBuf xf(K * 4), yf(N * 4);
+        fill_random(xf.p, K * 4, rng);
+        std::vector<float> hx(K);
+        for (auto& v : hx) v = (float)((rng() % 2001) - 1000) / 1000.0f;
+        cudaMemcpy(xf.p, hx.data(), K * 4, cudaMemcpyHostToDevice);
+        auto ql = [&](int i) {
+          const cuda::Weight4bit v = ws[i % nc]->view();
+          gpt2_cuda::QLinear L;
+          L.kind = gpt2_cuda::QLinear::k4bit, L.N = N, L.K = K, L.packed = v.packed, L.absmax = v.absmax;
+          L.qabsmax = v.qabsmax, L.nested_absmax = v.nested_absmax, L.nested_code = v.nested_code;
+          L.offset = v.offset_ptr, L.blocksize = v.blocksize, L.quant_type = (int)v.qt;
+          return L;
+        };
+        double ms = time_ms([&](int i) {
+          if (!gpt2_cuda::decode_gemv_4bit(ql(i), DType::F32, 0, (float*)yf.p, (const float*)xf.p, 1, nullptr, 0))
+            throw std::runtime_error("decode GEMV refused the shape");
+        });
+        const double gbs = ws[0]->weight_bytes() / (ms * 1e-3) / 1e9;
+        std::string shape = std::to_string(N) + "x" + std::to_string(K);
+        raw["gemv4_decode_" + shape + "_us"] = ms * 1e3;
+        rows.push_back({"4-bit GEMV M=1 nf4+dq (plan decode, f32 x)", shape, "GB/s eff. weight", ">=85% copy",
                         gbs / copy_gbs >= 0.85 ? "met" : "missed", gbs, gbs / copy_gbs});
       }
     }
