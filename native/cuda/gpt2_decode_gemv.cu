@@ -1,4 +1,4 @@
-// Decode-step GEMVs for the GPT-2 plan's quantized layers (M <= 8 rows of float32 activations).
+// Decode-step GEMVs for the GPT-2 plan's quantized layers (a few rows of float32 activations).
 // At decode time a layer's weight is a few MB and each kernel lasts a few microseconds, so
 // what counts is starting fast and keeping loads in flight, not the steady state:
 //  - no prologue beyond one 16-float code table (the general matmul_4bit GEMV builds a
@@ -28,22 +28,7 @@ namespace {
 
 constexpr int kWarps = 8, kThreads = kWarps * 32;
 
-__device__ __forceinline__ float gelu_f(float v) {
-  return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-}
-__device__ __forceinline__ float bias_at(const void* b, DType dt, int64_t n) {
-  if (!b) return 0.0f;
-  if (dt == DType::F16) return __half2float(static_cast<const __half*>(b)[n]);
-  if (dt == DType::BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(b)[n]);
-  return static_cast<const float*>(b)[n];
-}
-template <int EPI>
-__device__ __forceinline__ void store(float* p, float v) {
-  if (EPI == kEpilogueGelu) *p = gelu_f(v);
-  else if (EPI == kEpilogueAccumulate) *p += v;
-  else *p = v;
-}
-__device__ __forceinline__ float round_half(float v) { return __half2float(__float2half_rn(v)); }
+__device__ __forceinline__ float bias_at(const void* b, DType dt, int64_t n) { return b ? load_f32(b, dt, n) : 0.0f; }
 
 // Programmatic dependent launch (Hopper): a decode GEMV may start while the kernel before it
 // drains, issue its weight loads (which do not depend on that kernel), and only then wait for
@@ -95,36 +80,24 @@ __device__ void stage_x(float* s_x, const float* __restrict__ x, int M, int64_t 
     *reinterpret_cast<float4*>(s_x + m * Kp + padded<E>(k)) = __ldg(reinterpret_cast<const float4*>(x) + i);
   }
 }
-// The layernorm in front of c_attn and c_fc, fused into the staging: the same arithmetic and
-// reduction order as layernorm_kernel (256 threads, thread t sums elements t, t+256, ...), so
-// the staged rows equal what that kernel would have written.
+// The layernorm in front of c_attn and c_fc, fused into the staging: row_mean_rstd and the
+// normalization expression of layernorm_kernel with its 256 threads, so the staged rows equal
+// what that kernel would have written.
 struct LnArgs {
   const void* w = nullptr;  // null: no layernorm
   const void* b = nullptr;
   DType dt = DType::F32;
   float eps = 1e-5f;
 };
-__device__ __forceinline__ float param_at(const void* p, DType dt, int64_t i) {
-  if (dt == DType::F16) return __half2float(static_cast<const __half*>(p)[i]);
-  if (dt == DType::BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  return static_cast<const float*>(p)[i];
-}
 template <int E>
 __device__ void stage_x_ln(float* s_x, const float* __restrict__ x, int M, int64_t K, const LnArgs& ln, float* scratch) {
   const int64_t Kp = padded<E>(K);
   for (int m = 0; m < M; m++) {
     const float* xr = x + m * K;
-    float s = 0.f;
-    for (int64_t c = threadIdx.x; c < K; c += blockDim.x) s += xr[c];
-    const float mean = block_sum(s, scratch) / (float)K;
-    float v = 0.f;
-    for (int64_t c = threadIdx.x; c < K; c += blockDim.x) {
-      float d = xr[c] - mean;
-      v += d * d;
-    }
-    const float rstd = rsqrtf(block_sum(v, scratch) / (float)K + ln.eps);
+    float mean, rstd;
+    row_mean_rstd(xr, K, ln.eps, scratch, &mean, &rstd);
     for (int64_t c = threadIdx.x; c < K; c += blockDim.x)
-      s_x[m * Kp + padded<E>(c)] = (xr[c] - mean) * rstd * param_at(ln.w, ln.dt, c) + param_at(ln.b, ln.dt, c);
+      s_x[m * Kp + padded<E>(c)] = (xr[c] - mean) * rstd * load_f32(ln.w, ln.dt, c) + load_f32(ln.b, ln.dt, c);
   }
 }
 
@@ -279,7 +252,7 @@ __global__ void __launch_bounds__(kThreads)
         if (m >= M) continue;
         float s = acc[m];
         for (int i = 1; i < KS; i++) s += s_part[warp + i][m];
-        store<EPI>(out + m * N + n, s + b);
+        store_epilogue(EPI, out + m * N + n, s + b);
       }
     }
     if (KS > 1) __syncthreads();  // s_part is reused by the next row group
@@ -338,7 +311,7 @@ __global__ void __launch_bounds__(kThreads)
     mx[m] = 0.0f;
     if (m < M)
       for (int64_t k = threadIdx.x; k < K; k += kThreads) {
-        const float a = fabsf(round_half(xval(m, k)));
+        const float a = fabsf(round_to_half(xval(m, k)));
         if (!w.sparse || a < w.th) mx[m] = fmaxf(mx[m], a);
       }
     float v = mx[m];
@@ -378,8 +351,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int j = 0; j < 4; j++) {
           const float4 v = xp[j];
-          xh[m][4 * j] = round_half(v.x), xh[m][4 * j + 1] = round_half(v.y);
-          xh[m][4 * j + 2] = round_half(v.z), xh[m][4 * j + 3] = round_half(v.w);
+          xh[m][4 * j] = round_to_half(v.x), xh[m][4 * j + 1] = round_to_half(v.y);
+          xh[m][4 * j + 2] = round_to_half(v.z), xh[m][4 * j + 3] = round_to_half(v.w);
         }
         if (w.sparse)
 #pragma unroll
@@ -405,7 +378,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 16; e++) {
         if (!((omask >> e) & 1u)) continue;
         const int8_t cbv = (int8_t)((words[e >> 2] >> (8 * (e & 3))) & 0xff);
-        const float wv = round_half(__fdiv_rn(__fmul_rn((float)cbv, s), 127.0f));
+        const float wv = round_to_half(__fdiv_rn(__fmul_rn((float)cbv, s), 127.0f));
 #pragma unroll
         for (int m = 0; m < MT; m++)
           if (m < M) facc[m] = __fadd_rn(facc[m], __fmul_rn(xh[m][e], wv));
@@ -437,9 +410,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 1; i < KS; i++) s += s_ipart[warp + i][m], f += s_fpart[warp + i][m];
     // int8_mm_dequant: float16(fma(C * rs * cs, 1/127^2, bias)), then the outlier product.
     const float p = __fmul_rn(__fmul_rn((float)s, s_rs[m]), cs);
-    float v = round_half(fmaf(p, fmt::kMmDequantScale, bh));
-    if (any_outlier) v = round_half(__fadd_rn(v, f));
-    store<EPI>(out + m * w.N + n, v + bo);
+    float v = round_to_half(fmaf(p, fmt::kMmDequantScale, bh));
+    if (any_outlier) v = round_to_half(__fadd_rn(v, f));
+    store_epilogue(EPI, out + m * w.N + n, v + bo);
   }
 }
 
@@ -482,7 +455,8 @@ void launch_m(const float* x, const F& f, int64_t N, const void* bias, DType bdt
   if (M == 1) launch_mt<F, 1, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
   else if (M == 2) launch_mt<F, 2, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
   else if (M <= 4) launch_mt<F, 4, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
-  else launch_mt<F, 8, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
+  else if (M <= 8) launch_mt<F, 8, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
+  else launch_mt<F, 16, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
 }
 template <typename F>
 void launch_epi(int epi, const float* x, const F& f, int64_t N, const void* bias, DType bdt, float* out, int M,

@@ -10,7 +10,7 @@
 namespace nibble {
 namespace gpt2_cuda {
 
-constexpr int64_t kDecodeGemvMaxRows = 8;
+constexpr int64_t kDecodeGemvMaxRows = 16;  // 4-bit; int8 takes at most 4 rows
 
 // A layernorm applied to x first (its output feeds only this layer), fused into the kernel.
 struct DecodeNorm {

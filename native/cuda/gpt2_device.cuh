@@ -28,6 +28,27 @@ __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(
 template <>
 __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 
+// An element of a float32/float16/bfloat16 array whose dtype is known only at run time
+// (biases and norm parameters of the plan's model dtype).
+__device__ __forceinline__ float load_f32(const void* p, DType dt, int64_t i) {
+  if (dt == DType::F16) return __half2float(static_cast<const __half*>(p)[i]);
+  if (dt == DType::BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  return static_cast<const float*>(p)[i];
+}
+// v rounded to float16 and back (Linear8bitLt computes in float16).
+__device__ __forceinline__ float round_to_half(float v) { return __half2float(__float2half_rn(v)); }
+
+// gelu_new (GPT-2's tanh approximation), the CPU reference's formula.
+__device__ __forceinline__ float gelu_new_f(float v) {
+  return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+// The linear epilogues (kEpilogue*): store v, gelu_new(v), or add v into *p (the residual).
+__device__ __forceinline__ void store_epilogue(int epi, float* p, float v) {
+  if (epi == kEpilogueGelu) *p = gelu_new_f(v);
+  else if (epi == kEpilogueAccumulate) *p += v;
+  else *p = v;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
@@ -56,6 +77,23 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   __syncthreads();
   v = lane < nwarps ? scratch[lane] : -INFINITY;
   return warp_max(v);
+}
+
+// Mean and 1/sqrt(variance + eps) of a row of C floats read from memory, two passes as the
+// CPU reference, thread t summing elements t, t + blockDim.x, ...: layernorm_kernel and the
+// layernorm fused into the decode GEMVs get the same bits. Every thread gets both.
+__device__ __forceinline__ void row_mean_rstd(const float* xr, int64_t C, float eps, float* scratch, float* mean,
+                                              float* rstd) {
+  float s = 0.f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
+  const float mu = block_sum(s, scratch) / (float)C;
+  float v = 0.f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float d = xr[c] - mu;
+    v += d * d;
+  }
+  *mean = mu;
+  *rstd = rsqrtf(block_sum(v, scratch) / (float)C + eps);
 }
 
 inline unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }

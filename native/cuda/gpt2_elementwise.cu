@@ -19,11 +19,8 @@ __global__ void embedding_kernel(float* __restrict__ out, const T* __restrict__ 
 }
 
 __global__ void gelu_kernel(float* __restrict__ out, const float* __restrict__ x, int64_t n) {
-  const float k = 0.7978845608028654f;  // sqrt(2/pi)
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    float v = x[i];
-    out[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
-  }
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = gelu_new_f(x[i]);
 }
 
 // `out` may alias `a` (the in-place residual add).

@@ -18,15 +18,6 @@ namespace {
 
 constexpr int kSmallMax = 16;
 
-__device__ __forceinline__ float gelu_new_f(float v) {
-  return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-}
-template <int EPI>
-__device__ __forceinline__ void store_out(float* p, float v) {
-  if (EPI == kEpilogueGelu) *p = gelu_new_f(v);
-  else if (EPI == kEpilogueAccumulate) *p += v;
-  else *p = v;
-}
 constexpr int kWarpsPerBlock = 8;
 
 // 16 bytes of weights -> 16/sizeof(T) floats.
@@ -72,8 +63,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.f;
-  if (!live) {
-  } else if (vec) {
+  if (live && vec) {
 #pragma unroll 8
     for (int64_t k = (int64_t)(lane + 32 * ks) * VEC; k < K; k += 32 * VEC * KS) {
       float wf[VEC];
@@ -93,7 +83,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         }
       }
     }
-  } else {
+  } else if (live) {
     for (int64_t k = lane + 32 * ks; k < K; k += 32 * KS) {
       const float wk = to_f32(wr[k]);
 #pragma unroll
@@ -115,7 +105,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     if (m >= M) continue;
     float s = acc[m];
     for (int i = 1; i < KS; i++) s += s_part[warp + i][m];
-    store_out<EPI>(out + m * N + n, s + b);
+    store_epilogue(EPI, out + m * N + n, s + b);
   }
 }
 
@@ -158,7 +148,7 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int j = 0; j < 4; j++) {
       const int64_t n = n0 + tx * 4 + j;
-      if (n < N) store_out<EPI>(out + m * N + n, acc[i][j] + (bias ? to_f32(bias[n]) : 0.f));
+      if (n < N) store_epilogue(EPI, out + m * N + n, acc[i][j] + (bias ? to_f32(bias[n]) : 0.f));
     }
   }
 }

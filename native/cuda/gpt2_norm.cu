@@ -45,15 +45,8 @@ __global__ void layernorm_kernel(float* __restrict__ out, const float* __restric
       if (c < C) orow[c] = (xv[i] - mean) * rstd * to_f32(w[c]) + to_f32(b[c]);
     }
   } else {
-    float s = 0.f;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
-    const float mean = block_sum(s, scratch) / (float)C;
-    float v = 0.f;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      float d = xr[c] - mean;
-      v += d * d;
-    }
-    const float rstd = rsqrtf(block_sum(v, scratch) / (float)C + eps);
+    float mean, rstd;
+    row_mean_rstd(xr, C, eps, scratch, &mean, &rstd);
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) orow[c] = (xr[c] - mean) * rstd * to_f32(w[c]) + to_f32(b[c]);
   }
 }

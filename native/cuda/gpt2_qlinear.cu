@@ -2,9 +2,8 @@
 // with the plan's epilogues (bias, gelu_new, residual add), float32 activations in and out.
 // A quantized layer reproduces its nn module's forward (lib/nn/Linear4bit.ts,
 // Linear8bitLt.ts) operation by operation, so the plan and the per-op path agree:
-//  - 4-bit, compute float32: for decode (M <= 8) the GEMV of gpt2_decode_gemv.cu, else the
-//    exact-code GEMV per row (M <= 16) with the epilogue fused, else matmul_4bit into
-//    scratch and one epilogue kernel. Other compute dtypes cast x
+//  - 4-bit, compute float32: for M <= 16 the GEMV of gpt2_decode_gemv.cu, else matmul_4bit
+//    into scratch and one epilogue kernel. Other compute dtypes cast x
 //    first and the result back, as the module does.
 //  - int8: for decode (M <= 8) one kernel (gpt2_decode_gemv.cu). Otherwise x rounded to float16; outlier columns (|x| >= threshold in any row) and the
 //    row-wise quantization in one single-block kernel for decode-sized inputs (the per-op
@@ -14,6 +13,7 @@
 //    the epilogue. Nothing waits for the host: the outlier list stays on the device.
 #include <algorithm>
 
+#include "cuda/block_scan.cuh"
 #include "cuda/cast_cuda.h"
 #include "cuda/gpt2_decode_gemv.h"
 #include "cuda/gpt2_device.cuh"
@@ -58,20 +58,6 @@ QScratch carve(void* base, int64_t M, int64_t K, int64_t N) {
   return q;
 }
 
-__device__ __forceinline__ float gelu_new_dev(float v) {
-  return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-}
-__device__ __forceinline__ float load_any(const void* p, DType dt, int64_t i) {
-  if (dt == DType::F16) return __half2float(static_cast<const __half*>(p)[i]);
-  if (dt == DType::BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  return static_cast<const float*>(p)[i];
-}
-__device__ __forceinline__ void finish(float* out, int64_t i, float v, int epi) {
-  if (epi == kEpilogueGelu) out[i] = gelu_new_dev(v);
-  else if (epi == kEpilogueAccumulate) out[i] += v;
-  else out[i] = v;
-}
-__device__ __forceinline__ float round_half(float v) { return __half2float(__float2half_rn(v)); }
 
 // out = epilogue(float(in) + bias): the tail of the general 4-bit path.
 template <typename TIN>
@@ -80,34 +66,9 @@ __global__ void k_bias_epilogue(float* out, const TIN* __restrict__ in, const vo
   const int64_t total = M * N;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     float v = to_f32(in[i]);
-    if (bias) v += load_any(bias, bdt, i % N);
-    finish(out, i, v, epi);
+    if (bias) v += load_f32(bias, bdt, i % N);
+    store_epilogue(epi, out + i, v);
   }
-}
-
-// Exclusive scan over the block (blockDim.x == kPrepThreads); returns this thread's offset
-// and writes the total to *total.
-__device__ int block_exclusive_scan(int v, int* s_warp, int* total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int incl = v;
-  for (int o = 1; o < 32; o <<= 1) {
-    const int t = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += t;
-  }
-  __syncthreads();
-  if (lane == 31) s_warp[warp] = incl;
-  __syncthreads();
-  if (warp == 0) {
-    int w = lane < (int)(blockDim.x >> 5) ? s_warp[lane] : 0;
-    for (int o = 1; o < 32; o <<= 1) {
-      const int t = __shfl_up_sync(0xffffffffu, w, o);
-      if (lane >= o) w += t;
-    }
-    s_warp[lane] = w;  // inclusive over warps
-  }
-  __syncthreads();
-  *total = s_warp[(blockDim.x >> 5) - 1];
-  return (warp ? s_warp[warp - 1] : 0) + incl - v;
 }
 
 // The outlier columns of flags[K] as an ascending list: list[0] = count, list[1..].
@@ -118,14 +79,14 @@ __device__ void compact_flags(const uint8_t* flags, int64_t K, int32_t* list, in
   int n = 0;
   for (int64_t c = c0; c < c1; c++) n += flags[c] ? 1 : 0;
   int total = 0;
-  int at = block_exclusive_scan(n, s_warp, &total);
+  int at = cuda_block::block_exclusive_scan(n, s_warp, &total);
   for (int64_t c = c0; c < c1; c++)
     if (flags[c]) list[1 + at++] = (int32_t)c;
   if (threadIdx.x == 0) list[0] = total;
 }
 
 __global__ void __launch_bounds__(kPrepThreads) k_compact_flags(const uint8_t* flags, int64_t K, int32_t* list) {
-  __shared__ int s_warp[32];
+  __shared__ int s_warp[33];
   compact_flags(flags, K, list, s_warp);
 }
 
@@ -137,7 +98,7 @@ __global__ void __launch_bounds__(kPrepThreads)
   extern __shared__ uint8_t s_flags[];  // [K]
   __shared__ float s_max[kPrepThreads / 32][kPrepRows];
   __shared__ float s_scale[kPrepRows];
-  __shared__ int s_warp[32];
+  __shared__ int s_warp[33];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float mx[kPrepRows];
 #pragma unroll
@@ -147,7 +108,7 @@ __global__ void __launch_bounds__(kPrepThreads)
 #pragma unroll
     for (int m = 0; m < kPrepRows; m++) {
       if (m < M) {
-        const float a = fabsf(round_half(x[m * K + c]));
+        const float a = fabsf(round_to_half(x[m * K + c]));
         if (sparse && a >= th) outlier = true;
         if (!sparse || a < th) mx[m] = fmaxf(mx[m], a);
       }
@@ -172,7 +133,7 @@ __global__ void __launch_bounds__(kPrepThreads)
   for (int64_t c = threadIdx.x; c < K; c += kPrepThreads) {
     const bool o = sparse && s_flags[c];
     for (int m = 0; m < M; m++) {
-      int q = __float2int_rn(__fmul_rn(round_half(x[m * K + c]), s_scale[m]));  // NaN -> 0
+      int q = __float2int_rn(__fmul_rn(round_to_half(x[m * K + c]), s_scale[m]));  // NaN -> 0
       xq[m * K + c] = o ? (int8_t)0 : (int8_t)q;
     }
   }
@@ -197,13 +158,13 @@ __global__ void k_int8_outliers_epilogue(float* out, const __half* __restrict__ 
       const float s = scb[n];
       for (int j = 0; j < cnt; j++) {
         const int64_t c = list[1 + j];
-        const float wv = round_half(__fdiv_rn(__fmul_rn((float)cb[n * K + c], s), 127.0f));
-        v = __fadd_rn(v, __fmul_rn(round_half(x[m * K + c]), wv));
+        const float wv = round_to_half(__fdiv_rn(__fmul_rn((float)cb[n * K + c], s), 127.0f));
+        v = __fadd_rn(v, __fmul_rn(round_to_half(x[m * K + c]), wv));
       }
-      v = round_half(v);
+      v = round_to_half(v);
     }
-    if (bias) v += load_any(bias, bdt, n);
-    finish(out, i, v, epi);
+    if (bias) v += load_f32(bias, bdt, n);
+    store_epilogue(epi, out + i, v);
   }
 }
 
@@ -220,17 +181,11 @@ void launch_epilogue(DType tdt, float* out, const void* tmp, const void* bias, D
 
 void linear_4bit(const QLinear& L, DType dt, int epi, float* out, const float* x, int64_t M, const QScratch& q,
                  int device, cudaStream_t s) {
+  if (decode_gemv_4bit(L, dt, epi, out, x, M, nullptr, s)) return;
   cuda::Weight4bit w;
   w.packed = L.packed, w.absmax = L.absmax, w.qabsmax = L.qabsmax, w.nested_absmax = L.nested_absmax;
   w.nested_code = L.nested_code, w.offset_ptr = L.offset, w.blocksize = L.blocksize;
   w.qt = (cuda::QuantType)L.quant_type, w.N = L.N, w.K = L.K;
-  if (decode_gemv_4bit(L, dt, epi, out, x, M, nullptr, s)) return;
-  if (L.compute == DType::F32 && M <= 16 && cuda::gemv_4bit_f32_supported(x, w)) {
-    cuda::GemvEpilogue e;
-    e.kind = epi, e.bias = L.bias, e.bias_dt = dt;
-    cuda::gemv_4bit_f32(x, M, w, e, out, s);
-    return;
-  }
   const void* xc = x;
   if (L.compute != DType::F32) {
     cuda_cast::cast(q.xc, L.compute, x, DType::F32, M * L.K, device);

@@ -88,18 +88,5 @@ enum class Matmul4bitPath { Auto = 0, Gemv = 1, GemvHalfLut = 2, Mma = 3, Simt =
 void matmul_4bit_path(Matmul4bitPath path, const void* x, DType x_dt, int64_t M, const Weight4bit& w,
                       const void* bias, void* out, cudaStream_t stream = 0);
 
-// The exact-code GEMV (float32 activations) once per row of x, with an epilogue: out[m, n] =
-// f(dot + bias[n]) where bias has bias_dt and f is none (kind 0), gelu_new (1) or "add into
-// out" (2). For the GPT-2 plan's decode steps (gpt2_cuda::qlinear). Needs K % 32 == 0 and
-// 16-byte aligned x and packed weight (gemv_4bit_f32_supported).
-struct GemvEpilogue {
-  int kind = 0;
-  const void* bias = nullptr;
-  DType bias_dt = DType::F32;
-};
-bool gemv_4bit_f32_supported(const float* x, const Weight4bit& w);
-void gemv_4bit_f32(const float* x, int64_t M, const Weight4bit& w, const GemvEpilogue& epi, float* out,
-                   cudaStream_t stream = 0);
-
 }  // namespace cuda
 }  // namespace nibble

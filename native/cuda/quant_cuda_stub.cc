@@ -56,10 +56,5 @@ void matmul_4bit_path(Matmul4bitPath, const void*, DType, int64_t, const Weight4
   no_cuda("matmul_4bit");
 }
 
-bool gemv_4bit_f32_supported(const float*, const Weight4bit&) { return false; }
-void gemv_4bit_f32(const float*, int64_t, const Weight4bit&, const GemvEpilogue&, float*, cudaStream_t) {
-  no_cuda("matmul_4bit");
-}
-
 }  // namespace cuda
 }  // namespace nibble

@@ -84,26 +84,10 @@ struct GemvRaw {
   uint32_t q;   // double-quantized absmax code
 };
 
-// What the GEMV does with a finished dot product: add the typed bias, then an optional bias
-// of another dtype (the GPT-2 plan's float16 biases with float32 activations), then gelu_new
-// or the residual add (the plan's fused epilogues; GemvEpilogue's kind as gpt2_cuda's).
-template <typename T>
-__device__ __forceinline__ void gemv_store(T* out, int64_t row, float v, const T* bias, const GemvEpilogue& e) {
-  if (bias) v += dev::to_f32(bias[row]);
-  if (e.bias) {
-    if (e.bias_dt == DType::F16) v += __half2float(static_cast<const __half*>(e.bias)[row]);
-    else if (e.bias_dt == DType::BF16) v += __bfloat162float(static_cast<const __nv_bfloat16*>(e.bias)[row]);
-    else v += static_cast<const float*>(e.bias)[row];
-  }
-  if (e.kind == 1) v = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-  else if (e.kind == 2) v += dev::to_f32(out[row]);
-  out[row] = dev::from_f32<T>(v);
-}
-
 template <typename T, int KIND, bool DQ, int LUT>
 __global__ void __launch_bounds__(kGemvThreads, 2)
     k_gemv4(const T* __restrict__ x, W4 w, const T* __restrict__ bias, T* __restrict__ out, int KW, int nseg,
-            int iters_per_cta, const uint4* __restrict__ lut_g, GemvEpilogue epi) {
+            int iters_per_cta, const uint4* __restrict__ lut_g) {
   extern __shared__ __align__(16) uint8_t smem[];
   float* s_ncode = reinterpret_cast<float*>(smem);             // 256
   float* s_part = s_ncode + 256;                               // kGemvPartCap
@@ -240,7 +224,7 @@ __global__ void __launch_bounds__(kGemvThreads, 2)
         for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
         const int64_t row = row0 + it * rows_per_iter + rg * kGemvUnroll + u;
         if (lane == 0 && row < row_end) {
-          if (KW == 1) gemv_store(out, row, v, bias, epi);
+          if (KW == 1) out[row] = dev::from_f32<T>(v + (bias ? dev::to_f32(bias[row]) : 0.0f));
           else s_part[(row - row0) * KW + kw] = v;
         }
       }
@@ -251,7 +235,7 @@ __global__ void __launch_bounds__(kGemvThreads, 2)
     for (int64_t row = row0 + threadIdx.x; row < row_end; row += kGemvThreads) {
       float v = 0.0f;
       for (int i = 0; i < KW; i++) v += s_part[(row - row0) * KW + i];
-      gemv_store(out, row, v, bias, epi);
+      out[row] = dev::from_f32<T>(v + (bias ? dev::to_f32(bias[row]) : 0.0f));
     }
   }
 }
@@ -623,8 +607,7 @@ bool mma_ok(const void* x, DType dt, const Weight4bit& w) {
 }
 
 template <typename T, int KIND, bool DQ>
-void run_gemv(int lut, const T* x, const W4& w, const T* bias, T* out, cudaStream_t s, const char* op,
-              const GemvEpilogue& epi = GemvEpilogue()) {
+void run_gemv(int lut, const T* x, const W4& w, const T* bias, T* out, cudaStream_t s, const char* op) {
   const int64_t C = w.K / 32;
   int KW = 1;
   while (KW < 8 && (int64_t)KW * 32 < C) KW *= 2;
@@ -641,7 +624,7 @@ void run_gemv(int lut, const T* x, const W4& w, const T* bias, T* out, cudaStrea
     // The float-code path (lut 0) builds its table in the kernel: no device table, so it can
     // also be captured into a CUDA graph before any table exists (building one synchronizes).
     kernel<<<grid, kGemvThreads, smem, s>>>(x, w, bias, out, KW, nseg, (int)per_cta,
-                                           lut >= 1 ? pair_lut_device<__half, KIND>() : nullptr, epi);
+                                           lut >= 1 ? pair_lut_device<__half, KIND>() : nullptr);
   };
   if (lut == 2) {
     if constexpr (std::is_same<T, __half>::value) launch(k_gemv4<T, KIND, DQ, 2>);
@@ -767,29 +750,6 @@ void matmul_4bit_path(Matmul4bitPath path, const void* x, DType dt, int64_t M, c
 void matmul_4bit(const void* x, DType dt, int64_t M, const Weight4bit& w, const void* bias, void* out,
                  cudaStream_t s) {
   matmul_4bit_path(Matmul4bitPath::Auto, x, dt, M, w, bias, out, s);
-}
-
-bool gemv_4bit_f32_supported(const float* x, const Weight4bit& w) { return gemv_ok(x, w); }
-
-void gemv_4bit_f32(const float* x, int64_t M, const Weight4bit& wt, const GemvEpilogue& epi, float* out,
-                   cudaStream_t s) {
-  const char* op = "matmul_4bit (GEMV with epilogue)";
-  if (M <= 0) throw std::runtime_error(std::string(op) + ": empty input");
-  if (!gemv_ok(x, wt)) throw std::runtime_error(std::string(op) + ": needs K % 32 == 0 and 16-byte aligned operands");
-  const W4 w = make_w4(wt, op);
-  const bool dq = wt.absmax == nullptr;
-  for (int64_t m = 0; m < M; m++) {
-    const GemvEpilogue& e = epi;  // bias and epilogue act per output column: the same for every row
-    const float* xm = x + m * wt.K;
-    float* om = out + m * wt.N;
-    if (wt.qt == QuantType::NF4) {
-      if (dq) run_gemv<float, 1, true>(0, xm, w, nullptr, om, s, op, e);
-      else run_gemv<float, 1, false>(0, xm, w, nullptr, om, s, op, e);
-    } else {
-      if (dq) run_gemv<float, 0, true>(0, xm, w, nullptr, om, s, op, e);
-      else run_gemv<float, 0, false>(0, xm, w, nullptr, om, s, op, e);
-    }
-  }
 }
 
 }  // namespace cuda

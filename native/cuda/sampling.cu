@@ -44,6 +44,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/block_scan.cuh"
 #include "cuda/cuda_check.h"
 #include "cuda/gpt2_cuda.h"
 #include "cuda/sampling_cuda.h"
@@ -145,40 +146,6 @@ __device__ T block_reduce(T v, Op op, T* buf) {
   }
   __syncthreads();
   return buf[kWarps];
-}
-
-// Exclusive prefix sum over the threads in thread order; *total gets the sum of all.
-__device__ double block_exclusive_scan(double v, double* buf, double* total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  double incl = v;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    double t = __shfl_up_sync(kFull, incl, o);
-    if (lane >= o) incl += t;
-  }
-  double excl_in_warp = __shfl_up_sync(kFull, incl, 1);
-  if (lane == 0) excl_in_warp = 0.0;
-  __syncthreads();
-  if (lane == 31) buf[warp] = incl;
-  __syncthreads();
-  if (warp == 0) {
-    double w = buf[lane], wi = w;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      double t = __shfl_up_sync(kFull, wi, o);
-      if (lane >= o) wi += t;
-    }
-    double we = __shfl_up_sync(kFull, wi, 1);
-    if (lane == 0) we = 0.0;
-    __syncwarp();
-    buf[lane] = we;
-    if (lane == 31) buf[kWarps] = wi;
-  }
-  __syncthreads();
-  const double r = buf[warp] + excl_in_warp;
-  *total = buf[kWarps];
-  __syncthreads();
-  return r;
 }
 
 // The largest score and the first index holding it (torch.argmax's rule); INT_MAX when every
@@ -521,7 +488,7 @@ __device__ int draw(const float* s, int V, double u, Smem& sh) {
     if (v != -INFINITY) part += weight(v, mx);
   }
   double total;
-  double acc = block_exclusive_scan(part, sh.d, &total);
+  double acc = cuda_block::block_exclusive_scan(part, sh.d, &total);
   const double target = __dmul_rn(u, total);
   int found = INT_MAX, last = -1;
   for (int i = lo; i < hi; i++) {
