@@ -137,6 +137,46 @@ await attempt('errors', async () => {
   model.dispose();
 });
 
+// The plan's quantized-layer descriptions (gpt2CudaPlan): each malformed one is refused with a
+// message naming the layer and the problem, and a well-formed one is accepted.
+await attempt('plan descriptions', async () => {
+  const [C, I, V, P, dev] = [8, 32, 10, 4, 'cuda:0'];
+  const owned = [];
+  const t = (shape, dtype = 'float16') => {
+    const x = Tensor.zeros(shape, dtype, dev);
+    owned.push(x);
+    return x;
+  };
+  const params = (attn) => [t([V, C]), t([P, C]), t([C]), t([C]), attn, t([3 * C]), t([C, C]), t([C]), t([C]), t([C]),
+    t([I, C]), t([I]), t([C, I]), t([C]), t([C]), t([C]), t([V, C])];
+  const q4 = (o = {}) => ({ kind: '4bit', packed: t([(3 * C * C) / 2], 'uint8'), absmax: t([3], 'float32'), nestedAbsmax: null,
+    nestedCode: null, offset: null, blocksize: 64, quantType: 1, computeDtype: 0, ...o });
+  const i8 = (o = {}) => ({ kind: 'int8', CB: t([3 * C, C], 'int8'), SCB: t([3 * C], 'float32'), threshold: 6, ...o });
+  const good = [q4(), i8()].map((d) => addon.gpt2CudaPlan(params(d), 2, 1e-5));
+  good.forEach((id) => addon.gpt2CudaPlanRelease(id));
+  record('plan: well-formed 4-bit and int8 descriptions accepted', good.length, 2, good.length === 2);
+  const bad = [
+    ['unknown kind', { kind: '2bit' }, /unknown kind '2bit'/],
+    ['bad blocksize', q4({ blocksize: 48 }), /c_attn.weight' has an unsupported blocksize 48/],
+    ['bad quant type', q4({ quantType: 7 }), /unknown quant type/],
+    ['bad compute dtype', q4({ computeDtype: 3 }), /compute dtype/],
+    ['packed of the wrong size', q4({ packed: t([10], 'uint8') }), /c_attn.weight.packed' is .* expected uint8 with 96 elements/],
+    ['double quant without its code', q4({ absmax: t([3], 'uint8'), nestedAbsmax: t([1], 'float32') }), /has no 'nestedCode'/],
+    ['CB of the wrong dtype', i8({ CB: t([3 * C, C], 'uint8') }), /c_attn.weight.CB' is .* expected int8/],
+    ['negative threshold', i8({ threshold: -1 }), /bad outlier threshold/],
+  ];
+  for (const [name, desc, re] of bad) {
+    let msg = 'no error';
+    try {
+      addon.gpt2CudaPlanRelease(addon.gpt2CudaPlan(params(desc), 2, 1e-5));
+    } catch (e) {
+      msg = e.message;
+    }
+    record(`plan refuses ${name}`, msg.slice(0, 90), String(re), re.test(msg));
+  }
+  owned.forEach((x) => x.dispose());
+});
+
 await attempt('event loop and memory', async () => {
   const model = await AutoModelForCausalLM.fromPretrained(FORTUNE, { deviceMap: 'cuda:0', noTokenizer: true });
   const prompt = [464, 2003, 286, 9552, 318];
