@@ -89,17 +89,48 @@ struct LnArgs {
   DType dt = DType::F32;
   float eps = 1e-5f;
 };
-template <int E>
-__device__ void stage_x_ln(float* s_x, const float* __restrict__ x, int M, int64_t K, const LnArgs& ln, float* scratch) {
+// The layernorm's weight and bias for this thread's columns (c = threadIdx.x + i * blockDim.x),
+// read before the kernel waits for its predecessor (they are parameters, not activations), so
+// their latency hides behind the previous kernel instead of following the row statistics.
+template <int NPT>
+struct LnParams {
+  float w[NPT > 0 ? NPT : 1], b[NPT > 0 ? NPT : 1];
+  bool cached = false;
+  __device__ void prefetch(const LnArgs& ln, int64_t K) {
+    cached = NPT > 0 && ln.w && K <= (int64_t)NPT * blockDim.x;
+    if (!cached) return;
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+      const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
+      w[i] = c < K ? load_f32(ln.w, ln.dt, c) : 0.0f;
+      b[i] = c < K ? load_f32(ln.b, ln.dt, c) : 0.0f;
+    }
+  }
+};
+template <int E, int NPT>
+__device__ void stage_x_ln(float* s_x, const float* __restrict__ x, int M, int64_t K, const LnArgs& ln,
+                           const LnParams<NPT>& lp, float* scratch) {
   const int64_t Kp = padded<E>(K);
   for (int m = 0; m < M; m++) {
     const float* xr = x + m * K;
     float mean, rstd;
     row_mean_rstd(xr, K, ln.eps, scratch, &mean, &rstd);
-    for (int64_t c = threadIdx.x; c < K; c += blockDim.x)
-      s_x[m * Kp + padded<E>(c)] = (xr[c] - mean) * rstd * load_f32(ln.w, ln.dt, c) + load_f32(ln.b, ln.dt, c);
+    if (lp.cached) {
+#pragma unroll
+      for (int i = 0; i < (NPT > 0 ? NPT : 1); i++) {
+        const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
+        if (c < K) s_x[m * Kp + padded<E>(c)] = (xr[c] - mean) * rstd * lp.w[i] + lp.b[i];
+      }
+    } else {
+      for (int64_t c = threadIdx.x; c < K; c += blockDim.x)
+        s_x[m * Kp + padded<E>(c)] = (xr[c] - mean) * rstd * load_f32(ln.w, ln.dt, c) + load_f32(ln.b, ln.dt, c);
+    }
   }
 }
+// Registers for the layernorm parameters: up to 8 columns a thread (K <= 2048 at 256 threads,
+// every GPT-2 width) in the few-row kernels; wider rows or more rows load them in place.
+template <int MT>
+__host__ __device__ constexpr int ln_regs() { return MT <= 4 ? 8 : 0; }
 
 template <int E>
 __device__ __forceinline__ const float4* x_chunk(bool staged, const float* s_x, const float* x, int m, int64_t K,
@@ -120,6 +151,7 @@ struct Format4 {  // bitsandbytes NF4/FP4, absmax plain or double-quantized
   static constexpr int E = 32;
   static constexpr bool kTable = true;
   static constexpr int kKind = KIND;
+  static constexpr bool kDQ = DQ;
   struct Meta {
     uint32_t q;
     float a;
@@ -142,7 +174,8 @@ struct Format4 {  // bitsandbytes NF4/FP4, absmax plain or double-quantized
     if (DQ) return {__ldg(qabsmax + blk), __ldg(nested + (blk >> 8))};
     return {0u, __ldg(absmax + blk)};
   }
-  __device__ __forceinline__ float decode(const uint4& r, Meta m, const float* tab, float* f) const {
+  // tab: the 16 code values; ncode_s: the 256 nested-code values (shared memory).
+  __device__ __forceinline__ float decode(const uint4& r, Meta m, const float* tab, const float* ncode_s, float* f) const {
     const uint32_t words[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
     for (int q = 0; q < 4; q++)
@@ -152,7 +185,7 @@ struct Format4 {  // bitsandbytes NF4/FP4, absmax plain or double-quantized
         f[(q * 4 + b) * 2] = tab[byte >> 4];
         f[(q * 4 + b) * 2 + 1] = tab[byte & 15u];
       }
-    return DQ ? cuda::dev::dq_absmax(ncode, (uint8_t)m.q, m.a, offset) : m.a;
+    return DQ ? cuda::dev::dq_absmax(ncode_s, (uint8_t)m.q, m.a, offset) : m.a;
   }
 };
 
@@ -169,6 +202,7 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ float4 s_dyn[];
   float* s_x = reinterpret_cast<float*>(s_dyn);
   __shared__ float s_code[16];
+  __shared__ float s_ncode[F::kDQ ? 256 : 1];
   __shared__ float s_part[kWarps][MT];
   __shared__ float s_red[32];
   const int64_t K = f.K;
@@ -200,11 +234,17 @@ __global__ void __launch_bounds__(kThreads)
     if (i) advance(tail_n, tail_c);
     ring[i] = fetch(tail_n, tail_c);
   }
+  // The nested code (double quantization) in shared memory: the absmax decode is then a
+  // shared-memory lookup instead of a global load that waits on the quantized absmax.
+  static_assert(kThreads >= 256, "one nested-code entry per thread");
+  if (F::kDQ && threadIdx.x < 256) s_ncode[threadIdx.x] = __ldg(f.ncode + threadIdx.x);
+  LnParams<SX ? ln_regs<MT>() : 0> lp;
+  if (SX) lp.prefetch(ln, K);
   // Launched as a programmatic dependent (see launch()): everything above reads only weights,
   // so it overlaps the previous kernel's tail; from here on its outputs are needed.
   grid_dependency_wait();
   if (SX) {
-    if (ln.w) stage_x_ln<E>(s_x, x, M, K, ln, s_red);
+    if (ln.w) stage_x_ln<E>(s_x, x, M, K, ln, lp, s_red);
     else stage_x<E>(s_x, x, M, K);
   }
   if (F::kTable && threadIdx.x < 16)
@@ -214,6 +254,19 @@ __global__ void __launch_bounds__(kThreads)
     float acc[MT];
 #pragma unroll
     for (int m = 0; m < MT; m++) acc[m] = 0.0f;
+    // The epilogue's inputs (bias, and the residual it adds to) requested now, so they arrive
+    // while the row is summed rather than after it.
+    const bool writer = n < N && ks == 0 && lane == 0;
+    float bias_v = 0.0f, prev[MT];
+#pragma unroll
+    for (int m = 0; m < MT; m++) prev[m] = 0.0f;
+    if (writer) {
+      bias_v = bias_at(bias, bias_dt, n);
+      if (EPI == kEpilogueAccumulate)
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+          if (m < M) prev[m] = out[m * N + n];
+    }
     for (int64_t c = (n < N ? c0 : C); c < C; c += 32 * KS) {
       const Chunk cur = ring[0];
 #pragma unroll
@@ -221,7 +274,7 @@ __global__ void __launch_bounds__(kThreads)
       advance(tail_n, tail_c);
       ring[kAhead - 1] = fetch(tail_n, tail_c);
       float wv[E];
-      const float scale = f.decode(cur.raw, cur.meta, s_code, wv);
+      const float scale = f.decode(cur.raw, cur.meta, s_code, s_ncode, wv);
 #pragma unroll
       for (int m = 0; m < MT; m++) {
         if (m < M) {
@@ -245,14 +298,14 @@ __global__ void __launch_bounds__(kThreads)
       if (KS > 1 && lane == 0) s_part[warp][m] = acc[m];
     }
     if (KS > 1) __syncthreads();
-    if (n < N && ks == 0 && lane == 0) {
-      const float b = bias_at(bias, bias_dt, n);
+    if (writer) {
 #pragma unroll
       for (int m = 0; m < MT; m++) {
         if (m >= M) continue;
         float s = acc[m];
         for (int i = 1; i < KS; i++) s += s_part[warp + i][m];
-        store_epilogue(EPI, out + m * N + n, s + b);
+        const float v = s + bias_v;  // then store_epilogue's arithmetic, the residual already read
+        out[m * N + n] = EPI == kEpilogueGelu ? gelu_new_f(v) : EPI == kEpilogueAccumulate ? prev[m] + v : v;
       }
     }
     if (KS > 1) __syncthreads();  // s_part is reused by the next row group
@@ -289,9 +342,11 @@ __global__ void __launch_bounds__(kThreads)
   // The first chunk is requested before the prologue (its latency overlaps it).
   int4 first = make_int4(0, 0, 0, 0);
   if (c_first < C0) first = __ldcs(reinterpret_cast<const int4*>(w.cb + n00 * w.K) + c_first);
+  LnParams<SX ? 8 : 0> lp;
+  if (SX) lp.prefetch(ln, w.K);
   grid_dependency_wait();  // as in k_decode_gemv: only weights were read above
   if (SX) {
-    if (ln.w) stage_x_ln<16>(s_x, x, M, w.K, ln, s_lnred);
+    if (ln.w) stage_x_ln<16>(s_x, x, M, w.K, ln, lp, s_lnred);
     else stage_x<16>(s_x, x, M, w.K);
     __syncthreads();
   }
