@@ -56,7 +56,8 @@ export interface NativeBinding {
   gpt2CudaPlanRelease(plan: number): void;
   gpt2CudaCache(plan: number, k: TensorLike[], v: TensorLike[]): number;
   gpt2CudaCacheRelease(cache: number): void;
-  gpt2CudaForward(plan: number, cache: number, logits: TensorLike, ids: Int32Array, pos: Int32Array, mask: Int32Array | null, past: number, B: number, T: number, lastOnly: boolean): void;
+  /** deviceIds: int32 [B*T] on the plan's GPU, read when the step runs (ids may then be null). */
+  gpt2CudaForward(plan: number, cache: number, logits: TensorLike, ids: Int32Array | null, pos: Int32Array, mask: Int32Array | null, past: number, B: number, T: number, lastOnly: boolean, deviceIds?: TensorLike | null): void;
 
   embedding(out: TensorLike, wte: TensorLike, wpe: TensorLike, ids: TensorLike, pos: TensorLike, ref?: boolean): void;
   layernorm(out: TensorLike, x: TensorLike, w: TensorLike, b: TensorLike, eps: number, ref?: boolean): void;
@@ -75,6 +76,8 @@ export interface NativeBinding {
   sampleTokens(
     logits: TensorLike, rows: Int32Array, u: Float64Array | null, history: Int32Array | null,
     historyOffsets: Int32Array | null, config: DeviceSamplingConfig,
+    /** int32 [B] on the logits' GPU: each settled row's id is also written to feed[row] there. */
+    feed?: TensorLike | null,
   ): Promise<{ ids: Int32Array; status: Int32Array }>;
 }
 

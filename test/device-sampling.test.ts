@@ -4,12 +4,12 @@
 // for the native sampleTokens built from the host processors, on logits that claim to live on
 // cuda:0. With a GPU: the kernel against the host processors on random rows and real logits,
 // and fortune-gpt2 generation with device sampling against host sampling.
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { DeviceSamplingConfig, NativeBinding, TensorLike } from '../binding.js';
 import {
   DeviceSampler, deviceSamplingAllowed, deviceSamplingConfig, packHistories,
 } from '../lib/generation/device-sampler.js';
-import { generate } from '../lib/generation/generate.js';
+import { decodeAheadAllowed, generate } from '../lib/generation/generate.js';
 import { GENERATION_DEFAULTS, resolveGenerationConfig, type GenerationOptions } from '../lib/generation/generation-config.js';
 import { buildLogitsProcessors } from '../lib/generation/logits-processors.js';
 import { Xoshiro128, argmax, sampleToken } from '../lib/generation/sampler.js';
@@ -121,7 +121,7 @@ interface Call {
 
 /** sampleTokens made of the host processors; `fail(step)` marks row 0 of that call for the host. */
 function fakeSampleTokens(calls: Call[], fail: (call: number) => boolean): NativeBinding['sampleTokens'] {
-  return async (logits: TensorLike, rows, u, history, offsets, cfg) => {
+  return async (logits: TensorLike, rows, u, history, offsets, cfg, feed) => {
     const t = logits as unknown as FakeGpuLogits;
     const V = t.shape[t.shape.length - 1]!;
     const P = t.shape.length === 3 ? t.shape[1]! : 1;
@@ -138,6 +138,8 @@ function fakeSampleTokens(calls: Call[], fail: (call: number) => boolean): Nativ
       status[0] = 1;
       ids[0] = -1;
     }
+    // As the kernel does, before anything queued after this call runs: settled rows' ids to feed.
+    if (feed) rows.forEach((b, i) => status[i] === 0 && ((feed as unknown as FakeFeed).data[b] = ids[i]!));
     return { ids, status };
   };
 }
@@ -200,6 +202,132 @@ describe('decodeLoop with logits on a (stand-in) GPU', () => {
     delete process.env.NIBBLE_DEVICE_SAMPLING;
     expect(await generate(lm(), prompts, o)).toEqual(a);
     expect(calls).toHaveLength(0);
+  });
+});
+
+/** The int32 [B] device tensor generate() allocates for the sampler's ids, on a stand-in GPU. */
+class FakeFeed {
+  readonly device = 'cuda:0';
+  readonly dtype = 'int32';
+  disposed = false;
+  constructor(readonly data: Int32Array) {}
+  get numel(): number {
+    return this.data.length;
+  }
+  get shape(): number[] {
+    return [this.data.length];
+  }
+  dispose(): void {
+    this.disposed = true;
+  }
+}
+
+/** FakeGpuLM that can queue a step whose ids it reads from a feed (as the CUDA plan does). */
+class FakeAheadLM extends FakeGpuLM {
+  readonly ahead = { n: 0 };
+  readonly logits: FakeGpuLogits[] = [];
+  override async forward(ids: number[][], options: ForwardOptions = {}): Promise<ForwardOutput> {
+    const p = super.forward(ids, options); // queues (the stand-in's cache grows) before returning
+    const out = await p;
+    this.logits.push(out.logits as unknown as FakeGpuLogits);
+    return out;
+  }
+  forwardFromDevice(ids: Tensor, options: ForwardOptions): Promise<ForwardOutput> {
+    this.ahead.n++;
+    // Read now: on the GPU the ids are read when the step runs, after everything queued before
+    // it, so the sampler call that writes them must already have been made.
+    const feed = ids as unknown as FakeFeed;
+    return this.forward(Array.from(feed.data, (t) => [t]), options);
+  }
+}
+
+describe('decoding ahead (stand-in GPU): step t+1 queued before step t\'s ids reach the host', () => {
+  const binding = native() as NativeBinding & { sampleTokens: NativeBinding['sampleTokens'] };
+  const original = binding.sampleTokens;
+  const feeds: FakeFeed[] = [];
+  beforeEach(() => {
+    feeds.length = 0;
+    vi.spyOn(Tensor, 'zeros').mockImplementation((shape, dtype, device) => {
+      expect([dtype, device]).toEqual(['int32', 'cuda:0']);
+      const f = new FakeFeed(new Int32Array(shape[0]!));
+      feeds.push(f);
+      return f as unknown as Tensor;
+    });
+  });
+  afterEach(() => {
+    vi.restoreAllMocks();
+    binding.sampleTokens = original;
+    delete process.env.NIBBLE_DECODE_AHEAD;
+  });
+  const prompts = [[3, 1, 4, 1, 5], [9, 2], [6, 5, 3, 5]];
+  const lm = () => new FakeLM({ vocabSize: 61, eosTokenId: 7, scale: 3, seed: 99 });
+  const allDisposed = (m: FakeAheadLM) => {
+    expect(m.logits.every((l) => l.disposed)).toBe(true);
+    expect(m.inner.caches.every((c) => c.disposed)).toBe(true);
+    expect(feeds.every((f) => f.disposed)).toBe(true);
+  };
+
+  it('NIBBLE_DECODE_AHEAD: unset/1 allow it, 0/false/off/no forbid it', () => {
+    expect(decodeAheadAllowed({})).toBe(true);
+    expect(decodeAheadAllowed({ NIBBLE_DECODE_AHEAD: '1' })).toBe(true);
+    for (const v of ['0', 'false', 'OFF', ' no ']) expect(decodeAheadAllowed({ NIBBLE_DECODE_AHEAD: v })).toBe(false);
+  });
+
+  it.each(SETS)('%s: the same tokens as the host path, every later step queued ahead', async (_name, opts) => {
+    const o = { ...opts, maxNewTokens: 25, seed: 4321 };
+    const want = await generate(lm(), prompts, o);
+    binding.sampleTokens = fakeSampleTokens([], () => false);
+    const m = new FakeAheadLM(lm());
+    expect(await generate(m, prompts, o)).toEqual(want);
+    expect(m.reads.n).toBe(0);
+    // Every decode step but the first came from forwardFromDevice (one more, unused, when all
+    // rows finish before maxNewTokens); the prefill and step 1 went through forward().
+    const steps = want[0]!.length - prompts[0]!.length;
+    expect(m.ahead.n).toBeGreaterThanOrEqual(steps - 1);
+    expect(m.ahead.n).toBeLessThanOrEqual(steps);
+    allDisposed(m);
+  });
+
+  it('rows finishing early (eos) and a step the host must choose: undone, same tokens, nothing leaked', async () => {
+    const o = { doSample: true, topP: 0.9, maxNewTokens: 30, seed: 77 };
+    const want = await generate(lm(), prompts, o);
+    binding.sampleTokens = fakeSampleTokens([], (c) => c === 2 || c === 5);
+    const m = new FakeAheadLM(lm());
+    expect(await generate(m, prompts, o)).toEqual(want);
+    expect(m.reads.n).toBe(2); // the two host steps read their logits
+    // One cache position per fed token (the undone steps were truncated): the padded prompt,
+    // then every new token but the last, plus that one too when the rows all finished early
+    // (its step was already queued ahead).
+    const width = Math.max(...prompts.map((p) => p.length));
+    const N = want[0]!.length - prompts[0]!.length;
+    expect(m.inner.caches).toHaveLength(1);
+    expect(m.inner.caches[0]!.length).toBe(width + N - (N < 30 ? 0 : 1));
+    allDisposed(m);
+  });
+
+  it('a consumer that stops early or an abort: the step queued ahead is awaited and freed', async () => {
+    binding.sampleTokens = fakeSampleTokens([], () => false);
+    const m = new FakeAheadLM(lm());
+    const ac = new AbortController();
+    let n = 0;
+    const run = generate(m, prompts, { maxNewTokens: 20, signal: ac.signal, doSample: false });
+    const timer = setInterval(() => ++n >= 3 && ac.abort(new Error('stop')), 0);
+    await expect(run).rejects.toThrow('stop');
+    clearInterval(timer);
+    allDisposed(m);
+  });
+
+  it('NIBBLE_DECODE_AHEAD=0: every step waits for the ids (forward only), same tokens', async () => {
+    const o = { doSample: true, maxNewTokens: 12, seed: 3 };
+    binding.sampleTokens = fakeSampleTokens([], () => false);
+    const a = new FakeAheadLM(lm());
+    const ahead = await generate(a, prompts, o);
+    expect(a.ahead.n).toBeGreaterThan(0);
+    process.env.NIBBLE_DECODE_AHEAD = '0';
+    const b = new FakeAheadLM(lm());
+    expect(await generate(b, prompts, o)).toEqual(ahead);
+    expect(b.ahead.n).toBe(0);
+    allDisposed(b);
   });
 });
 

@@ -15,6 +15,10 @@ sh .gpu/unpack.sh >/dev/null || exit 1
 xz -dc .gpu/gpt2/nibble.node.xz > /tmp/nibble.node && xz -dc .gpu/gpt2/test_gpt2_cuda.xz > /tmp/test_gpt2_cuda || exit 1
 chmod +x /tmp/test_gpt2_cuda
 /tmp/test_gpt2_cuda > "$OUT/native.log" 2>&1; echo "native rc=$?"; grep -v "^ok" "$OUT/native.log" | tail -4
+if [ -f .gpu/gpt2/test_sampling_cuda.xz ]; then
+  xz -dc .gpu/gpt2/test_sampling_cuda.xz > /tmp/test_sampling_cuda && chmod +x /tmp/test_sampling_cuda
+  /tmp/test_sampling_cuda > "$OUT/native-sampling.log" 2>&1; echo "native sampling rc=$?"; tail -3 "$OUT/native-sampling.log"
+fi
 export NIBBLE_ADDON=/tmp/nibble.node
 timeout 150 node --expose-gc test/gpu/check-gpu.mjs --loops 1000 > "$OUT/check.log" 2>&1; echo "check rc=$?"
 tail -23 "$OUT/check.log"

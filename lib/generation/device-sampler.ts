@@ -81,9 +81,11 @@ export class DeviceSampler {
    * One token for each batch row in `rows` (the unfinished ones, ascending), from the last
    * position of `logits`; `seqs[b]` is row b's sequence so far (the repetition penalty's
    * history). Takes one rng draw per row when sampling. Returns null, with the generator
-   * rewound, when the host path must do this step.
+   * rewound, when the host path must do this step. The kernel is queued before this returns
+   * (the promise only waits for the ids); with `feed` (int32 [B] on the logits' GPU) each
+   * chosen id is also written to feed[row] there, for a step queued right after.
    */
-  async sample(logits: Tensor, rows: readonly number[], seqs: readonly (readonly number[])[], rng: Xoshiro128 | null): Promise<number[] | null> {
+  async sample(logits: Tensor, rows: readonly number[], seqs: readonly (readonly number[])[], rng: Xoshiro128 | null, feed: Tensor | null = null): Promise<number[] | null> {
     const saved = rng?.state();
     let u: Float64Array | null = null;
     if (this.cfg.doSample) {
@@ -93,7 +95,7 @@ export class DeviceSampler {
     }
     const packed = this.usesHistory ? packHistories(rows, seqs) : null;
     const { ids, status } = await this.binding.sampleTokens(
-      logits, Int32Array.from(rows), u, packed?.history ?? null, packed?.offsets ?? null, this.cfg,
+      logits, Int32Array.from(rows), u, packed?.history ?? null, packed?.offsets ?? null, this.cfg, feed,
     );
     if (status.some((s) => s !== 0)) {
       if (rng && saved) rng.restore(saved);

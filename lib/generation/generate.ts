@@ -2,6 +2,7 @@
 // the model's KV cache. Every step awaits the model and yields to the event loop, so a
 // generation never blocks timers or I/O for more than one step's JS work.
 import type { CausalLM, ForwardOutput, KVCache } from '../models/types.js';
+import { Tensor } from '../tensor.js';
 import {
   isGenerationOptionKey, resolveGenerationConfig, unknownOptionError,
   type GenerationConfig, type GenerationOptions,
@@ -184,6 +185,12 @@ function emptyPrompt(where: string, b: number): string {
 // Lets timers and I/O run between steps even when a model's forward settles as a microtask.
 const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
+/** Whether generate() may queue step t+1 before step t's ids reach the host (NIBBLE_DECODE_AHEAD=0 forbids it). */
+export function decodeAheadAllowed(env: Record<string, string | undefined> = process.env): boolean {
+  const v = (env.NIBBLE_DECODE_AHEAD ?? '').trim().toLowerCase();
+  return !(v === '0' || v === 'false' || v === 'off' || v === 'no');
+}
+
 async function* decodeLoop(
   model: CausalLM,
   padded: number[][],
@@ -206,6 +213,15 @@ async function* decodeLoop(
   const finished = new Array<boolean>(batch).fill(false);
   // Logits on a GPU: the processors and the choice run there and only the ids come back.
   const deviceSampler = DeviceSampler.create(config);
+  // Decoding ahead: when the GPU samples and the model can read its next ids from device
+  // memory, step t+1 is queued right behind step t's sampling, before step t's ids reach the
+  // host; the host's per-step work (the ids' trip back, EOS checks, this loop, the event loop)
+  // then overlaps the GPU's next step instead of leaving the GPU idle. The step queued ahead
+  // is exactly the step the host would queue (the same ids, for every unfinished row); only
+  // when the host must choose a token itself (a NaN, see DeviceSampler) is it undone.
+  const aheadAllowed = deviceSampler !== null && typeof model.forwardFromDevice === 'function' && decodeAheadAllowed();
+  let feed: Tensor | null = null; // int32 [B] on the GPU: the ids the sampler chose last
+  let ahead: Promise<ForwardOutput> | null = null;
 
   let cache: KVCache | undefined;
   let out: ForwardOutput | undefined;
@@ -227,10 +243,30 @@ async function* decodeLoop(
       if (deviceSampler?.accepts(logits)) {
         const active: number[] = [];
         for (let b = 0; b < batch; b++) if (!finished[b]) active.push(b);
-        const picked = await deviceSampler.sample(logits, active, seqs, rng);
+        let feedNow: Tensor | null = null;
+        if (aheadAllowed && step < maxNew - 1 && typeof cache?.truncate === 'function') {
+          feed ??= Tensor.zeros([batch], 'int32', logits.device);
+          feedNow = feed;
+        }
+        const pending = deviceSampler.sample(logits, active, seqs, rng, feedNow);
+        if (feedNow) {
+          ahead = model.forwardFromDevice!(feedNow, {
+            pastKeyValues: cache,
+            attentionMask: hasPadding ? masks.map((r) => [...r, 1]) : undefined,
+            lastTokenOnly: true,
+          });
+          ahead?.catch(() => {}); // awaited below; meanwhile a failure is not "unhandled"
+        }
+        const picked = await pending;
         if (picked) {
           tokens = new Array<number>(batch).fill(padId);
           active.forEach((b, i) => (tokens![b] = picked[i]!));
+        } else if (ahead) {
+          // The host chooses this step's tokens: the step queued ahead read a stale id. Undo it.
+          const wasted = ahead;
+          ahead = null;
+          (await wasted).logits.dispose();
+          cache!.truncate!(cache!.length - 1);
         }
       }
       if (!tokens) {
@@ -261,18 +297,30 @@ async function* decodeLoop(
 
       await yieldToEventLoop();
       signal?.throwIfAborted();
-      out = await model.forward(tokens.map((t) => [t]), {
-        pastKeyValues: cache,
-        attentionMask: hasPadding ? masks : undefined,
-        lastTokenOnly: true,
-      });
+      if (ahead) {
+        const queued = ahead;
+        ahead = null;
+        out = await queued;
+      } else {
+        out = await model.forward(tokens.map((t) => [t]), {
+          pastKeyValues: cache,
+          attentionMask: hasPadding ? masks : undefined,
+          lastTokenOnly: true,
+        });
+      }
       if (out.pastKeyValues !== cache) {
         cache.dispose();
         cache = out.pastKeyValues;
       }
     }
   } finally {
+    if (ahead) {
+      // A step queued ahead that nobody will read (the run ended or failed meanwhile).
+      const unused = await ahead.catch(() => null);
+      if (unused && !unused.logits.disposed) unused.logits.dispose();
+    }
     if (out && !out.logits.disposed) out.logits.dispose();
+    feed?.dispose();
     cache?.dispose();
   }
 }

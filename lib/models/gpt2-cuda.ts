@@ -78,8 +78,8 @@ export class GPT2CudaPlan {
     return native().gpt2CudaCache(this.id, k, v);
   }
 
-  forward(cacheId: number, logits: Tensor, ids: Int32Array, pos: Int32Array, mask: Int32Array | null, past: number, B: number, T: number, lastOnly: boolean): void {
-    native().gpt2CudaForward(this.id, cacheId, logits, ids, pos, mask, past, B, T, lastOnly);
+  forward(cacheId: number, logits: Tensor, ids: Int32Array, pos: Int32Array, mask: Int32Array | null, past: number, B: number, T: number, lastOnly: boolean, deviceIds: Tensor | null = null): void {
+    native().gpt2CudaForward(this.id, cacheId, logits, deviceIds ? null : ids, pos, mask, past, B, T, lastOnly, deviceIds);
   }
 
   release(): void {

@@ -32,6 +32,13 @@ export class GPT2KVCache implements KVCache {
   }
   /** @internal the native binding of this cache for the whole-forward CUDA path */
   _nativeId?: number;
+  /** Forgets positions from `length` on; the next forward overwrites them. */
+  truncate(length: number): void {
+    if (!Number.isInteger(length) || length < 0 || length > this.length)
+      throw new RangeError(`KV cache: cannot truncate ${this.length} positions to ${length}`);
+    this.length = length;
+    this.mask = this.mask.map((r) => r.slice(0, length));
+  }
   dispose(): void {
     if (this._nativeId !== undefined) native().gpt2CudaCacheRelease(this._nativeId);
     this._nativeId = undefined;
@@ -130,12 +137,18 @@ export class GPT2LMHeadModel implements CausalLM {
       }
     }
     const plan = this.device === 'cpu' ? null : this.cudaPlan();
+    const deviceIds = options.deviceInputIds;
+    if (deviceIds) {
+      if (!plan) throw new ForwardError('forward: deviceInputIds needs the whole-forward CUDA path (see forwardFromDevice)');
+      if (deviceIds.dtype !== 'int32' || deviceIds.device !== this.device || deviceIds.numel !== B * T)
+        throw new ForwardError(`forward: deviceInputIds must be int32 [${B * T}] on ${this.device}, got ${deviceIds.dtype} [${deviceIds.shape.join(', ')}] on ${deviceIds.device}`);
+    }
     if (plan) {
       const rows = options.lastTokenOnly ? 1 : T;
       const logits = Tensor.empty([B, rows, vocabSize], 'float32', this.device);
       cache._nativeId ??= plan.bindCache(cache.k, cache.v);
       const maskArr = padded ? Int32Array.from(mask.flat(), (v) => (v ? 1 : 0)) : null;
-      plan.forward(cache._nativeId, logits, ids, pos, maskArr, past, B, T, !!options.lastTokenOnly);
+      plan.forward(cache._nativeId, logits, ids, pos, maskArr, past, B, T, !!options.lastTokenOnly, deviceIds ?? null);
       cache.length = past + T;
       cache.mask = mask;
       return { logits, pastKeyValues: cache };
@@ -229,6 +242,17 @@ export class GPT2LMHeadModel implements CausalLM {
   async savePretrained(dir: string): Promise<void> {
     const { saveGPT2 } = await import('./gpt2-save.js');
     await saveGPT2(this, dir, this.quantizationConfig ? { quantization_config: this.quantizationConfig } : {});
+  }
+
+  /**
+   * Queues a one-token decode step reading its ids from `ids` (int32 [B] on this model's GPU)
+   * when it runs: generate() queues step t+1 right behind the sampling of step t, so the GPU
+   * never waits for the host between steps. null when the whole-forward CUDA path is off.
+   */
+  forwardFromDevice(ids: Tensor, options: ForwardOptions): Promise<ForwardOutput> | null {
+    if (this.device === 'cpu' || !this.cudaPlan()) return null;
+    const placeholder = Array.from({ length: ids.numel }, () => [0]);
+    return this.forward(placeholder, { ...options, deviceInputIds: ids });
   }
 
   /** config.json's quantization_config when the model is quantized (set by the loader). */

@@ -10,6 +10,8 @@ export interface KVCache {
   readonly capacity: number;
   readonly batchSize: number;
   dispose(): void;
+  /** Optional: forget the positions from `length` on (undoes a step queued ahead). */
+  truncate?(length: number): void;
 }
 
 export interface ForwardOptions {
@@ -24,6 +26,11 @@ export interface ForwardOptions {
   lastTokenOnly?: boolean;
   /** Cache capacity to allocate when no pastKeyValues is given (default n_positions). */
   cacheCapacity?: number;
+  /**
+   * @internal An int32 [B * T] tensor on the model's GPU holding the token ids, read when the
+   * step runs (the ids the GPU sampler just wrote); inputIds then only give the shape.
+   */
+  deviceInputIds?: Tensor;
 }
 
 export interface ForwardOutput {
@@ -37,4 +44,10 @@ export interface CausalLM {
   readonly device: Device;
   /** Token ids as [B][T] (equal lengths; pad on the left and mask). */
   forward(inputIds: number[][], options?: ForwardOptions): Promise<ForwardOutput>;
+  /**
+   * Optional: queues a one-token decode step whose ids are read from `ids` (int32 [B] on the
+   * model's GPU) when it runs, so generate() can queue step t+1 before step t's tokens reach
+   * the host. Returns null when this model cannot (generate() then waits and uses forward()).
+   */
+  forwardFromDevice?(ids: Tensor, options: ForwardOptions): Promise<ForwardOutput> | null;
 }

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -397,8 +398,10 @@ const int32_t* int32_array(const Napi::CallbackInfo& info, size_t i, const char*
   return a.Data();
 }
 
-// gpt2CudaForward(plan, cache, logits, ids: Int32Array, pos: Int32Array, mask: Int32Array | null,
-//                 past, B, T, lastOnly): queues the whole forward; logits [B*T or B, V] float32.
+// gpt2CudaForward(plan, cache, logits, ids: Int32Array | null, pos: Int32Array, mask: Int32Array | null,
+//                 past, B, T, lastOnly, deviceIds?: int32 tensor [B*T] on the plan's device):
+//   queues the whole forward; logits [B*T or B, V] float32. With deviceIds the ids are read
+//   from that tensor on the stream (ids may be null; out-of-vocabulary ids embed as zeros).
 Napi::Value Forward(const Napi::CallbackInfo& info) {
   const char* op = "gpt2 forward";
   Plan& plan = plan_arg(info, 0);
@@ -411,12 +414,19 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
   if (B != cache.B) throw std::invalid_argument("gpt2 forward: the cache holds " + std::to_string(cache.B) + " sequences, not " + std::to_string(B));
   if (T <= 0 || past < 0 || past + T > cache.Tmax)
     throw std::out_of_range("gpt2 forward: " + std::to_string(past + T) + " positions exceed the KV cache length " + std::to_string(cache.Tmax));
-  const int32_t* ids = int32_array(info, 3, "ids", B * T);
+  std::optional<TensorArg> ids_dev;
+  if (info.Length() > 10 && !info[10].IsNull() && !info[10].IsUndefined()) {
+    ids_dev = tensor_arg(info, 10, "deviceIds");
+    expect_dtype(op, "deviceIds", *ids_dev, DType::I32);
+    on_device(op, "deviceIds", *ids_dev, plan.device);
+    expect_numel(op, "deviceIds", *ids_dev, B * T);
+  }
+  const int32_t* ids = ids_dev ? nullptr : int32_array(info, 3, "ids", B * T);
   const int32_t* pos = int32_array(info, 4, "pos", B * T);
   const int32_t* mask = nullptr;
   if (!info[5].IsNull() && !info[5].IsUndefined()) mask = int32_array(info, 5, "mask", B * (past + T));
   for (int64_t i = 0; i < B * T; i++) {
-    if (ids[i] < 0 || ids[i] >= plan.w.V) throw std::out_of_range("gpt2 forward: token id " + std::to_string(ids[i]) + " is outside the vocabulary");
+    if (ids && (ids[i] < 0 || ids[i] >= plan.w.V)) throw std::out_of_range("gpt2 forward: token id " + std::to_string(ids[i]) + " is outside the vocabulary");
     if (pos[i] < 0 || pos[i] >= plan.w.P) throw std::out_of_range("gpt2 forward: position " + std::to_string(pos[i]) + " is past n_positions");
   }
   act(op, "logits", logits, plan.device);
@@ -431,7 +441,8 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
     try {
       if (!cache.graph)
         cache.graph = gpt2_cuda::decode_graph_create(plan.w, cache.k.data(), cache.v.data(), B, cache.Tmax, plan.device);
-      gpt2_cuda::decode_graph_run(cache.graph, ids, pos, mask, past, logits.ptr<float>());
+      gpt2_cuda::decode_graph_run(cache.graph, ids, pos, mask, past, logits.ptr<float>(),
+                                  ids_dev ? ids_dev->ptr<int32_t>() : nullptr);
       return info.Env().Undefined();
     } catch (const std::exception&) {
       if (cache.graph) throw;  // a replay failed: report it
@@ -442,7 +453,7 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
   // `scratch` goes back to the caching allocator on return while the kernels may still run:
   // safe, since every later user of that memory is queued behind them on the same stream.
   gpt2_cuda::gpt2_forward(plan.w, scratch->data, ids, pos, mask, cache.k.data(), cache.v.data(), B, T, past, cache.Tmax,
-                          last_only, logits.ptr<float>(), plan.device);
+                          last_only, logits.ptr<float>(), plan.device, ids_dev ? ids_dev->ptr<int32_t>() : nullptr);
   return info.Env().Undefined();
 }
 NIBBLE_BINDING("gpt2CudaForward", Forward);

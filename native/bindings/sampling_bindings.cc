@@ -1,9 +1,11 @@
-// Sampling on the GPU (native/cuda/sampling_cuda.h): the arguments are checked here, on the JS
-// thread; the kernel, the copy of the ids and the wait for the stream run on a worker thread,
-// so the event loop keeps running while the forward that wrote the logits finishes.
+// Sampling on the GPU (native/cuda/sampling_cuda.h): the arguments are checked and the kernel
+// and the copy of the ids are queued here, on the JS thread, so they are ordered on the stream
+// exactly as the JS calls are (a forward queued right after may read the ids from `feed`); a
+// worker thread waits for the ids, so the event loop keeps running meanwhile.
 #include <napi.h>
 
 #include <algorithm>
+#include <optional>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -36,33 +38,34 @@ double opt_number(Napi::Object o, const char* key, double dflt) {
 
 class SampleWorker : public Napi::AsyncWorker {
  public:
-  SampleWorker(Napi::Env env, TensorArg logits, int64_t positions, int64_t V, cuda_sampling::Config cfg,
-               std::vector<cuda_sampling::Row> rows, std::vector<int32_t> history, std::vector<int64_t> history_off)
+  // Queues the sampling (throws on bad arguments or a CUDA error, before any worker exists).
+  SampleWorker(Napi::Env env, TensorArg logits, std::optional<TensorArg> feed, int64_t positions, int64_t V,
+               const cuda_sampling::Config& cfg, std::vector<cuda_sampling::Row> rows)
       : Napi::AsyncWorker(env, "nibble.sampleTokens"),
         logits_(std::move(logits)),
-        positions_(positions),
-        V_(V),
-        cfg_(cfg),
-        rows_(std::move(rows)),
-        history_(std::move(history)),
-        ids_(rows_.size()),
-        status_(rows_.size()),
+        feed_(std::move(feed)),
+        ids_(rows.size()),
+        status_(rows.size()),
         deferred_(Napi::Promise::Deferred::New(env)) {
-    // Each row's history lies in this worker's own copy of the ids.
-    for (size_t r = 0; r < rows_.size(); r++) rows_[r].history = rows_[r].history_len ? history_.data() + history_off[r] : nullptr;
+    pending_ = cuda_sampling::sample_async(logits_.ptr(), logits_.dt, logits_.dim(0), positions, V, cfg, rows.data(),
+                                           (int64_t)rows.size(), feed_ ? feed_->ptr<int32_t>() : nullptr, logits_.device());
+  }
+  ~SampleWorker() override {
+    if (pending_) cuda_sampling::sample_wait(pending_, ids_.data(), status_.data());  // never queued: still wait
   }
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
+    cuda_sampling::Pending* p = pending_;
+    pending_ = nullptr;
     try {
-      cuda_sampling::sample(logits_.ptr(), logits_.dt, logits_.dim(0), positions_, V_, cfg_, rows_.data(),
-                            (int64_t)rows_.size(), ids_.data(), status_.data(), logits_.device());
+      cuda_sampling::sample_wait(p, ids_.data(), status_.data());
     } catch (const std::exception& e) {
       SetError(e.what());
     }
   }
   void OnOK() override {
     Napi::Env env = Env();
-    const size_t n = rows_.size();
+    const size_t n = ids_.size();
     Napi::Int32Array ids = Napi::Int32Array::New(env, n), status = Napi::Int32Array::New(env, n);
     std::copy(ids_.begin(), ids_.end(), ids.Data());
     std::copy(status_.begin(), status_.end(), status.Data());
@@ -74,18 +77,18 @@ class SampleWorker : public Napi::AsyncWorker {
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
-  TensorArg logits_;  // holds the storage until the kernel has read it
-  int64_t positions_, V_;
-  cuda_sampling::Config cfg_;
-  std::vector<cuda_sampling::Row> rows_;
-  std::vector<int32_t> history_;
+  TensorArg logits_;              // hold the storages until the kernel is done
+  std::optional<TensorArg> feed_;
+  cuda_sampling::Pending* pending_ = nullptr;
   std::vector<int32_t> ids_, status_;
   Napi::Promise::Deferred deferred_;
 };
 
 // sampleTokens(logits [B, V] | [B, positions, V] on CUDA, rows: Int32Array (batch rows to pick
 //   for), u: Float64Array | null (one uniform per row when sampling), history: Int32Array | null,
-//   historyOffsets: Int32Array | null (rows.length + 1 offsets into history), config)
+//   historyOffsets: Int32Array | null (rows.length + 1 offsets into history), config,
+//   feed?: int32 [B] tensor on the logits' device | null (each kOk row's id is also written to
+//   feed[row] on the GPU, for a forward queued next))
 //   -> Promise<{ ids: Int32Array, status: Int32Array }>
 // config: { doSample, temperature, topK, topP, minP (null = off), repetitionPenalty,
 //   minTokensToKeep?, forceGlobal? }, with the meaning of lib/generation's options.
@@ -164,7 +167,16 @@ Napi::Value SampleTokens(const Napi::CallbackInfo& info) {
     }
   }
 
-  auto* w = new SampleWorker(env, logits, positions, V, cfg, std::move(rs), std::move(hist), std::move(hist_off));
+  std::optional<TensorArg> feed;
+  if (info.Length() > 6 && !info[6].IsNull() && !info[6].IsUndefined()) {
+    feed = tensor_arg(info, 6, "feed");
+    if (feed->dt != DType::I32 || feed->on_cpu() || feed->device() != logits.device() || feed->numel() != B)
+      throw Napi::TypeError::New(env, std::string(kOp) + ": feed must be an int32 tensor of " + std::to_string(B) +
+                                          " elements on the logits' device, got " + feed->describe());
+  }
+  for (size_t r = 0; r < n; r++) rs[r].history = rs[r].history_len ? hist.data() + hist_off[r] : nullptr;
+  // The histories are copied into pinned staging before the constructor returns.
+  auto* w = new SampleWorker(env, logits, std::move(feed), positions, V, cfg, std::move(rs));
   Napi::Promise p = w->promise();
   w->Queue();
   return p;

@@ -111,10 +111,11 @@ void qlinear_ln(const QLinear& L, const void* ln_w, const void* ln_b, float eps,
 // Bytes of device scratch gpt2_forward needs for B sequences of T new tokens.
 size_t gpt2_scratch_bytes(const Gpt2Weights& w, int64_t B, int64_t T, int64_t past);
 // ids/pos [B*T] and mask [B*(past+T)] (or null) are host arrays, copied on the stream before
-// this returns. logits: [B*T, V], or [B, V] when last_only.
+// this returns. logits: [B*T, V], or [B, V] when last_only. ids_dev, when not null, replaces
+// ids: device int32 [B*T] read on the stream (e.g. tokens the GPU sampler just wrote).
 void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const int32_t* pos, const int32_t* mask,
                   float* const* kc, float* const* vc, int64_t B, int64_t T, int64_t past, int64_t Tmax,
-                  bool last_only, float* logits, int device);
+                  bool last_only, float* logits, int device, const int32_t* ids_dev = nullptr);
 
 // A decode step (T = 1, last position only) captured once per bound KV cache and replayed:
 // one graph launch instead of ~8 launches per layer. Activations live at fixed addresses in
@@ -122,9 +123,10 @@ void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const
 struct DecodeGraph;
 DecodeGraph* decode_graph_create(const Gpt2Weights& w, float* const* kc, float* const* vc, int64_t B, int64_t Tmax,
                                  int device);
-// mask: [B, past+1] host ints or null (all ones). logits: [B, V] device float32.
+// mask: [B, past+1] host ints or null (all ones). logits: [B, V] device float32. ids_dev, when
+// not null, replaces ids (device int32 [B], as in gpt2_forward).
 void decode_graph_run(DecodeGraph* g, const int32_t* ids, const int32_t* pos, const int32_t* mask, int64_t past,
-                      float* logits);
+                      float* logits, const int32_t* ids_dev = nullptr);
 void decode_graph_destroy(DecodeGraph* g);
 
 }  // namespace gpt2_cuda

@@ -51,7 +51,7 @@ void qlinear_ln(const QLinear&, const void*, const void*, float, DType, int, flo
   throw std::runtime_error(kNoCuda);
 }
 void gpt2_forward(const Gpt2Weights&, void*, const int32_t*, const int32_t*, const int32_t*, float* const*,
-                  float* const*, int64_t, int64_t, int64_t, int64_t, bool, float*, int) {
+                  float* const*, int64_t, int64_t, int64_t, int64_t, bool, float*, int, const int32_t*) {
   throw std::runtime_error(kNoCuda);
 }
 }  // namespace gpt2_cuda
@@ -67,7 +67,7 @@ void attention_decode_dev(float*, const float*, float*, float*, const int32_t*, 
 DecodeGraph* decode_graph_create(const Gpt2Weights&, float* const*, float* const*, int64_t, int64_t, int) {
   throw std::runtime_error(kNoCuda);
 }
-void decode_graph_run(DecodeGraph*, const int32_t*, const int32_t*, const int32_t*, int64_t, float*) {
+void decode_graph_run(DecodeGraph*, const int32_t*, const int32_t*, const int32_t*, int64_t, float*, const int32_t*) {
   throw std::runtime_error(kNoCuda);
 }
 void decode_graph_destroy(DecodeGraph*) {}

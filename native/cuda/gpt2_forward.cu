@@ -29,7 +29,7 @@ size_t gpt2_scratch_bytes(const Gpt2Weights& w, int64_t B, int64_t T, int64_t pa
 
 void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const int32_t* pos, const int32_t* mask,
                   float* const* kc, float* const* vc, int64_t B, int64_t T, int64_t past, int64_t Tmax,
-                  bool last_only, float* logits, int device) {
+                  bool last_only, float* logits, int device, const int32_t* ids_dev) {
   const int64_t BT = B * T, C = w.C, D = C / w.H;
   cudaStream_t s = begin(device);
   Carve cv{static_cast<char*>(scratch)};
@@ -45,7 +45,9 @@ void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const
   void* qs = cv.take<char>(qlinear_scratch_bytes(w, BT));
   // Pageable host -> device on the stream: small copies are staged at once, so the caller's
   // arrays may be reused as soon as this returns.
-  NIBBLE_CUDA_CHECK(cudaMemcpyAsync(d_ids, ids, BT * 4, cudaMemcpyHostToDevice, s), "gpt2 forward: copying ids");
+  NIBBLE_CUDA_CHECK(ids_dev ? cudaMemcpyAsync(d_ids, ids_dev, BT * 4, cudaMemcpyDeviceToDevice, s)
+                            : cudaMemcpyAsync(d_ids, ids, BT * 4, cudaMemcpyHostToDevice, s),
+                    "gpt2 forward: copying ids");
   NIBBLE_CUDA_CHECK(cudaMemcpyAsync(d_pos, pos, BT * 4, cudaMemcpyHostToDevice, s), "gpt2 forward: copying positions");
   if (mask)
     NIBBLE_CUDA_CHECK(cudaMemcpyAsync(d_mask, mask, B * (past + T) * 4, cudaMemcpyHostToDevice, s),

@@ -1,8 +1,10 @@
 // The decode step as a CUDA graph (see gpt2_cuda.h). Captured once per bound KV cache, on
 // the first single-token step, and replayed for every later one: the host then pays one
 // graph launch per token instead of ~8 kernel launches per layer, and the GPU runs the
-// kernels back to back. Everything a step changes (ids, positions, mask, past) is copied
-// from pinned staging memory by the graph's first node, so the captured kernels never change.
+// kernels back to back. Everything a step changes (positions, mask, past) is copied from
+// pinned staging memory by the graph's first node, so the captured kernels never change; the
+// ids are copied just before each replay, from the same staging or from device memory (the
+// tokens the GPU sampler wrote, which then never visit the host before the step runs).
 #include "cuda/gpt2_device.cuh"
 
 namespace nibble {
@@ -14,6 +16,7 @@ struct DecodeGraph {
   int64_t B = 0, Tmax = 0;
   void* dev = nullptr;        // activations, logits and the staged inputs
   int32_t* host = nullptr;    // pinned: ids[B] | pos[B] | past | mask[B * Tmax]
+  int32_t* d_ids = nullptr;   // the device copy of the stage (same layout)
   size_t stage_bytes = 0;
   float* logits = nullptr;    // [B, V]
   cudaGraphExec_t exec = nullptr;
@@ -38,12 +41,14 @@ void capture(DecodeGraph* g, float* const* kc, float* const* vc) {
   int32_t* stage = (int32_t*)take(g->stage_bytes);
   void* qs = take(qlinear_scratch_bytes(w, B));
   int32_t *d_ids = stage, *d_pos = stage + B, *d_past = stage + 2 * B, *d_mask = stage + 2 * B + 1;
+  g->d_ids = stage;
 
   cudaStream_t s = begin(g->device);
   NIBBLE_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "decode graph: begin capture");
   cudaGraph_t graph = nullptr;
   try {
-    NIBBLE_CUDA_CHECK(cudaMemcpyAsync(stage, g->host, g->stage_bytes, cudaMemcpyHostToDevice, s), "decode graph: inputs");
+    NIBBLE_CUDA_CHECK(cudaMemcpyAsync(stage + B, g->host + B, g->stage_bytes - B * 4, cudaMemcpyHostToDevice, s),
+                      "decode graph: inputs");
     embedding(x, w.wte, w.wpe, w.dt, d_ids, d_pos, B, C, w.V, w.P, g->device);
     for (size_t l = 0; l < w.layers.size(); l++) {
       const Gpt2Layer& L = w.layers[l];
@@ -90,18 +95,21 @@ DecodeGraph* decode_graph_create(const Gpt2Weights& w, float* const* kc, float* 
 }
 
 void decode_graph_run(DecodeGraph* g, const int32_t* ids, const int32_t* pos, const int32_t* mask, int64_t past,
-                      float* logits) {
+                      float* logits, const int32_t* ids_dev) {
   const int64_t B = g->B, L = past + 1;
   if (L > g->Tmax) throw std::out_of_range("decode graph: the KV cache is full");
   cudaStream_t s = begin(g->device);
   // The previous replay must have read the staging memory before it is overwritten.
   if (g->launched) NIBBLE_CUDA_CHECK(cudaEventSynchronize(g->done), "decode graph: previous step");
   int32_t* hp = g->host;
-  for (int64_t b = 0; b < B; b++) hp[b] = ids[b], hp[B + b] = pos[b];
+  for (int64_t b = 0; b < B; b++) hp[b] = ids_dev ? 0 : ids[b], hp[B + b] = pos[b];
   hp[2 * B] = (int32_t)past;
   int32_t* hm = hp + 2 * B + 1;
   for (int64_t b = 0; b < B; b++)
     for (int64_t j = 0; j < L; j++) hm[b * g->Tmax + j] = mask ? mask[b * L + j] : 1;
+  NIBBLE_CUDA_CHECK(ids_dev ? cudaMemcpyAsync(g->d_ids, ids_dev, B * 4, cudaMemcpyDeviceToDevice, s)
+                            : cudaMemcpyAsync(g->d_ids, hp, B * 4, cudaMemcpyHostToDevice, s),
+                    "decode graph: ids");
   NIBBLE_CUDA_CHECK(cudaGraphLaunch(g->exec, s), "decode graph: launch");
   NIBBLE_CUDA_CHECK(cudaMemcpyAsync(logits, g->logits, B * g->w->V * 4, cudaMemcpyDeviceToDevice, s),
                     "decode graph: logits");

@@ -57,6 +57,19 @@ struct Row {
 void sample(const void* logits, DType dt, int64_t B, int64_t positions, int64_t V, const Config& cfg,
             const Row* rows, int64_t n, int32_t* out_ids, int32_t* out_status, int device);
 
+// The same, split so the work can be queued without waiting for it: sample_async queues the
+// kernel and the copy of the ids on the stream (after whatever is queued there, e.g. the
+// forward that writes the logits) and returns at once; sample_wait blocks until the ids are in
+// host memory, fills out_ids/out_status and releases the handle (every handle must be waited
+// for exactly once). `feed`, when not null, is a device int32 array [B] on `device`: each kOk
+// row's id is also written to feed[rows[i].batch] on the GPU, so a following forward can read
+// the next tokens without a round trip through the host (other entries are left as they were).
+// The row histories are copied before sample_async returns.
+struct Pending;
+Pending* sample_async(const void* logits, DType dt, int64_t B, int64_t positions, int64_t V, const Config& cfg,
+                      const Row* rows, int64_t n, int32_t* feed, int device);
+void sample_wait(Pending* p, int32_t* out_ids, int32_t* out_status);
+
 // Largest V whose row fits in one block's shared memory on `device` (larger ones run from
 // global memory, slower but the same arithmetic).
 int64_t max_shared_vocab(int device);

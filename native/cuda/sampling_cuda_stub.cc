@@ -16,6 +16,11 @@ void sample(const void*, DType, int64_t, int64_t, int64_t, const Config&, const 
   no_cuda();
 }
 
+Pending* sample_async(const void*, DType, int64_t, int64_t, int64_t, const Config&, const Row*, int64_t, int32_t*, int) {
+  no_cuda();
+}
+void sample_wait(Pending*, int32_t*, int32_t*) { no_cuda(); }
+
 int64_t max_shared_vocab(int) { no_cuda(); }
 
 }  // namespace cuda_sampling

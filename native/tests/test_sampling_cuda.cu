@@ -10,7 +10,9 @@
 // Usage: test_sampling_cuda [--seed N] [--only name-substring]
 //        test_sampling_cuda --ref-dump FILE [--seed N]   (no GPU needed: writes the cases and
 //        the reference's answers for a cross-check against the JS, see the end of this file)
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -396,6 +398,55 @@ void test_errors(Table& t) {
   });
 }
 
+// sample_async: several calls queued before any is waited for (each has its own staging),
+// and the feed: kOk rows' ids land in feed[batch] on the device, other entries untouched.
+void test_async_feed(Table& t, std::mt19937_64& rng) {
+  if (g_dump) return;
+  check(t, "async: 3 calls queued then waited, ids as the synchronous call; feed = ids of settled rows", [&]() -> std::string {
+    const int64_t B = 4, V = 50257;
+    std::vector<std::vector<float>> rowsets;
+    std::vector<DevBuf> bufs;
+    std::uniform_real_distribution<float> uni(-5.0f, 5.0f);
+    for (int c = 0; c < 3; c++) {
+      std::vector<float> v((size_t)(B * V));
+      for (auto& x : v) x = uni(rng);
+      if (c == 1) v[(size_t)(2 * V + 17)] = NAN;  // row 2 of call 1: left to the host
+      rowsets.push_back(v);
+      bufs.emplace_back(v.data(), v.size() * 4);
+    }
+    std::vector<cuda_sampling::Row> rows(3);
+    rows[0].batch = 0, rows[1].batch = 2, rows[2].batch = 3;  // row 1 is "finished": not asked for
+    DevBuf feed(sizeof(int32_t) * B);
+    const std::vector<int32_t> init = {-7, -7, -7, -7};
+    feed.upload(init.data(), init.size() * 4);
+    std::vector<cuda_sampling::Pending*> pend;
+    for (int c = 0; c < 3; c++)
+      pend.push_back(cuda_sampling::sample_async(bufs[c].p, DType::F32, B, 1, V, cuda_sampling::Config(), rows.data(), 3,
+                                                 c == 1 ? feed.as<int32_t>() : nullptr, 0));
+    std::string err;
+    for (int c = 0; c < 3; c++) {
+      std::vector<int32_t> ids(3), st(3), ids2(3), st2(3);
+      cuda_sampling::sample_wait(pend[c], ids.data(), st.data());
+      cuda_sampling::sample(bufs[c].p, DType::F32, B, 1, V, cuda_sampling::Config(), rows.data(), 3, ids2.data(), st2.data(), 0);
+      if (ids != ids2 || st != st2) err += " call " + std::to_string(c) + " differs from the synchronous call;";
+      for (int r = 0; r < 3; r++) {
+        const float* row = rowsets[c].data() + rows[r].batch * V;
+        const int32_t want = c == 1 && r == 1 ? -1 : (int32_t)(std::max_element(row, row + V) - row);
+        if (ids[r] != want) err += " call " + std::to_string(c) + " row " + std::to_string(r) + ": " + std::to_string(ids[r]);
+      }
+      if (c == 1) {
+        const std::vector<int32_t> f = feed.download<int32_t>(B);
+        const float* r0 = rowsets[1].data();
+        const float* r3 = rowsets[1].data() + 3 * V;
+        const std::vector<int32_t> want = {(int32_t)(std::max_element(r0, r0 + V) - r0), -7, -7,
+                                           (int32_t)(std::max_element(r3, r3 + V) - r3)};
+        if (f != want) err += " feed [" + std::to_string(f[0]) + " " + std::to_string(f[1]) + " " + std::to_string(f[2]) + " " + std::to_string(f[3]) + "]";
+      }
+    }
+    return err.empty() ? "3 calls, feed ok" : "!" + err;
+  });
+}
+
 void test_determinism(Table& t, std::mt19937_64& rng) {
   if (g_dump) return;
   check(t, "same inputs, same ids (20 launches, V=50257 all options)", [&]() -> std::string {
@@ -502,6 +553,7 @@ int main(int argc, char** argv) {
   test_specials(t);
   test_random(t, rng);
   test_determinism(t, rng);
+  test_async_feed(t, rng);
   timings(rng);
   t.summary();
   std::printf("draws that differ only within rounding of a token boundary: %d\n", g_rounding_ties);

@@ -255,6 +255,27 @@ for (const [name, q, opts, tol] of QUANT)
     cpu.dispose();
   });
 
+// Decoding ahead (generate() queues step t+1 with the ids the GPU sampler writes, before they
+// reach the host) against waiting for every step's ids: the same tokens, greedy and sampled,
+// in a padded batch, float32 and nf4.
+await attempt('fortune decode ahead = waiting for each step', async () => {
+  const batch = [[464, 2003, 286, 9552, 318], [50256, 17], [1169, 2003, 286]];
+  const sets = [{ doSample: false }, { doSample: true, seed: 11, topP: 0.9, repetitionPenalty: 1.2 }, { doSample: true, seed: 3, temperature: 1.5 }];
+  for (const [label, q] of [['fp32', null], ['nf4', { loadIn4bit: true, bnb4bitQuantType: 'nf4', bnb4bitUseDoubleQuant: true }]]) {
+    const model = await AutoModelForCausalLM.fromPretrained(FORTUNE, { deviceMap: 'cuda:0', ...(q ? { quantizationConfig: new BitsAndBytesConfig(q) } : {}) });
+    let same = true;
+    for (const o of sets) {
+      const ahead = await model.generate(batch, { ...o, maxNewTokens: 40 });
+      process.env.NIBBLE_DECODE_AHEAD = '0';
+      const wait = await model.generate(batch, { ...o, maxNewTokens: 40 });
+      delete process.env.NIBBLE_DECODE_AHEAD;
+      same &&= sameTokens(ahead, wait);
+    }
+    record(`fortune ${label}: tokens with decode ahead = without (greedy, sampled + rp, B=3 padded)`, same ? 'same' : 'differ', 'same', same);
+    model.dispose();
+  }
+});
+
 console.log('\n| check | value | limit | result |\n|---|---|---|---|');
 for (const r of rows) console.log(`| ${r.check} | ${r.value} | ${r.limit} | ${r.pass ? 'pass' : 'FAIL'} |`);
 const failed = rows.filter((r) => !r.pass).length;

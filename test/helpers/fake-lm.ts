@@ -21,6 +21,10 @@ class FakeCache implements KVCache {
   dispose(): void {
     this.disposed = true;
   }
+  truncate(length: number): void {
+    if (length < 0 || length > this.length) throw new Error(`fake: cannot truncate ${this.length} positions to ${length}`);
+    for (const r of this.rows) r.length = length;
+  }
 }
 
 export interface FakeLMOptions {
