@@ -19,6 +19,7 @@
 
 #include "cuda/gpt2_decode_gemv.h"
 #include "cuda/gpt2_device.cuh"
+#include "cuda/pdl.cuh"
 #include "cuda/quant_device.cuh"
 
 namespace nibble {
@@ -30,40 +31,11 @@ constexpr int kWarps = 8, kThreads = kWarps * 32;
 
 __device__ __forceinline__ float bias_at(const void* b, DType dt, int64_t n) { return b ? load_f32(b, dt, n) : 0.0f; }
 
-// Programmatic dependent launch (Hopper): a decode GEMV may start while the kernel before it
-// drains, issue its weight loads (which do not depend on that kernel), and only then wait for
-// its results. Without the launch attribute the wait returns at once.
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-// Lets the next decode GEMV launch (it waits for this grid before reading its results).
-__device__ __forceinline__ void allow_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
-}
-bool pdl_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("NIBBLE_CUDA_PDL");
-    if (e && std::string(e) == "0") return false;
-    int d = 0, major = 0;
-    cudaGetDevice(&d);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d);
-    return major >= 9;
-  }();
-  return on;
-}
+// Launched as programmatic dependents (pdl.cuh): a decode GEMV may start while the kernel
+// before it drains and issue its weight loads, which do not depend on that kernel.
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), unsigned grid, size_t smem, cudaStream_t s, Args... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid), cfg.blockDim = dim3(kThreads), cfg.dynamicSmemBytes = smem, cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr, cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  NIBBLE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...), "decode GEMV launch");
+  launch_pdl(kernel, dim3(grid), dim3(kThreads), smem, s, "decode GEMV launch", args...);
 }
 
 // Activations staged in shared memory (SX): a lane reads the E floats of its chunk, so in
@@ -164,13 +136,13 @@ struct Format4 {  // bitsandbytes NF4/FP4, absmax plain or double-quantized
   const float* offset_ptr;  // device scalar (the graph replays launches: no host copy)
   float offset;             // read once per block by prepare()
   int log2_bs;
-  int64_t K;
+  int K;  // 32-bit indexing: decode_gemv_4bit takes only layers with N * K < 2^31
   __device__ __forceinline__ void prepare() { offset = DQ ? __ldg(offset_ptr) : 0.0f; }
-  __device__ __forceinline__ uint4 load(int64_t n, int64_t c) const {
-    return __ldcs(reinterpret_cast<const uint4*>(packed + n * (K >> 1)) + c);
+  __device__ __forceinline__ uint4 load(int n, int c) const {
+    return __ldcs(reinterpret_cast<const uint4*>(packed) + (n * (K >> 5) + c));
   }
-  __device__ __forceinline__ Meta meta(int64_t n, int64_t c) const {
-    const int64_t blk = (n * K + c * 32) >> log2_bs;
+  __device__ __forceinline__ Meta meta(int n, int c) const {
+    const uint32_t blk = ((uint32_t)n * (uint32_t)K + (uint32_t)c * 32u) >> log2_bs;
     if (DQ) return {__ldg(qabsmax + blk), __ldg(nested + (blk >> 8))};
     return {0u, __ldg(absmax + blk)};
   }
@@ -192,12 +164,15 @@ struct Format4 {  // bitsandbytes NF4/FP4, absmax plain or double-quantized
 // Each block loops over groups of kWarps / KS rows (a grid of about one wave, so the prologue
 // is paid once per block); KS warps share a row. A lane keeps kAhead chunk loads in flight,
 // across row boundaries too, the first ones issued before the prologue.
+// One row (MT == 1, the B=1 decode step): registers capped at 64 (no spills) for 4 blocks
+// (32 warps) an SM instead of 3; the kernel is latency-bound, so more warps in flight pay.
+// With more rows the cap would spill.
 template <typename F, int MT, int EPI, bool SX>
-__global__ void __launch_bounds__(kThreads)
-    k_decode_gemv(const float* __restrict__ x, F f, int64_t N, const void* bias, DType bias_dt, float* out, int M,
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
+    k_decode_gemv(const float* __restrict__ x, F f, int N, const void* bias, DType bias_dt, float* out, int M,
                   int KS, LnArgs ln) {
   constexpr int E = F::E;
-  allow_dependents();
+  pdl_trigger();
   f.prepare();
   extern __shared__ float4 s_dyn[];
   float* s_x = reinterpret_cast<float*>(s_dyn);
@@ -205,30 +180,30 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float s_ncode[F::kDQ ? 256 : 1];
   __shared__ float s_part[kWarps][MT];
   __shared__ float s_red[32];
-  const int64_t K = f.K;
+  const int K = f.K;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS, RB = kWarps / KS;
-  const int64_t C = K / E, c0 = lane + 32 * ks, stride = (int64_t)gridDim.x * RB;
+  const int C = K / E, c0 = lane + 32 * ks, stride = (int)gridDim.x * RB;
   struct Chunk {
     uint4 raw;
     typename F::Meta meta;
   };
-  auto fetch = [&](int64_t n, int64_t c) {
+  auto fetch = [&](int n, int c) {
     Chunk r;
     r.raw = make_uint4(0, 0, 0, 0);
     r.meta = typename F::Meta();
     if (n < N && c < C) r.raw = f.load(n, c), r.meta = f.meta(n, c);
     return r;
   };
-  int64_t n = (int64_t)blockIdx.x * RB + warp / KS;
+  int n = (int)blockIdx.x * RB + warp / KS;
   // A lane's chunks in order (row groups, then its chunks within the row): a ring of kAhead
   // loads in flight, refilled as each chunk is used.
   constexpr int kAhead = 3;
-  auto advance = [&](int64_t& pn, int64_t& pc) {
+  auto advance = [&](int& pn, int& pc) {
     pc += 32 * KS;
     if (pc >= C) pc = c0, pn += stride;
   };
   Chunk ring[kAhead];
-  int64_t tail_n = n, tail_c = c0;  // position of the newest ring entry
+  int tail_n = n, tail_c = c0;  // position of the newest ring entry
 #pragma unroll
   for (int i = 0; i < kAhead; i++) {
     if (i) advance(tail_n, tail_c);
@@ -242,7 +217,7 @@ __global__ void __launch_bounds__(kThreads)
   if (SX) lp.prefetch(ln, K);
   // Launched as a programmatic dependent (see launch()): everything above reads only weights,
   // so it overlaps the previous kernel's tail; from here on its outputs are needed.
-  grid_dependency_wait();
+  pdl_wait();
   if (SX) {
     if (ln.w) stage_x_ln<E>(s_x, x, M, K, ln, lp, s_red);
     else stage_x<E>(s_x, x, M, K);
@@ -250,7 +225,7 @@ __global__ void __launch_bounds__(kThreads)
   if (F::kTable && threadIdx.x < 16)
     s_code[threadIdx.x] = F::kKind == 1 ? cuda::dev::c_tables4.nf4_values[threadIdx.x] : cuda::dev::c_tables4.fp4_values[threadIdx.x];
   __syncthreads();
-  for (int64_t base = (int64_t)blockIdx.x * RB; base < N; base += stride, n += stride) {
+  for (int base = (int)blockIdx.x * RB; base < N; base += stride, n += stride) {
     float acc[MT];
 #pragma unroll
     for (int m = 0; m < MT; m++) acc[m] = 0.0f;
@@ -267,7 +242,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int m = 0; m < MT; m++)
           if (m < M) prev[m] = out[m * N + n];
     }
-    for (int64_t c = (n < N ? c0 : C); c < C; c += 32 * KS) {
+    for (int c = (n < N ? c0 : C); c < C; c += 32 * KS) {
       const Chunk cur = ring[0];
 #pragma unroll
       for (int i = 0; i + 1 < kAhead; i++) ring[i] = ring[i + 1];
@@ -334,7 +309,7 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ float4 s_dyn[];
   float* s_x = reinterpret_cast<float*>(s_dyn);
   __shared__ float s_lnred[32];
-  allow_dependents();
+  pdl_trigger();
   const int ks0 = (threadIdx.x >> 5) % KS;
   const int64_t n00 = (int64_t)blockIdx.x * (kWarps / KS) + (threadIdx.x >> 5) / KS;
   const int64_t C0 = n00 < w.N ? w.K >> 4 : 0;
@@ -344,7 +319,7 @@ __global__ void __launch_bounds__(kThreads)
   if (c_first < C0) first = __ldcs(reinterpret_cast<const int4*>(w.cb + n00 * w.K) + c_first);
   LnParams<SX ? 8 : 0> lp;
   if (SX) lp.prefetch(ln, w.K);
-  grid_dependency_wait();  // as in k_decode_gemv: only weights were read above
+  pdl_wait();  // as in k_decode_gemv: only weights were read above
   if (SX) {
     if (ln.w) stage_x_ln<16>(s_x, x, M, w.K, ln, lp, s_lnred);
     else stage_x<16>(s_x, x, M, w.K);
@@ -549,7 +524,7 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 bool decode_gemv_4bit(const QLinear& L, DType bias_dt, int epi, float* out, const float* x, int64_t M,
                       const DecodeNorm* norm, cudaStream_t s) {
   if (M < 1 || M > kDecodeGemvMaxRows || L.compute != DType::F32 || L.K % 32 || !aligned16(x) || !aligned16(L.packed) ||
-      L.blocksize < 32)
+      L.blocksize < 32 || L.N * L.K >= ((int64_t)1 << 31))
     return false;
   if (norm && staged_bytes<32>(M, L.K) > kMaxStaged) return false;  // the layernorm needs the staged copy
   int l2 = 0;
@@ -559,7 +534,7 @@ bool decode_gemv_4bit(const QLinear& L, DType bias_dt, int epi, float* out, cons
   const int m = (int)M;
   auto go = [&](auto fmt) {
     fmt.packed = L.packed, fmt.absmax = L.absmax, fmt.qabsmax = L.qabsmax, fmt.nested = L.nested_absmax;
-    fmt.ncode = L.nested_code, fmt.offset_ptr = L.offset, fmt.offset = 0.0f, fmt.log2_bs = l2, fmt.K = L.K;
+    fmt.ncode = L.nested_code, fmt.offset_ptr = L.offset, fmt.offset = 0.0f, fmt.log2_bs = l2, fmt.K = (int)L.K;
     launch_epi(epi, x, fmt, L.N, L.bias, bias_dt, out, m, ln, s);
   };
   const bool dq = L.absmax == nullptr;

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "cuda/gpt2_device.cuh"
+#include "cuda/pdl.cuh"
 
 namespace nibble {
 namespace gpt2_cuda {
@@ -50,39 +51,48 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
 // KS warps share one output row when rows are long (each takes every KS-th 512-byte stretch
 // of it), so a warp's loads are all in flight at once instead of in a chain of batches; their
 // partial sums meet in shared memory in a fixed order (deterministic).
+// Launched as a programmatic dependent (pdl.cuh): the first 16 bytes of weights a lane needs
+// are requested before waiting for the kernel that writes x (the layernorm, the attention).
 template <typename T, int MT, int EPI>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     linear_small_m_kernel(float* out, const float* __restrict__ x, const T* __restrict__ w,
                           const T* __restrict__ bias, int M, int64_t K, int64_t N, bool vec, int KS) {
   constexpr int VEC = 16 / sizeof(T);
+  pdl_trigger();
   __shared__ float s_part[kWarpsPerBlock][MT];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS;
   const int64_t n = (int64_t)blockIdx.x * (kWarpsPerBlock / KS) + warp / KS;
   const bool live = n < N;
   const T* wr = w + (live ? n : 0) * K;
+  const int64_t k0 = (int64_t)(lane + 32 * ks) * VEC, kstep = 32 * VEC * KS;
+  uint4 first = make_uint4(0, 0, 0, 0);
+  if (live && vec && k0 < K) first = load_stream(wr + k0);
+  pdl_wait();
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.f;
-  if (live && vec) {
-#pragma unroll 8
-    for (int64_t k = (int64_t)(lane + 32 * ks) * VEC; k < K; k += 32 * VEC * KS) {
-      float wf[VEC];
-      unpack16(load_stream(wr + k), wf, T());
+  auto consume = [&](const uint4& raw, int64_t k) {
+    float wf[VEC];
+    unpack16(raw, wf, T());
 #pragma unroll
-      for (int m = 0; m < MT; m++) {
-        if (m < M) {
-          const float4* xp = reinterpret_cast<const float4*>(x + m * K + k);
+    for (int m = 0; m < MT; m++) {
+      if (m < M) {
+        const float4* xp = reinterpret_cast<const float4*>(x + m * K + k);
 #pragma unroll
-          for (int v = 0; v < VEC / 4; v++) {
-            float4 xv = __ldg(xp + v);
-            acc[m] = fmaf(wf[4 * v], xv.x, acc[m]);
-            acc[m] = fmaf(wf[4 * v + 1], xv.y, acc[m]);
-            acc[m] = fmaf(wf[4 * v + 2], xv.z, acc[m]);
-            acc[m] = fmaf(wf[4 * v + 3], xv.w, acc[m]);
-          }
+        for (int v = 0; v < VEC / 4; v++) {
+          float4 xv = __ldg(xp + v);
+          acc[m] = fmaf(wf[4 * v], xv.x, acc[m]);
+          acc[m] = fmaf(wf[4 * v + 1], xv.y, acc[m]);
+          acc[m] = fmaf(wf[4 * v + 2], xv.z, acc[m]);
+          acc[m] = fmaf(wf[4 * v + 3], xv.w, acc[m]);
         }
       }
     }
+  };
+  if (live && vec) {
+    if (k0 < K) consume(first, k0);
+#pragma unroll 8
+    for (int64_t k = k0 + kstep; k < K; k += kstep) consume(load_stream(wr + k), k);
   } else if (live) {
     for (int64_t k = lane + 32 * ks; k < K; k += 32 * KS) {
       const float wk = to_f32(wr[k]);
@@ -164,11 +174,12 @@ void launch_small(float* out, const float* x, const T* w, const T* bias, int64_t
   const int KS = row_bytes > 16384 ? 8 : row_bytes > 8192 ? 4 : row_bytes > 4096 ? 2 : 1;
   const unsigned grid = blocks_for(N, kWarpsPerBlock / KS);
   const int threads = kWarpsPerBlock * 32, m = (int)M;
-  if (M == 1) linear_small_m_kernel<T, 1, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec, KS);
-  else if (M == 2) linear_small_m_kernel<T, 2, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec, KS);
-  else if (M <= 4) linear_small_m_kernel<T, 4, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec, KS);
-  else if (M <= 8) linear_small_m_kernel<T, 8, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec, KS);
-  else linear_small_m_kernel<T, 16, EPI><<<grid, threads, 0, s>>>(out, x, w, bias, m, K, N, vec, KS);
+  auto go = [&](auto kernel) { launch_pdl(kernel, dim3(grid), dim3(threads), 0, s, "linear launch", out, x, w, bias, m, K, N, vec, KS); };
+  if (M == 1) go(linear_small_m_kernel<T, 1, EPI>);
+  else if (M == 2) go(linear_small_m_kernel<T, 2, EPI>);
+  else if (M <= 4) go(linear_small_m_kernel<T, 4, EPI>);
+  else if (M <= 8) go(linear_small_m_kernel<T, 8, EPI>);
+  else go(linear_small_m_kernel<T, 16, EPI>);
 }
 
 template <typename T, int EPI>

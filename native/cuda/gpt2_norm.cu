@@ -1,6 +1,7 @@
 // Row reductions: LayerNorm and softmax, one block per row. Two passes over the row (mean,
 // then the centred variance) as the CPU reference does, so large offsets do not cancel.
 #include "cuda/gpt2_device.cuh"
+#include "cuda/pdl.cuh"
 
 namespace nibble {
 namespace gpt2_cuda {
@@ -16,6 +17,9 @@ template <typename P, int NPT>
 __global__ void layernorm_kernel(float* __restrict__ out, const float* __restrict__ x, const P* __restrict__ w,
                                  const P* __restrict__ b, int64_t C, float eps) {
   __shared__ float scratch[32];
+  // The next kernel (a GEMV launched as a programmatic dependent) may start fetching its
+  // weights now; it waits for this grid before reading `out`.
+  pdl_trigger();
   const float* xr = x + blockIdx.x * C;
   float* orow = out + blockIdx.x * C;
   if constexpr (NPT > 0) {
