@@ -6,6 +6,7 @@
 // launch fewer per layer.
 #include <cmath>
 
+#include "cuda/gpt2_attention_decode.h"
 #include "cuda/gpt2_device.cuh"
 
 namespace nibble {
@@ -133,6 +134,10 @@ void attention(float* out, const float* qkv, float* kc, float* vc, const int32_t
                              std::to_string(H) + " exceeds one launch");
   cudaStream_t s = begin(device);
   const bool fused_write = T == 1;
+  if (fused_write && past + 1 <= kAttentionDecodeMaxPositions && attention_decode_supported(D, qkv, kc, vc, out)) {
+    attention_decode(out, qkv, kc, vc, mask, past + 1, past, nullptr, B, Tmax, H, D, past + 1, s);
+    return;
+  }
   if (!fused_write) {
     const int64_t n = B * T * H * D;
     int64_t g = (n + 255) / 256;
@@ -165,6 +170,10 @@ void attention_decode_dev(float* out, const float* qkv, float* kc, float* vc, co
                           const int32_t* past_dev, int64_t B, int64_t Tmax, int64_t H, int64_t D, int device) {
   if (D > 1024 || H > 65535 || B > 65535) throw std::runtime_error("attention: shape exceeds one launch");
   cudaStream_t s = begin(device);
+  if (Tmax <= kAttentionDecodeMaxPositions && attention_decode_supported(D, qkv, kc, vc, out)) {
+    attention_decode(out, qkv, kc, vc, mask, Tmax, 0, past_dev, B, Tmax, H, D, Tmax, s);
+    return;
+  }
   const int threads = attention_threads(D);
   const size_t smem = sizeof(float) * (size_t)(D + Tmax + threads);  // room for any past < Tmax
   if (smem > 48 * 1024) throw std::runtime_error("attention: the decode graph supports caches up to ~12k positions");

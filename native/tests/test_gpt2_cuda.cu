@@ -183,8 +183,12 @@ void test_softmax(int64_t rows, int64_t cols) {
 }
 
 // Runs a prefill of T0 tokens, then `steps` single-token decode steps, on both sides, with
-// the first `pad[b]` positions of sequence b masked (left padding) when masked is set.
-void test_attention(int64_t B, int64_t H, int64_t D, int64_t T0, int steps, int64_t Tmax, bool masked) {
+// the first `pad[b]` positions of sequence b masked (left padding) when masked is set. With
+// graph_api the decode steps go through attention_decode_dev (past read from device memory,
+// the mask [B, Tmax]), and at the second decode step sequence 0 has every position masked
+// (its output must be zeros).
+void test_attention(int64_t B, int64_t H, int64_t D, int64_t T0, int steps, int64_t Tmax, bool masked,
+                    bool graph_api = false) {
   const int64_t C = H * D;
   std::vector<float> kc(B * H * Tmax * D, 0.f), vc(kc.size(), 0.f);
   Dev dk(kc), dv(vc);
@@ -195,17 +199,30 @@ void test_attention(int64_t B, int64_t H, int64_t D, int64_t T0, int steps, int6
     const int64_t T = s == 0 ? T0 : 1, L = past + T;
     auto qkv = randn(B * T * 3 * C);
     std::vector<int32_t> mask(B * L);
+    const bool all_masked_row0 = graph_api && masked && s == 2;
     for (int64_t b = 0; b < B; b++)
-      for (int64_t j = 0; j < L; j++) mask[b * L + j] = j >= pad[b] ? 1 : 0;
+      for (int64_t j = 0; j < L; j++) mask[b * L + j] = j >= pad[b] && !(all_masked_row0 && b == 0) ? 1 : 0;
     std::vector<float> want(B * T * C);
     cpu::attention_ref(want.data(), qkv.data(), kc.data(), vc.data(), masked ? mask.data() : nullptr, B, T, past, Tmax,
                        H, D);
     Dev dq(qkv), dm(mask), out(B * T * C * 4);
     out.poison();
-    gpt2_cuda::attention(out.as(), dq.as(), dk.as(), dv.as(), masked ? dm.as<int32_t>() : nullptr, B, T, past, Tmax,
-                         H, D, 0);
+    if (graph_api && T == 1) {
+      std::vector<int32_t> wide(B * Tmax, 7);  // [B, Tmax]: entries past L must not be read as keys
+      for (int64_t b = 0; b < B; b++)
+        for (int64_t j = 0; j < L; j++) wide[b * Tmax + j] = mask[b * L + j];
+      const std::vector<int32_t> past_v = {(int32_t)past};
+      Dev dw(wide), dp(past_v);
+      gpt2_cuda::attention_decode_dev(out.as(), dq.as(), dk.as(), dv.as(), masked ? dw.as<int32_t>() : nullptr,
+                                      dp.as<int32_t>(), B, Tmax, H, D, 0);
+      CHECK(cudaDeviceSynchronize());
+    } else {
+      gpt2_cuda::attention(out.as(), dq.as(), dk.as(), dv.as(), masked ? dm.as<int32_t>() : nullptr, B, T, past, Tmax,
+                           H, D, 0);
+    }
     compare("attention B=" + std::to_string(B) + " H=" + std::to_string(H) + " D=" + std::to_string(D) +
-                " past=" + std::to_string(past) + " T=" + std::to_string(T) + (masked ? " masked" : ""),
+                " past=" + std::to_string(past) + " T=" + std::to_string(T) + (masked ? " masked" : "") +
+                (graph_api && T == 1 ? " (decode_dev)" : "") + (all_masked_row0 ? " row 0 all masked" : ""),
             out.get(), want, 2e-5);
     past += T;
   }
@@ -372,6 +389,14 @@ int main(int argc, char** argv) {
     test_attention(2, 2, 160, 4, 2, 8, false);   // D > 128: a wider block
     test_attention(1, 25, 64, 1, 40, 64, false); // XL's head count, decode only
     test_attention(2, 2, 8, 600, 1, 700, true);  // a long prompt: many keys per thread
+    // The decode kernel (gpt2_attention_decode.cu): chunks of 8 rounds of rows, its own
+    // position from qkv, head sizes 4..128, and the graph's entry point.
+    test_attention(1, 12, 64, 16, 130, 160, false);     // GPT-2 124M decode, past 16..145
+    test_attention(2, 25, 64, 900, 3, 1030, true);      // long context, 8 chunks of 128 rows
+    test_attention(2, 3, 4, 3, 4, 12, true);            // D = 4: one lane per row
+    test_attention(2, 2, 128, 3, 4, 16, false, true);   // D = 128: a warp per row
+    test_attention(3, 4, 32, 5, 20, 64, true, true);    // graph API, a fully masked row
+    test_attention(8, 12, 64, 10, 8, 40, true, true);   // graph API, B = 8
     for (DType dt : dts) test_layernorm(2, 3000, dt), test_linear(1, 1, 6400, 77, dt, true), test_linear(1, 8, 3100, 45, dt, false);
     for (DType dt : dts)
       for (int64_t M : {1, 2, 5, 8, 9})
