@@ -1,10 +1,11 @@
 // The decode step as a CUDA graph (see gpt2_cuda.h). Captured once per bound KV cache, on
 // the first single-token step, and replayed for every later one: the host then pays one
 // graph launch per token instead of ~8 kernel launches per layer, and the GPU runs the
-// kernels back to back. Everything a step changes (positions, mask, past) is copied from
-// pinned staging memory by the graph's first node, so the captured kernels never change; the
-// ids are copied just before each replay, from the same staging or from device memory (the
-// tokens the GPU sampler wrote, which then never visit the host before the step runs).
+// kernels back to back. Everything a step changes (ids, positions, mask, past) is copied from
+// pinned staging memory just before each replay, so the captured kernels never change; the
+// ids may instead come from device memory (the tokens the GPU sampler wrote, which then never
+// visit the host before the step runs). Two staging buffers take turns, so queuing a step
+// never waits for the previous one to run (generate() queues step t+1 while step t runs).
 #include "cuda/gpt2_device.cuh"
 
 namespace nibble {
@@ -15,8 +16,11 @@ struct DecodeGraph {
   int device = 0;
   int64_t B = 0, Tmax = 0;
   void* dev = nullptr;        // activations, logits and the staged inputs
-  int32_t* host = nullptr;    // pinned: ids[B] | pos[B] | past | mask[B * Tmax]
-  int32_t* d_ids = nullptr;   // the device copy of the stage (same layout)
+  int32_t* host[2] = {};      // pinned: ids[B] | pos[B] | past | mask[B * Tmax], in turns
+  cudaEvent_t copied[2] = {};  // host[i] has been read by its copy
+  bool used[2] = {};
+  int turn = 0;
+  int32_t* stage = nullptr;   // the device copy of the stage (same layout)
   size_t stage_bytes = 0;
   float* logits = nullptr;    // [B, V]
   cudaGraphExec_t exec = nullptr;
@@ -41,14 +45,12 @@ void capture(DecodeGraph* g, float* const* kc, float* const* vc) {
   int32_t* stage = (int32_t*)take(g->stage_bytes);
   void* qs = take(qlinear_scratch_bytes(w, B));
   int32_t *d_ids = stage, *d_pos = stage + B, *d_past = stage + 2 * B, *d_mask = stage + 2 * B + 1;
-  g->d_ids = stage;
+  g->stage = stage;
 
   cudaStream_t s = begin(g->device);
   NIBBLE_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "decode graph: begin capture");
   cudaGraph_t graph = nullptr;
   try {
-    NIBBLE_CUDA_CHECK(cudaMemcpyAsync(stage + B, g->host + B, g->stage_bytes - B * 4, cudaMemcpyHostToDevice, s),
-                      "decode graph: inputs");
     embedding(x, w.wte, w.wpe, w.dt, d_ids, d_pos, B, C, w.V, w.P, g->device);
     for (size_t l = 0; l < w.layers.size(); l++) {
       const Gpt2Layer& L = w.layers[l];
@@ -84,7 +86,10 @@ DecodeGraph* decode_graph_create(const Gpt2Weights& w, float* const* kc, float* 
   try {
     NIBBLE_CUDA_CHECK(cudaSetDevice(device), "cudaSetDevice");
     NIBBLE_CUDA_CHECK(cudaMalloc(&g->dev, bytes), "decode graph: allocating " + std::to_string(bytes) + " bytes");
-    NIBBLE_CUDA_CHECK(cudaMallocHost(&g->host, g->stage_bytes), "decode graph: pinned staging");
+    for (int i = 0; i < 2; i++) {
+      NIBBLE_CUDA_CHECK(cudaMallocHost(&g->host[i], g->stage_bytes), "decode graph: pinned staging");
+      NIBBLE_CUDA_CHECK(cudaEventCreateWithFlags(&g->copied[i], cudaEventDisableTiming), "decode graph: event");
+    }
     NIBBLE_CUDA_CHECK(cudaEventCreateWithFlags(&g->done, cudaEventDisableTiming), "decode graph: event");
     capture(g, kc, vc);
   } catch (...) {
@@ -99,17 +104,25 @@ void decode_graph_run(DecodeGraph* g, const int32_t* ids, const int32_t* pos, co
   const int64_t B = g->B, L = past + 1;
   if (L > g->Tmax) throw std::out_of_range("decode graph: the KV cache is full");
   cudaStream_t s = begin(g->device);
-  // The previous replay must have read the staging memory before it is overwritten.
-  if (g->launched) NIBBLE_CUDA_CHECK(cudaEventSynchronize(g->done), "decode graph: previous step");
-  int32_t* hp = g->host;
+  // This turn's staging buffer was last read by the copy two steps ago (long done, normally).
+  const int turn = g->turn;
+  g->turn ^= 1;
+  if (g->used[turn]) NIBBLE_CUDA_CHECK(cudaEventSynchronize(g->copied[turn]), "decode graph: staging");
+  int32_t* hp = g->host[turn];
   for (int64_t b = 0; b < B; b++) hp[b] = ids_dev ? 0 : ids[b], hp[B + b] = pos[b];
   hp[2 * B] = (int32_t)past;
   int32_t* hm = hp + 2 * B + 1;
   for (int64_t b = 0; b < B; b++)
     for (int64_t j = 0; j < L; j++) hm[b * g->Tmax + j] = mask ? mask[b * L + j] : 1;
-  NIBBLE_CUDA_CHECK(ids_dev ? cudaMemcpyAsync(g->d_ids, ids_dev, B * 4, cudaMemcpyDeviceToDevice, s)
-                            : cudaMemcpyAsync(g->d_ids, hp, B * 4, cudaMemcpyHostToDevice, s),
-                    "decode graph: ids");
+  // Only the mask's first L columns of each row change; the copy takes the whole stage (a few KB).
+  const size_t skip = ids_dev ? (size_t)B * 4 : 0;  // device ids: leave the ids to the next copy
+  NIBBLE_CUDA_CHECK(cudaMemcpyAsync(reinterpret_cast<char*>(g->stage) + skip, reinterpret_cast<char*>(hp) + skip,
+                                    g->stage_bytes - skip, cudaMemcpyHostToDevice, s),
+                    "decode graph: inputs");
+  if (ids_dev)
+    NIBBLE_CUDA_CHECK(cudaMemcpyAsync(g->stage, ids_dev, B * 4, cudaMemcpyDeviceToDevice, s), "decode graph: ids");
+  NIBBLE_CUDA_CHECK(cudaEventRecord(g->copied[turn], s), "decode graph: event");
+  g->used[turn] = true;
   NIBBLE_CUDA_CHECK(cudaGraphLaunch(g->exec, s), "decode graph: launch");
   NIBBLE_CUDA_CHECK(cudaMemcpyAsync(logits, g->logits, B * g->w->V * 4, cudaMemcpyDeviceToDevice, s),
                     "decode graph: logits");
@@ -123,7 +136,10 @@ void decode_graph_destroy(DecodeGraph* g) {
   if (g->launched && g->done) cudaEventSynchronize(g->done);
   if (g->exec) cudaGraphExecDestroy(g->exec);
   if (g->done) cudaEventDestroy(g->done);
-  if (g->host) cudaFreeHost(g->host);
+  for (int i = 0; i < 2; i++) {
+    if (g->copied[i]) cudaEventDestroy(g->copied[i]);
+    if (g->host[i]) cudaFreeHost(g->host[i]);
+  }
   if (g->dev) cudaFree(g->dev);
   cudaGetLastError();
   delete g;

@@ -81,7 +81,7 @@ struct Params {
   int use_smem;
   const RowArgs* rows;
   const int* hist;
-  int* out;         // [n] ids then [n] statuses
+  int* out;         // [n] ids then [n] statuses, in mapped pinned host memory
   int* feed;        // null, or [B] device ids: kOk rows' ids also go to feed[batch]
   float* rowbuf;    // [n, V] scores when not in shared memory
   float* aux;       // [n, V] (top-p: the scores while the row holds probabilities; min-p: probabilities)
@@ -655,13 +655,13 @@ void grow_device(T** p, size_t* have, size_t want, const char* what, cudaStream_
 }
 
 template <typename T>
-void grow_pinned(T** p, size_t* have, size_t want, const char* what) {
+void grow_pinned(T** p, size_t* have, size_t want, const char* what, unsigned flags = cudaHostAllocDefault) {
   if (*have >= want) return;
   if (*p) cudaFreeHost(*p);
   *p = nullptr;
   *have = 0;
   const size_t bytes = std::max<size_t>(want + want / 4, 4096);
-  NIBBLE_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(p), bytes, cudaHostAllocDefault),
+  NIBBLE_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(p), bytes, flags),
                     std::string("sampling: cudaHostAlloc ") + what);
   *have = bytes;
 }
@@ -748,8 +748,13 @@ Pending* queue(DeviceState& st, Pending* slot, const void* logits, DType dt, int
   const size_t hist_bytes = align_up(sizeof(int32_t) * std::max<size_t>(hist.size(), 1), 16);
   const size_t out_bytes = sizeof(int32_t) * 2 * (size_t)n;
   grow_pinned(&slot->pin_in, &slot->pin_in_bytes, rows_bytes + hist_bytes, "(inputs)");
-  grow_pinned(&slot->pin_out, &slot->pin_out_bytes, out_bytes, "(outputs)");
-  grow_device(&st.dev, &st.dev_bytes, rows_bytes + hist_bytes + out_bytes, "(arguments)", stream);
+  // The kernel writes the ids straight into mapped pinned memory: no copy after it on the
+  // stream, whose few microseconds would sit between this step and the next.
+  grow_pinned(&slot->pin_out, &slot->pin_out_bytes, out_bytes, "(outputs)", cudaHostAllocMapped);
+  int* out_dev = nullptr;
+  NIBBLE_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&out_dev), slot->pin_out, 0),
+                    "sampling: mapped outputs");
+  grow_device(&st.dev, &st.dev_bytes, rows_bytes + hist_bytes, "(arguments)", stream);
   const size_t row_floats = (size_t)n * (size_t)V;
   const size_t scratch_want = sizeof(float) * row_floats * ((use_smem || direct ? 0 : 1) + (need_aux ? 1 : 0));
   if (scratch_want) grow_device(&st.scratch, &st.scratch_bytes, scratch_want, "(scratch rows)", stream);
@@ -775,7 +780,7 @@ Pending* queue(DeviceState& st, Pending* slot, const void* logits, DType dt, int
   P.use_smem = use_smem;
   P.rows = reinterpret_cast<const RowArgs*>(dev);
   P.hist = reinterpret_cast<const int*>(dev + rows_bytes);
-  P.out = reinterpret_cast<int*>(dev + rows_bytes + hist_bytes);
+  P.out = out_dev;
   P.feed = feed;
   P.rowbuf = use_smem || direct ? nullptr : st.scratch;
   P.aux = need_aux ? st.scratch + (use_smem ? 0 : row_floats) : nullptr;
@@ -784,7 +789,6 @@ Pending* queue(DeviceState& st, Pending* slot, const void* logits, DType dt, int
                     "sampling: copy arguments");
   sample_kernel<<<(unsigned)n, kThreads, use_smem ? (size_t)V * sizeof(float) : 0, stream>>>(P);
   NIBBLE_CUDA_CHECK_LAUNCH("sampling");
-  NIBBLE_CUDA_CHECK(cudaMemcpyAsync(slot->pin_out, P.out, out_bytes, cudaMemcpyDeviceToHost, stream), "sampling: copy ids");
   NIBBLE_CUDA_CHECK(cudaEventRecord(slot->done, stream), "sampling: event");
   return slot;
 }
