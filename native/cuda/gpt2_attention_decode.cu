@@ -9,6 +9,10 @@
 //    rows the same way and meets in shared memory at the end.
 // The new token's key and value are written to the cache here and, for its own position,
 // taken from the qkv row directly (no read-back of a row this grid just wrote).
+// Launched as a programmatic dependent (pdl.cuh): the first chunk of cached rows (written by
+// earlier decode steps, which a memcpy on the stream separates from this one), the mask and
+// `past` (copied in before the step's first kernel) are read before waiting for the GEMV that
+// writes qkv.
 // Same results as attention_kernel up to the order of float additions.
 #include <cmath>
 
@@ -43,6 +47,32 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t head = ((int64_t)b * H + h) * Tmax;
   float4* K4 = reinterpret_cast<float4*>(kc) + head * G;
   float4* V4 = reinterpret_cast<float4*>(vc) + head * G;
+  const int32_t* mrow = mask ? mask + (int64_t)b * mask_stride : nullptr;
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  // Rows j = j0 + r * RPI + rg, r < kRounds, of one chunk; row `past` is the new one (from
+  // qkv, filled in once known), rows past it zeros.
+  auto load_rows = [&](const float4* R, int64_t j0, float4* dst) {
+#pragma unroll
+    for (int r = 0; r < kRounds; r++) {
+      const int64_t j = j0 + r * RPI + rg;
+      dst[r] = j < past ? R[j * G + g] : zero;
+    }
+  };
+  auto put_new = [&](int64_t j0, float4* dst, const float4& row) {
+#pragma unroll
+    for (int r = 0; r < kRounds; r++)
+      if (j0 + r * RPI + rg == past) dst[r] = row;
+  };
+  float4 kr[kRounds], vfirst[kRounds];
+  int on[kRounds];
+  load_rows(K4, 0, kr);
+  load_rows(V4, 0, vfirst);
+#pragma unroll
+  for (int r = 0; r < kRounds; r++) {
+    const int64_t j = r * RPI + rg;
+    on[r] = j < L && (!mrow || mrow[j]);
+  }
+  pdl_wait();  // qkv is ready
   if (tid < G) {
     const float4 q = qkv4[tid], k = qkv4[C / 4 + tid], v = qkv4[C / 2 + tid];
     s_q[tid] = q, s_knew[tid] = k, s_vnew[tid] = v;
@@ -50,19 +80,19 @@ __global__ void __launch_bounds__(kThreads)
     V4[past * G + tid] = v;
   }
   __syncthreads();
-  const int32_t* mrow = mask ? mask + (int64_t)b * mask_stride : nullptr;
 
-  // Scores: row j = j0 + r * RPI + rg for r < kRounds, all loads issued first.
+  // Scores, a chunk at a time (the first one's rows already in flight), all loads first.
   const float4 q = s_q[g];
   for (int64_t j0 = 0; j0 < L; j0 += (int64_t)kRounds * RPI) {
-    float4 kr[kRounds];
-    int on[kRounds];
+    if (j0 > 0) {
+      load_rows(K4, j0, kr);
 #pragma unroll
-    for (int r = 0; r < kRounds; r++) {
-      const int64_t j = j0 + r * RPI + rg;
-      kr[r] = j < past ? K4[j * G + g] : j == past ? s_knew[g] : make_float4(0.f, 0.f, 0.f, 0.f);
-      on[r] = j < L && (!mrow || mrow[j]);
+      for (int r = 0; r < kRounds; r++) {
+        const int64_t j = j0 + r * RPI + rg;
+        on[r] = j < L && (!mrow || mrow[j]);
+      }
     }
+    put_new(j0, kr, s_knew[g]);
 #pragma unroll
     for (int r = 0; r < kRounds; r++) {
       float d = q.x * kr[r].x;
@@ -97,11 +127,11 @@ __global__ void __launch_bounds__(kThreads)
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   for (int64_t j0 = 0; j0 < L; j0 += (int64_t)kRounds * RPI) {
     float4 vr[kRounds];
+    if (j0 > 0) load_rows(V4, j0, vr);
+    else
 #pragma unroll
-    for (int r = 0; r < kRounds; r++) {
-      const int64_t j = j0 + r * RPI + rg;
-      vr[r] = j < past ? V4[j * G + g] : j == past ? s_vnew[g] : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
+      for (int r = 0; r < kRounds; r++) vr[r] = vfirst[r];
+    put_new(j0, vr, s_vnew[g]);
 #pragma unroll
     for (int r = 0; r < kRounds; r++) {
       const int64_t j = j0 + r * RPI + rg;
@@ -128,8 +158,8 @@ template <int G>
 void launch(float* out, const float* qkv, float* kc, float* vc, const int32_t* mask, int64_t mask_stride,
             int64_t past, const int32_t* past_dev, int64_t B, int64_t Tmax, int64_t H, size_t smem, cudaStream_t s) {
   const float scale = (float)(1.0 / std::sqrt(4.0 * G));
-  attention_decode_kernel<G><<<dim3(1, (unsigned)H, (unsigned)B), kThreads, smem, s>>>(
-      out, qkv, kc, vc, mask, mask_stride, past, past_dev, Tmax, (int)H, scale);
+  launch_pdl(attention_decode_kernel<G>, dim3(1, (unsigned)H, (unsigned)B), dim3(kThreads), smem, s,
+             "attention (decode) launch", out, qkv, kc, vc, mask, mask_stride, past, past_dev, Tmax, (int)H, scale);
 }
 
 }  // namespace
