@@ -39,7 +39,6 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float4 s_q[G], s_knew[G], s_vnew[G];
   __shared__ float4 s_part[RPI][G];
   __shared__ float s_red[32];
-  pdl_trigger();  // the next GEMV may start fetching its weights
   const int64_t past = past_dev ? (int64_t)*past_dev : past_host;
   const int h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, g = tid % G, rg = tid / G;
   const int64_t C = (int64_t)H * D, L = past + 1;
@@ -72,7 +71,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t j = r * RPI + rg;
     on[r] = j < L && (!mrow || mrow[j]);
   }
-  pdl_wait();  // qkv is ready
+  pdl_wait();     // qkv is ready
+  pdl_trigger();  // the next GEMV may start fetching its weights (see pdl.cuh)
   if (tid < G) {
     const float4 q = qkv4[tid], k = qkv4[C / 4 + tid], v = qkv4[C / 2 + tid];
     s_q[tid] = q, s_knew[tid] = k, s_vnew[tid] = v;

@@ -172,7 +172,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
     k_decode_gemv(const float* __restrict__ x, F f, int N, const void* bias, DType bias_dt, float* out, int M,
                   int KS, LnArgs ln) {
   constexpr int E = F::E;
-  pdl_trigger();
   f.prepare();
   extern __shared__ float4 s_dyn[];
   float* s_x = reinterpret_cast<float*>(s_dyn);
@@ -218,6 +217,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
   // Launched as a programmatic dependent (see launch()): everything above reads only weights,
   // so it overlaps the previous kernel's tail; from here on its outputs are needed.
   pdl_wait();
+  pdl_trigger();
   if (SX) {
     if (ln.w) stage_x_ln<E>(s_x, x, M, K, ln, lp, s_red);
     else stage_x<E>(s_x, x, M, K);
@@ -309,7 +309,6 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ float4 s_dyn[];
   float* s_x = reinterpret_cast<float*>(s_dyn);
   __shared__ float s_lnred[32];
-  pdl_trigger();
   const int ks0 = (threadIdx.x >> 5) % KS;
   const int64_t n00 = (int64_t)blockIdx.x * (kWarps / KS) + (threadIdx.x >> 5) / KS;
   const int64_t C0 = n00 < w.N ? w.K >> 4 : 0;
@@ -320,6 +319,7 @@ __global__ void __launch_bounds__(kThreads)
   LnParams<SX ? 8 : 0> lp;
   if (SX) lp.prefetch(ln, w.K);
   pdl_wait();  // as in k_decode_gemv: only weights were read above
+  pdl_trigger();
   if (SX) {
     if (ln.w) stage_x_ln<16>(s_x, x, M, w.K, ln, lp, s_lnred);
     else stage_x<16>(s_x, x, M, w.K);

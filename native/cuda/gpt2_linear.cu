@@ -58,7 +58,6 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     linear_small_m_kernel(float* out, const float* __restrict__ x, const T* __restrict__ w,
                           const T* __restrict__ bias, int M, int64_t K, int64_t N, bool vec, int KS) {
   constexpr int VEC = 16 / sizeof(T);
-  pdl_trigger();
   __shared__ float s_part[kWarpsPerBlock][MT];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS;
   const int64_t n = (int64_t)blockIdx.x * (kWarpsPerBlock / KS) + warp / KS;
@@ -68,6 +67,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   uint4 first = make_uint4(0, 0, 0, 0);
   if (live && vec && k0 < K) first = load_stream(wr + k0);
   pdl_wait();
+  pdl_trigger();
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.f;

@@ -3,6 +3,9 @@
 // (weights, parameters) first, then calls pdl_wait(), which returns once the previous grid has
 // finished and its writes are visible; only then may it read that grid's outputs. A kernel
 // calls pdl_trigger() to let its dependent start early (by default that happens when it ends).
+// The kernels here trigger right after their own pdl_wait(), not at their start: triggering
+// at the start lets a whole chain of later kernels launch and sit on the SMs prefetching while
+// the first still runs (measured: 124M nf4 decode 4% slower than with the chain cut at one).
 // Without the launch attribute (older GPUs, NIBBLE_CUDA_PDL=0) pdl_wait() returns at once and
 // launches are ordinary stream launches. Works inside CUDA graph capture.
 #pragma once
