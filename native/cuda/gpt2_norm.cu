@@ -17,8 +17,9 @@ template <typename P, int NPT>
 __global__ void layernorm_kernel(float* __restrict__ out, const float* __restrict__ x, const P* __restrict__ w,
                                  const P* __restrict__ b, int64_t C, float eps) {
   __shared__ float scratch[32];
-  // The next kernel (a GEMV launched as a programmatic dependent) may start fetching its
-  // weights now; it waits for this grid before reading `out`.
+  // Launched as a programmatic dependent (pdl.cuh): it only waits for the kernel that wrote x,
+  // its launch overlapping that kernel's tail; then the next GEMV may start fetching weights.
+  pdl_wait();
   pdl_trigger();
   const float* xr = x + blockIdx.x * C;
   float* orow = out + blockIdx.x * C;
@@ -60,10 +61,11 @@ void launch_layernorm(float* out, const float* x, const P* w, const P* b, int64_
                       cudaStream_t s) {
   const unsigned g = (unsigned)rows;
   const int64_t npt = (C + kThreads - 1) / kThreads;
-  if (npt <= 2) layernorm_kernel<P, 2><<<g, kThreads, 0, s>>>(out, x, w, b, C, eps);
-  else if (npt <= 4) layernorm_kernel<P, 4><<<g, kThreads, 0, s>>>(out, x, w, b, C, eps);
-  else if (npt <= 8) layernorm_kernel<P, 8><<<g, kThreads, 0, s>>>(out, x, w, b, C, eps);
-  else layernorm_kernel<P, 0><<<g, kThreads, 0, s>>>(out, x, w, b, C, eps);
+  auto go = [&](auto kernel) { launch_pdl(kernel, dim3(g), dim3(kThreads), 0, s, "layernorm launch", out, x, w, b, C, eps); };
+  if (npt <= 2) go(layernorm_kernel<P, 2>);
+  else if (npt <= 4) go(layernorm_kernel<P, 4>);
+  else if (npt <= 8) go(layernorm_kernel<P, 8>);
+  else go(layernorm_kernel<P, 0>);
 }
 
 __global__ void softmax_kernel(float* __restrict__ out, const float* __restrict__ x, int64_t cols) {
