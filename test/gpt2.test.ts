@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { loadGPT2 } from '../lib/models/gpt2-loader.js';
 import type { GPT2LMHeadModel } from '../lib/models/gpt2.js';
 import { gpt2LogitsF64 } from './helpers/gpt2-f64.js';
+import { Tensor } from '../lib/tensor.js';
 import { argmaxRows, maxAbsDiff, refFloat, refInts, refMeta } from './helpers/refs.js';
 
 const TINY = 'test/fixtures/tiny-random-gpt2';
@@ -79,6 +80,38 @@ describe('GPT-2 on the CPU matches transformers', () => {
     const alone = await (await model.forward([b])).logits.toFloat32();
     const V = 1000;
     expect(maxAbsDiff(both.subarray(5 * V + 2 * V, 10 * V), alone)).toBeLessThanOrEqual(1e-5);
+    model.dispose();
+  });
+
+  it('a truncated KV cache is overwritten: the step redone equals the step done once (what an undone step ahead relies on)', async () => {
+    const model = await loadGPT2(TINY);
+    const prompt = [5, 9, 2, 7];
+    const a = await model.forward([prompt], { lastTokenOnly: true });
+    const cache = a.pastKeyValues;
+    const once = await (await model.forward([[11]], { pastKeyValues: cache, lastTokenOnly: true })).logits.toFloat32();
+    const wrong = await model.forward([[3]], { pastKeyValues: cache, lastTokenOnly: true }); // a step to undo
+    wrong.logits.dispose();
+    expect(cache.length).toBe(6);
+    cache.truncate!(5);
+    expect(cache.length).toBe(5);
+    const again = await model.forward([[12]], { pastKeyValues: cache, lastTokenOnly: true });
+    const fresh = await loadGPT2(TINY);
+    const want = await (await fresh.forward([[...prompt, 11, 12]], { lastTokenOnly: true })).logits.toFloat32();
+    expect(maxAbsDiff(await again.logits.toFloat32(), want)).toBeLessThanOrEqual(1e-5);
+    expect(once.length).toBe(1000);
+    expect(() => cache.truncate!(7)).toThrow(/cannot truncate 6 positions to 7/);
+    expect(() => cache.truncate!(-1)).toThrow(/cannot truncate/);
+    cache.dispose();
+    model.dispose();
+    fresh.dispose();
+  });
+
+  it('on the CPU there is no decoding ahead: forwardFromDevice is null, deviceInputIds is refused', async () => {
+    const model = await loadGPT2(TINY);
+    const ids = Tensor.from(Int32Array.of(1), [1], 'int32');
+    expect(model.forwardFromDevice(ids, { lastTokenOnly: true })).toBeNull();
+    await expect(model.forward([[0]], { deviceInputIds: ids })).rejects.toThrow(/deviceInputIds needs the whole-forward CUDA path/);
+    ids.dispose();
     model.dispose();
   });
 
