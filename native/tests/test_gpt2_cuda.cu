@@ -183,15 +183,19 @@ void test_softmax(int64_t rows, int64_t cols) {
 }
 
 // Runs a prefill of T0 tokens, then `steps` single-token decode steps, on both sides, with
-// the first `pad[b]` positions of sequence b masked (left padding) when masked is set. With
-// graph_api the decode steps go through attention_decode_dev (past read from device memory,
-// the mask [B, Tmax]), and at the second decode step sequence 0 has every position masked
-// (its output must be zeros).
+// the first `pad[b]` positions of sequence b masked (left padding) when masked is set; at the
+// second decode step sequence 0 then has every position masked (its output must be zeros).
+// With graph_api the decode steps go through attention_decode_dev (past read from device
+// memory, the mask [B, Tmax]). With unaligned the caches start 4 bytes past a 16-byte boundary
+// (the kernels' scalar paths). Cache rows not yet written hold 1e30 on both sides: a kernel
+// that reads a key or value past the newest position fails.
 void test_attention(int64_t B, int64_t H, int64_t D, int64_t T0, int steps, int64_t Tmax, bool masked,
-                    bool graph_api = false) {
-  const int64_t C = H * D;
-  std::vector<float> kc(B * H * Tmax * D, 0.f), vc(kc.size(), 0.f);
-  Dev dk(kc), dv(vc);
+                    bool graph_api = false, bool unaligned = false) {
+  const int64_t C = H * D, off = unaligned ? 1 : 0;
+  std::vector<float> kc(B * H * Tmax * D, 1e30f), vc(kc.size(), 1e30f), init(off + kc.size(), 1e30f);
+  Dev dk(init), dv(init);
+  float* const kd = dk.as() + off;
+  float* const vd = dv.as() + off;
   std::vector<int64_t> pad(B);
   for (int64_t b = 0; b < B; b++) pad[b] = masked ? (int64_t)(rng() % (T0 + 1)) : 0;  // may mask a whole prompt
   int64_t past = 0;
@@ -199,7 +203,7 @@ void test_attention(int64_t B, int64_t H, int64_t D, int64_t T0, int steps, int6
     const int64_t T = s == 0 ? T0 : 1, L = past + T;
     auto qkv = randn(B * T * 3 * C);
     std::vector<int32_t> mask(B * L);
-    const bool all_masked_row0 = graph_api && masked && s == 2;
+    const bool all_masked_row0 = masked && s == 2;
     for (int64_t b = 0; b < B; b++)
       for (int64_t j = 0; j < L; j++) mask[b * L + j] = j >= pad[b] && !(all_masked_row0 && b == 0) ? 1 : 0;
     std::vector<float> want(B * T * C);
@@ -213,21 +217,24 @@ void test_attention(int64_t B, int64_t H, int64_t D, int64_t T0, int steps, int6
         for (int64_t j = 0; j < L; j++) wide[b * Tmax + j] = mask[b * L + j];
       const std::vector<int32_t> past_v = {(int32_t)past};
       Dev dw(wide), dp(past_v);
-      gpt2_cuda::attention_decode_dev(out.as(), dq.as(), dk.as(), dv.as(), masked ? dw.as<int32_t>() : nullptr,
+      gpt2_cuda::attention_decode_dev(out.as(), dq.as(), kd, vd, masked ? dw.as<int32_t>() : nullptr,
                                       dp.as<int32_t>(), B, Tmax, H, D, 0);
       CHECK(cudaDeviceSynchronize());
     } else {
-      gpt2_cuda::attention(out.as(), dq.as(), dk.as(), dv.as(), masked ? dm.as<int32_t>() : nullptr, B, T, past, Tmax,
-                           H, D, 0);
+      gpt2_cuda::attention(out.as(), dq.as(), kd, vd, masked ? dm.as<int32_t>() : nullptr, B, T, past, Tmax, H, D, 0);
     }
     compare("attention B=" + std::to_string(B) + " H=" + std::to_string(H) + " D=" + std::to_string(D) +
                 " past=" + std::to_string(past) + " T=" + std::to_string(T) + (masked ? " masked" : "") +
-                (graph_api && T == 1 ? " (decode_dev)" : "") + (all_masked_row0 ? " row 0 all masked" : ""),
+                (unaligned ? " unaligned" : "") + (graph_api && T == 1 ? " (decode_dev)" : "") +
+                (all_masked_row0 ? " row 0 all masked" : ""),
             out.get(), want, 2e-5);
     past += T;
   }
-  auto kgot = dk.get();
-  compare("attention cache contents B=" + std::to_string(B) + " D=" + std::to_string(D), kgot, kc, 0);
+  auto kgot = dk.get(), vgot = dv.get();
+  kgot.erase(kgot.begin(), kgot.begin() + off), vgot.erase(vgot.begin(), vgot.begin() + off);
+  const std::string shape = " B=" + std::to_string(B) + " D=" + std::to_string(D) + (unaligned ? " unaligned" : "");
+  compare("attention key cache" + shape, kgot, kc, 0);
+  compare("attention value cache" + shape, vgot, vc, 0);
 }
 
 }  // namespace
@@ -397,6 +404,26 @@ int main(int argc, char** argv) {
     test_attention(2, 2, 128, 3, 4, 16, false, true);   // D = 128: a warp per row
     test_attention(3, 4, 32, 5, 20, 64, true, true);    // graph API, a fully masked row
     test_attention(8, 12, 64, 10, 8, 40, true, true);   // graph API, B = 8
+    // The decode kernel for other head sizes (attention_decode_any in gpt2_attention.cu):
+    // G lanes per row (a power of two), VPL vectors per lane, chunks of rows with keys and
+    // values in flight, an online softmax merged across row groups and warps.
+    test_attention(1, 12, 80, 700, 3, 1024, true);         // float4, 20 of 32 lanes; 6 chunks of 128 rows
+    test_attention(3, 25, 80, 150, 4, 160, true);          // XL's head count, B = 3 (512 threads)
+    test_attention(8, 25, 80, 100, 3, 128, true);          // B * H = 200 blocks: 256 threads
+    test_attention(2, 4, 5, 1000, 3, 1030, true);          // scalar, 8 lanes per row, 512-row chunks
+    test_attention(2, 3, 160, 300, 3, 320, true);          // float4, 2 vectors per lane
+    test_attention(1, 2, 256, 500, 2, 520, false);         // float4, 2 vectors per lane, all lanes busy
+    test_attention(1, 2, 1000, 20, 3, 24, true);           // float4, 8 vectors per lane (D % 128 != 0)
+    test_attention(1, 2, 1024, 40, 2, 48, false);          // the largest head size, float4
+    test_attention(1, 1, 1023, 10, 2, 16, false);          // the largest scalar case: 32 floats per lane
+    test_attention(1, 12, 64, 700, 3, 1024, true, false, true);  // GPT-2 shape, caches not 16-byte aligned
+    test_attention(1, 1, 8, 10300, 2, 10400, true);        // more positions than attention_decode takes
+    // ... and through the graph's entry point (past in device memory, the mask [B, Tmax]).
+    test_attention(3, 25, 80, 120, 6, 256, true, true);    // a fully masked row at step 2
+    test_attention(2, 3, 5, 30, 4, 64, true, true);
+    test_attention(2, 2, 160, 1000, 3, 1030, true, true);
+    test_attention(8, 12, 64, 60, 3, 128, true, true, true);  // B = 8, unaligned: scalar, 2 floats per lane
+    test_attention(1, 1, 8, 10300, 2, 10400, true, true);  // Tmax beyond attention_decode's shared memory
     for (DType dt : dts) test_layernorm(2, 3000, dt), test_linear(1, 1, 6400, 77, dt, true), test_linear(1, 8, 3100, 45, dt, false);
     for (DType dt : dts)
       for (int64_t M : {1, 2, 5, 8, 9})
