@@ -149,12 +149,8 @@ __device__ T block_reduce(T v, Op op, T* buf) {
   return buf[kWarps];
 }
 
-// The largest score and the first index holding it (torch.argmax's rule); INT_MAX when every
-// score is -inf.
-// The block's first index of the largest value, from each thread's (best, first index) over
-// ascending indices; INT_MAX when every value is -inf.
-__device__ int block_argmax_reduce(float bv, int bi, Smem& sh) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+// Lane 0 gets the warp's (largest value, first index holding it).
+__device__ __forceinline__ void warp_argmax(float& bv, int& bi) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_down_sync(kFull, bv, o);
@@ -164,6 +160,13 @@ __device__ int block_argmax_reduce(float bv, int bi, Smem& sh) {
       bi = oi;
     }
   }
+}
+
+// The largest score and the first index holding it (torch.argmax's rule), from each thread's
+// (best, first index) over ascending indices; INT_MAX when every score is -inf.
+__device__ int block_argmax_reduce(float bv, int bi, Smem& sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  warp_argmax(bv, bi);
   __syncthreads();
   if (lane == 0) {
     sh.f[warp] = bv;
@@ -173,15 +176,7 @@ __device__ int block_argmax_reduce(float bv, int bi, Smem& sh) {
   if (warp == 0) {
     bv = sh.f[lane];
     bi = sh.i[lane];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_down_sync(kFull, bv, o);
-      const int oi = __shfl_down_sync(kFull, bi, o);
-      if (ov > bv || (ov == bv && oi < bi)) {
-        bv = ov;
-        bi = oi;
-      }
-    }
+    warp_argmax(bv, bi);
     if (lane == 0) sh.i[kWarps] = bi;
   }
   __syncthreads();

@@ -151,6 +151,18 @@ struct Batch {
   std::vector<std::vector<int32_t>> hist;  // per entry of rows
 };
 
+// The sampler's row arguments for a batch (the histories point into b).
+std::vector<cuda_sampling::Row> device_rows(const Batch& b) {
+  std::vector<cuda_sampling::Row> rows(b.rows.size());
+  for (size_t i = 0; i < rows.size(); i++) {
+    rows[i].batch = b.rows[i];
+    rows[i].u = b.u[i];
+    rows[i].history = b.hist[i].data();
+    rows[i].history_len = (int64_t)b.hist[i].size();
+  }
+  return rows;
+}
+
 std::vector<float> row_of(const Batch& b, int64_t r) {
   const size_t off = (size_t)((r * b.P + b.P - 1) * b.V);
   return std::vector<float>(b.values.begin() + off, b.values.begin() + off + b.V);
@@ -194,13 +206,7 @@ std::string run_batch(const Batch& b, const Options& o, bool force_global, int* 
   if (g_dump) return "";
   HostFloats hf(b.dt, b.values);
   DevBuf d(hf.data(), hf.size_bytes());
-  std::vector<cuda_sampling::Row> rows(b.rows.size());
-  for (size_t i = 0; i < rows.size(); i++) {
-    rows[i].batch = b.rows[i];
-    rows[i].u = b.u[i];
-    rows[i].history = b.hist[i].data();
-    rows[i].history_len = (int64_t)b.hist[i].size();
-  }
+  const std::vector<cuda_sampling::Row> rows = device_rows(b);
   std::vector<int32_t> ids(rows.size(), -7), status(rows.size(), -7);
   cuda_sampling::sample(d.p, b.dt, b.B, b.P, b.V, to_config(o, b.V, force_global), rows.data(), (int64_t)rows.size(),
                         ids.data(), status.data(), 0);
@@ -458,11 +464,8 @@ void test_determinism(Table& t, std::mt19937_64& rng) {
     o.min_p = 0.01;
     HostFloats hf(b.dt, b.values);
     DevBuf d(hf.data(), hf.size_bytes());
-    std::vector<cuda_sampling::Row> rows(b.rows.size());
-    for (size_t i = 0; i < rows.size(); i++) {
-      rows[i].batch = b.rows[i];
-      rows[i].u = b.u[i];
-    }
+    // (no repetition penalty here: the histories are not read)
+    const std::vector<cuda_sampling::Row> rows = device_rows(b);
     std::vector<int32_t> first;
     for (int it = 0; it < 20; it++) {
       std::vector<int32_t> ids(rows.size()), st(rows.size());
