@@ -15,10 +15,6 @@
 #include "cuda/pdl.cuh"
 
 namespace nibble {
-namespace cuda {
-int sm_count();  // quant_blockwise.cu: multiprocessors of the current device (cached)
-}  // namespace cuda
-
 namespace gpt2_cuda {
 
 namespace {
@@ -44,11 +40,10 @@ __global__ void attention_kernel(float* __restrict__ out, const float* __restric
                                  int D, float scale) {
   extern __shared__ float sm[];
   __shared__ float scratch[32];
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // Lets a programmatic dependent (the next quantized GEMV) launch now and fetch its weights;
-  // it still waits for this grid to finish before reading `out`.
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
+  // Lets a programmatic dependent (the next GEMV) launch now and fetch its weights; it still
+  // waits for this grid to finish before reading `out`. (Launched normally, this kernel starts
+  // after its predecessor has finished, so the chain stays one kernel deep; see pdl.cuh.)
+  pdl_trigger();
   const int64_t t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int64_t C = H * D, L = past + T, last = past + t;
   float* q = sm;
@@ -350,7 +345,7 @@ void launch_decode_any(float* out, const float* qkv, float* kc, float* vc, const
   // 512 threads (twice the rows per round trip) while the blocks fit the GPU in one wave at one
   // block an SM; otherwise 256, two blocks an SM.
   const int threads =
-      DecodeShape<W, VPL>::kMaxThreads == 512 && B * H <= (int64_t)nibble::cuda::sm_count() ? 512 : 256;
+      DecodeShape<W, VPL>::kMaxThreads == 512 && B * H <= (int64_t)cuda::sm_count() ? 512 : 256;
   const float scale = (float)(1.0 / std::sqrt((double)D));
   launch_pdl(attention_decode_any_kernel<W, VPL>, dim3(1, (unsigned)H, (unsigned)B), dim3(threads),
              decode_smem_bytes(D, threads), s, "attention (decode, any head size) launch", out, qkv, kc, vc, mask,
@@ -391,6 +386,18 @@ void attention_decode_any(float* out, const float* qkv, float* kc, float* vc, co
   NIBBLE_CUDA_CHECK_LAUNCH("attention (decode, any head size)");
 }
 
+// One decode step, for both entry points: attention_decode where it applies (faster on GPT-2's
+// shapes), attention_decode_any otherwise. max_positions bounds past + 1.
+void decode_step(float* out, const float* qkv, float* kc, float* vc, const int32_t* mask, int64_t mask_stride,
+                 int64_t past, const int32_t* past_dev, int64_t B, int64_t Tmax, int64_t H, int64_t D,
+                 int64_t max_positions, cudaStream_t s) {
+  if (!force_general_decode() && max_positions <= kAttentionDecodeMaxPositions &&
+      attention_decode_supported(D, qkv, kc, vc, out))
+    attention_decode(out, qkv, kc, vc, mask, mask_stride, past, past_dev, B, Tmax, H, D, max_positions, s);
+  else
+    attention_decode_any(out, qkv, kc, vc, mask, mask_stride, past, past_dev, B, Tmax, H, D, s);
+}
+
 }  // namespace
 
 void attention(float* out, const float* qkv, float* kc, float* vc, const int32_t* mask, int64_t B, int64_t T,
@@ -402,11 +409,7 @@ void attention(float* out, const float* qkv, float* kc, float* vc, const int32_t
                              std::to_string(H) + " exceeds one launch");
   cudaStream_t s = begin(device);
   if (T == 1) {  // decode: the kernel writes the new cache row itself; the mask is [B, past + 1]
-    if (!force_general_decode() && past + 1 <= kAttentionDecodeMaxPositions &&
-        attention_decode_supported(D, qkv, kc, vc, out))
-      attention_decode(out, qkv, kc, vc, mask, past + 1, past, nullptr, B, Tmax, H, D, past + 1, s);
-    else
-      attention_decode_any(out, qkv, kc, vc, mask, past + 1, past, nullptr, B, Tmax, H, D, s);
+    decode_step(out, qkv, kc, vc, mask, past + 1, past, nullptr, B, Tmax, H, D, past + 1, s);
     return;
   }
   const int64_t n = B * T * H * D;
@@ -440,12 +443,7 @@ void attention_decode_dev(float* out, const float* qkv, float* kc, float* vc, co
                           const int32_t* past_dev, int64_t B, int64_t Tmax, int64_t H, int64_t D, int device) {
   if (B == 0 || H == 0 || D == 0) return;
   if (D > 1024 || H > 65535 || B > 65535) throw std::runtime_error("attention: shape exceeds one launch");
-  cudaStream_t s = begin(device);
-  if (!force_general_decode() && Tmax <= kAttentionDecodeMaxPositions &&
-      attention_decode_supported(D, qkv, kc, vc, out))
-    attention_decode(out, qkv, kc, vc, mask, Tmax, 0, past_dev, B, Tmax, H, D, Tmax, s);
-  else
-    attention_decode_any(out, qkv, kc, vc, mask, Tmax, 0, past_dev, B, Tmax, H, D, s);
+  decode_step(out, qkv, kc, vc, mask, Tmax, 0, past_dev, B, Tmax, H, D, Tmax, begin(device));
 }
 
 }  // namespace gpt2_cuda

@@ -452,12 +452,7 @@ int warps_per_row(int64_t row_bytes) { return row_bytes > 8192 ? 8 : row_bytes >
 // About one wave of blocks: the kernel loops over row groups.
 template <typename Kernel>
 unsigned wave_grid(Kernel k, size_t smem, int64_t groups) {
-  static int sms = [] {
-    int d = 0, n = 0;
-    cudaGetDevice(&d);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, d);
-    return n > 0 ? n : 132;
-  }();
+  const int sms = cuda::sm_count();
   int per_sm = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
   return (unsigned)std::max<int64_t>(1, std::min<int64_t>(groups, (int64_t)sms * per_sm));

@@ -11,6 +11,10 @@
 #include "cuda/gpt2_cuda.h"
 
 namespace nibble {
+namespace cuda {
+int sm_count();  // multiprocessors of the current device, cached per device (quant_blockwise.cu)
+}  // namespace cuda
+
 namespace gpt2_cuda {
 
 // Selects the device and returns its compute stream; every public entry point starts here.
