@@ -40,10 +40,15 @@ export function packHistories(rows: readonly number[], seqs: readonly (readonly 
   return { history, offsets };
 }
 
+/** Whether an on-by-default switch is left on: 0, false, off or no (any case) turn it off. */
+export function switchOn(name: string, env: Record<string, string | undefined> = process.env): boolean {
+  const v = (env[name] ?? '').trim().toLowerCase();
+  return !(v === '0' || v === 'false' || v === 'off' || v === 'no');
+}
+
 /** Whether the environment allows sampling on the device (NIBBLE_DEVICE_SAMPLING=0 forbids it). */
 export function deviceSamplingAllowed(env: Record<string, string | undefined> = process.env): boolean {
-  const v = (env.NIBBLE_DEVICE_SAMPLING ?? '').trim().toLowerCase();
-  return !(v === '0' || v === 'false' || v === 'off' || v === 'no');
+  return switchOn('NIBBLE_DEVICE_SAMPLING', env);
 }
 
 export class DeviceSampler {

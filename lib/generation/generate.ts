@@ -7,7 +7,7 @@ import {
   isGenerationOptionKey, resolveGenerationConfig, unknownOptionError,
   type GenerationConfig, type GenerationOptions,
 } from './generation-config.js';
-import { DeviceSampler } from './device-sampler.js';
+import { DeviceSampler, switchOn } from './device-sampler.js';
 import { buildLogitsProcessors } from './logits-processors.js';
 import { Xoshiro128, argmax, sampleToken } from './sampler.js';
 import { EosCriterion, StopStringCriterion, type TextDecoderLike } from './stopping.js';
@@ -187,8 +187,7 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
 
 /** Whether generate() may queue step t+1 before step t's ids reach the host (NIBBLE_DECODE_AHEAD=0 forbids it). */
 export function decodeAheadAllowed(env: Record<string, string | undefined> = process.env): boolean {
-  const v = (env.NIBBLE_DECODE_AHEAD ?? '').trim().toLowerCase();
-  return !(v === '0' || v === 'false' || v === 'off' || v === 'no');
+  return switchOn('NIBBLE_DECODE_AHEAD', env);
 }
 
 async function* decodeLoop(
