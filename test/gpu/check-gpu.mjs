@@ -276,6 +276,35 @@ await attempt('fortune decode ahead = waiting for each step', async () => {
   }
 });
 
+// The device-ids inputs refuse bad tensors with a message naming them, and nothing is queued.
+await attempt('device ids: bad inputs refused', async () => {
+  const model = await AutoModelForCausalLM.fromPretrained(TINY, { deviceMap: 'cuda:0', noTokenizer: true });
+  const { logits, pastKeyValues } = await model.forward([[1, 2, 3]], { lastTokenOnly: true });
+  const bad = [
+    ['float32 ids', Tensor.zeros([1], 'float32', 'cuda:0'), /deviceInputIds must be int32 \[1\] on cuda:0, got float32/],
+    ['2 ids for B=1', Tensor.zeros([2], 'int32', 'cuda:0'), /deviceInputIds must be int32 \[1\]/],
+    ['ids on the cpu', Tensor.zeros([1], 'int32'), /deviceInputIds must be int32 \[1\] on cuda:0, got int32 \[1\] on cpu/],
+  ];
+  for (const [name, ids, want] of bad) {
+    const err = await model.forward([[0]], { pastKeyValues, lastTokenOnly: true, deviceInputIds: ids }).then(() => null, (e) => e);
+    record(`forward deviceInputIds (${name}) refused`, err ? err.message.slice(0, 90) : 'accepted', String(want), !!err && want.test(err.message));
+    ids.dispose();
+  }
+  record('the cache did not move after the refusals', pastKeyValues.length, 3, pastKeyValues.length === 3);
+  const cfg = { doSample: false, temperature: 1, topK: 0, topP: 1, minP: null, repetitionPenalty: 1 };
+  for (const [name, feed] of [['float32 feed', Tensor.zeros([1], 'float32', 'cuda:0')], ['feed of 3', Tensor.zeros([3], 'int32', 'cuda:0')], ['cpu feed', Tensor.zeros([1], 'int32')]]) {
+    let msg = 'accepted';
+    try {
+      await addon.sampleTokens(logits, Int32Array.of(0), null, null, null, cfg, feed);
+    } catch (e) {
+      msg = e.message;
+    }
+    record(`sampleTokens ${name} refused`, msg.slice(0, 90), '/feed must be an int32 tensor of 1 elements/', /feed must be an int32 tensor of 1 elements/.test(msg));
+    feed.dispose();
+  }
+  logits.dispose(), pastKeyValues.dispose(), model.dispose();
+});
+
 console.log('\n| check | value | limit | result |\n|---|---|---|---|');
 for (const r of rows) console.log(`| ${r.check} | ${r.value} | ${r.limit} | ${r.pass ? 'pass' : 'FAIL'} |`);
 const failed = rows.filter((r) => !r.pass).length;
