@@ -44,11 +44,13 @@ void attention(float* out, const float* qkv, float* kc, float* vc, const int32_t
 
 // linear with an epilogue: kEpilogueGelu stores gelu_new(result), kEpilogueAccumulate adds the
 // result into `out` (the residual stream). path: 0 = choose, 1 = the small-M streaming kernel
-// (M <= 16), 2 = the tiled one.
+// (M <= 16), 2 = the tiled one, 3 = the tensor-core decode kernel (2..16 rows, 16-bit weights,
+// K % 32 == 0; throws otherwise).
 enum { kEpilogueNone = 0, kEpilogueGelu = 1, kEpilogueAccumulate = 2 };
 void linear_ex(int path, int epilogue, float* out, const float* x, const void* w, const void* bias, DType wdt,
                int64_t M, int64_t K, int64_t N, int device);
-// Forces one linear kernel (tests): 1 = the small-M streaming kernel (M <= 16), 2 = the tiled one.
+// Forces one linear kernel (tests): 1 = the small-M streaming kernel (M <= 16), 2 = the tiled one,
+// 3 = the tensor-core decode kernel.
 void linear_path(int path, float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M,
                  int64_t K, int64_t N, int device);
 

@@ -113,6 +113,7 @@ __device__ __forceinline__ const float4* x_chunk(bool staged, const float* s_x, 
 template <int E>
 size_t staged_bytes(int64_t M, int64_t K) { return (size_t)(M * padded<E>(K)) * 4; }
 constexpr size_t kMaxStaged = 96 * 1024;
+constexpr size_t kStaticSmemMax = 4 * 1024;  // above the kernels' static shared memory
 
 // ---- float and 4-bit weights -----------------------------------------------------------------
 // A weight format says how a 16-byte chunk of a row becomes E float weights times a scale
@@ -465,7 +466,7 @@ void launch_mt(const float* x, const F& f, int64_t N, const void* bias, DType bd
   const size_t smem = staged_bytes<F::E>(M, f.K);
   if (smem <= kMaxStaged) {
     auto k = k_decode_gemv<F, MT, EPI, true>;
-    if (smem > 48 * 1024)
+    if (smem + kStaticSmemMax > 48 * 1024)  // the 48 KB default counts static shared memory too
       NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "decode GEMV");
     launch(k, wave_grid(k, smem, groups), smem, s, x, f, N, bias, bdt, out, M, KS, ln);
   } else {
@@ -496,7 +497,7 @@ void launch8_mt(const float* x, const W8Args& a, float* out, int M, int KS, unsi
   const size_t smem = staged_bytes<16>(M, a.K);
   if (smem <= kMaxStaged) {
     auto k = k_decode_gemv8<MT, EPI, true>;
-    if (smem > 48 * 1024)
+    if (smem + kStaticSmemMax > 48 * 1024)  // the 48 KB default counts static shared memory too
       NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "int8 decode GEMV");
     launch(k, g, smem, s, x, a, out, M, KS, ln);
   } else {
@@ -521,6 +522,7 @@ bool decode_gemv_4bit(const QLinear& L, DType bias_dt, int epi, float* out, cons
   if (M < 1 || M > kDecodeGemvMaxRows || L.compute != DType::F32 || L.K % 32 || !aligned16(x) || !aligned16(L.packed) ||
       L.blocksize < 32 || L.N * L.K >= ((int64_t)1 << 31))
     return false;
+  if (M >= 2 && decode_mma_4bit(L, bias_dt, epi, out, x, M, norm, s)) return true;
   if (norm && staged_bytes<32>(M, L.K) > kMaxStaged) return false;  // the layernorm needs the staged copy
   int l2 = 0;
   while ((1 << l2) < L.blocksize) l2++;

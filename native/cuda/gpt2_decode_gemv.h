@@ -22,6 +22,13 @@ struct DecodeNorm {
 // 4-bit layer with float32 compute: out = epilogue(x . dequant(W)^T + bias).
 bool decode_gemv_4bit(const QLinear& L, DType bias_dt, int epilogue, float* out, const float* x, int64_t M,
                       const DecodeNorm* norm, cudaStream_t s);
+// The same for 2..16 rows on the tensor cores (gpt2_decode_mma.cu); decode_gemv_4bit tries it
+// first. NIBBLE_CUDA_MMA_DECODE=0 turns it off (A/B measurements).
+bool decode_mma_4bit(const QLinear& L, DType bias_dt, int epilogue, float* out, const float* x, int64_t M,
+                     const DecodeNorm* norm, cudaStream_t s);
+// A float16/bfloat16 weight [N, K] (bias of the same dtype or null), 2..16 rows, tensor cores.
+bool decode_mma_16bit(const void* w, const void* bias, DType wdt, int epilogue, float* out, const float* x, int64_t M,
+                      int64_t K, int64_t N, const DecodeNorm* norm, cudaStream_t s);
 // LLM.int8() layer: the activation quantization, int8 product, dequantization and outlier
 // product of Linear8bitLt.forward in one kernel.
 bool decode_gemv_int8(const QLinear& L, DType bias_dt, int epilogue, float* out, const float* x, int64_t M,

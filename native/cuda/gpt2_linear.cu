@@ -9,6 +9,7 @@
 // saves the separate elementwise launch and a pass over the activations.
 #include <cstdint>
 
+#include "cuda/gpt2_decode_gemv.h"
 #include "cuda/gpt2_device.cuh"
 #include "cuda/pdl.cuh"
 
@@ -194,6 +195,12 @@ void launch_tiled(float* out, const float* x, const T* w, const T* bias, int64_t
 template <typename T, int EPI>
 void run_epi(int path, float* out, const float* x, const T* w, const T* bias, int64_t M, int64_t K, int64_t N,
              cudaStream_t s) {
+  // 2..16 rows of a 16-bit weight: the tensor-core decode GEMV (gpt2_decode_mma.cu).
+  if (path == 0 || path == 3) {
+    const DType wdt = std::is_same<T, __half>::value ? DType::F16 : std::is_same<T, float>::value ? DType::F32 : DType::BF16;
+    if (decode_mma_16bit(w, bias, wdt, EPI, out, x, M, K, N, nullptr, s)) return;
+    if (path == 3) throw std::runtime_error("linear: the tensor-core decode kernel does not take these operands");
+  }
   if (path == 0) path = M <= kSmallMax ? 1 : 2;
   if (path == 1) {
     if (M > kSmallMax) throw std::runtime_error("linear: the small-M kernel takes at most 16 rows");

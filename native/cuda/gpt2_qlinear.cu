@@ -249,7 +249,10 @@ void qlinear(const QLinear& L, DType dt, int epilogue, float* out, const float* 
 
 void qlinear_ln(const QLinear& L, const void* ln_w, const void* ln_b, float eps, DType dt, int epilogue, float* out,
                 const float* x, float* h, int64_t M, void* qscratch, int device) {
-  if (M > 0 && L.kind != QLinear::kPlain) {
+  if (M > 0 && L.kind == QLinear::kPlain) {
+    const DecodeNorm norm{ln_w, ln_b, dt, eps};
+    if (decode_mma_16bit(L.w, L.bias, dt, epilogue, out, x, M, L.K, L.N, &norm, begin(device))) return;
+  } else if (M > 0) {
     cudaStream_t s = begin(device);
     const DecodeNorm norm{ln_w, ln_b, dt, eps};
     const bool fused = L.kind == QLinear::k4bit ? decode_gemv_4bit(L, dt, epilogue, out, x, M, &norm, s)

@@ -130,7 +130,7 @@ void test_linear(int path, int64_t M, int64_t K, int64_t N, DType dt, bool bias)
   Dev dx(x), dw(wb), db(bb), out(M * N * 4);
   out.poison();
   gpt2_cuda::linear_path(path, out.as(), dx.as(), dw.p, bias ? db.p : nullptr, dt, M, K, N, 0);
-  compare(std::string("linear/") + (path == 1 ? "small" : "tiled") + " M=" + std::to_string(M) + " K=" +
+  compare(std::string("linear/") + (path == 1 ? "small" : path == 3 ? "mma" : "tiled") + " M=" + std::to_string(M) + " K=" +
               std::to_string(K) + " N=" + std::to_string(N) + " " + dtn(dt) + (bias ? " +bias" : ""),
           out.get(), want, 1e-5);
 }
@@ -145,7 +145,7 @@ void test_linear_epilogues(int path, int64_t M, int64_t K, int64_t N, DType dt) 
   cpu::linear_ref(lin.data(), x.data(), wb.data(), bb.data(), dt, M, K, N);
   Dev dx(x), dw(wb), db(bb), out(M * N * 4);
   const std::string shape = " M=" + std::to_string(M) + " K=" + std::to_string(K) + " N=" + std::to_string(N) + " " + dtn(dt) +
-                            (path == 1 ? " small" : " tiled");
+                            (path == 1 ? " small" : path == 3 ? " mma" : " tiled");
   cpu::gelu_new_ref(want.data(), lin.data(), M * N);
   out.poison();
   gpt2_cuda::linear_ex(path, gpt2_cuda::kEpilogueGelu, out.as(), dx.as(), dw.p, db.p, dt, M, K, N, 0);
@@ -243,14 +243,14 @@ void test_attention(int64_t B, int64_t H, int64_t D, int64_t T0, int steps, int6
 // The plan's quantized Linear layers (gpt2_cuda::qlinear: the decode GEMVs for M <= 8, the
 // general paths above) against the CPU reference of the module they stand for, with the
 // gelu and residual epilogues and a float16 bias (the plan's biases have the model dtype).
-void test_qlinear_4bit(int64_t M, int64_t K, int64_t N, fmt::QuantType qt, bool dq, int epi, bool ln) {
-  auto x = randn(M * K, 1.f, 0.5f), w = randn(N * K, 0.05f), resid = randn(M * N);
+void test_qlinear_4bit(int64_t M, int64_t K, int64_t N, fmt::QuantType qt, bool dq, int epi, bool ln, int bs = 64,
+                       float xscale = 1.f) {
+  auto x = randn(M * K, xscale, 0.5f * xscale), w = randn(N * K, 0.05f), resid = randn(M * N);
   std::vector<float> bf, lnwf, lnbf;
   auto bb = encode(randn(N, 0.1f), DType::F16, &bf);
   auto lnw = encode(randn(K, 0.3f, 1.f), DType::F16, &lnwf), lnb = encode(randn(K, 0.1f), DType::F16, &lnbf);
   std::vector<float> xin = x;
   if (ln) cpu::layernorm_ref(xin.data(), x.data(), lnw.data(), lnb.data(), DType::F16, M, K, 1e-5f);
-  const int bs = 64;
   const int64_t nb = fmt::num_blocks(N * K, bs);
   std::vector<uint8_t> packed(fmt::packed4_bytes(N * K)), qabs(nb);
   std::vector<float> absmax(nb), nested(fmt::num_blocks(nb, 256)), code(256);
@@ -280,7 +280,7 @@ void test_qlinear_4bit(int64_t M, int64_t K, int64_t N, fmt::QuantType qt, bool 
   if (epi != gpt2_cuda::kEpilogueAccumulate) out.poison();
   if (ln) gpt2_cuda::qlinear_ln(L, dlw.p, dlb.p, 1e-5f, DType::F16, epi, out.as(), dx.as(), h.as(), M, scratch.p, 0);
   else gpt2_cuda::qlinear(L, DType::F16, epi, out.as(), dx.as(), M, scratch.p, 0);
-  compare(std::string(ln ? "qlinear+ln " : "qlinear ") + "4bit " + (qt == fmt::QuantType::NF4 ? "nf4" : "fp4") + (dq ? "+dq" : "") + " epi " +
+  compare(std::string(ln ? "qlinear+ln " : "qlinear ") + "4bit " + (qt == fmt::QuantType::NF4 ? "nf4" : "fp4") + (dq ? "+dq" : "") + " bs " + std::to_string(bs) + (xscale != 1.f ? " |x|~1e5" : "") + " epi " +
               std::to_string(epi) + " M=" + std::to_string(M) + " K=" + std::to_string(K) + " N=" + std::to_string(N),
           out.get(), want, 1e-5);
 }
@@ -382,6 +382,12 @@ int main(int argc, char** argv) {
             if (path == 2 && M < 3 && kn.first == 1) continue;
             test_linear(path, M, kn.first, kn.second, dt, (M + kn.second) % 2 == 0);
           }
+    // The tensor-core decode kernel (16-bit weights, 2..16 rows, K % 32 == 0).
+    for (DType dt : {DType::F16, DType::BF16})
+      for (int64_t M : {2, 3, 5, 8, 9, 13, 16})
+        for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{768, 257}, {32, 5}, {1600, 33}, {6400, 40}})
+          test_linear(3, M, kn.first, kn.second, dt, (M + kn.second) % 2 == 0);
+    for (DType dt : {DType::F16, DType::BF16}) test_linear_epilogues(3, 5, 768, 301, dt), test_linear_epilogues(3, 11, 64, 3072, dt);
     for (DType dt : dts)
       for (int64_t M : {17, 64, 70, 131}) test_linear(2, M, 200, 131, dt, M % 2 == 1);
     test_linear(2, 70, 0, 9, DType::F32, true);  // K = 0: the bias alone
@@ -429,6 +435,17 @@ int main(int argc, char** argv) {
       for (int64_t M : {1, 2, 5, 8, 9})
         for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{64, 33}, {1600, 257}, {6400, 40}, {36, 5}})
           test_qlinear_plain(M, kn.first, kn.second, dt, (int)((M + kn.second) % 3), (M + kn.first) % 2 == 0);
+    // Batched decode (M = 2..16) takes the tensor-core GEMV for 4-bit layers: partial row
+    // tiles (N % 16), partial activation tiles (M % 8), both absmax forms, other blocksizes
+    // (32: the CUDA-core GEMV instead), large activations (float32 range, no float16 overflow).
+    for (int64_t M : {2, 5, 11})
+      for (int bs : {32, 128, 256})
+        test_qlinear_4bit(M, 1024, 45 + bs / 32, M % 2 ? fmt::QuantType::NF4 : fmt::QuantType::FP4, bs != 128,
+                          (int)(M % 3), M == 5, bs, bs == 256 ? 1e5f : 1.f);
+    // fortune-gpt2's layers in a 3-row padded prefill (M = 15): 42 KB of staged rows plus the
+    // kernel's static shared memory pass the 48 KB default (needs the opt-in).
+    test_qlinear_4bit(15, 512, 128, fmt::QuantType::NF4, true, 2, false);
+    test_qlinear_4bit(15, 128, 384, fmt::QuantType::NF4, true, 0, true);
     for (int64_t M : {1, 2, 3, 8, 16, 20})
       for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{64, 33}, {1600, 100}, {6400, 75}, {8192, 16}})
         for (int epi = 0; epi < 3; epi++) {
