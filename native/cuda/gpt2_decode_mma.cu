@@ -31,7 +31,10 @@ namespace gpt2_cuda {
 
 namespace {
 
-constexpr int kWarps = 8, kThreads = kWarps * 32;
+constexpr int kWarps = 8, kGroupThreads = kWarps * 32;  // a group of warps shares a row tile
+// Groups a block: two for one activation tile (the staged rows and layernorm shared by 16
+// warps, twice the warps an SM keeps in flight at <= 128 registers), one for two tiles.
+__host__ __device__ constexpr int groups(int NT) { return NT == 1 ? 2 : 1; }
 constexpr int kTileRows = 16;  // output features per block (one mma M tile)
 constexpr int kAhead = 4;      // chunks a warp keeps in flight
 constexpr size_t kMaxStaged = 204 * 1024;  // + the static shared memory: within the 227 KB opt-in
@@ -157,6 +160,15 @@ __host__ __device__ __forceinline__ int row_stride(int K) { return K + 4; }
 // Staged rows, then the layernorm's weight and bias when there is one.
 size_t staged_bytes(int M, int K, bool ln) { return ((size_t)M * row_stride(K) + (ln ? 2 * (size_t)K : 0)) * 4; }
 
+// Barrier of one group's warps: named barriers 1 and 2 (0 is __syncthreads), immediate ids so
+// the kernel reserves three barriers rather than all sixteen.
+template <int G>
+__device__ __forceinline__ void group_sync(int ng, int group) {
+  if (G == 1 || ng == 1) __syncthreads();
+  else if (group == 0) asm volatile("bar.sync 1, %0;" ::"n"(kGroupThreads) : "memory");
+  else asm volatile("bar.sync 2, %0;" ::"n"(kGroupThreads) : "memory");
+}
+
 __device__ __forceinline__ void split_tf32(float v, uint32_t& hi, uint32_t& lo) {
   const uint32_t h = __float_as_uint(v) & 0xffffe000u;  // what the tensor core reads of a TF32 operand
   hi = h;
@@ -177,6 +189,7 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
 constexpr int kStageBatch = 8;
 template <int NT>
 __device__ void stage(float* s_x, const float* __restrict__ x, int M, const Args& a) {
+  constexpr int kThreads = kGroupThreads * groups(NT);
   const int K = a.K, K4 = K >> 2, S = row_stride(K), total = M * K4;
   for (int base = threadIdx.x; base < total; base += kThreads * kStageBatch) {
     float4 v[kStageBatch];
@@ -199,7 +212,7 @@ __device__ void stage(float* s_x, const float* __restrict__ x, int M, const Args
   // Element k = 32 i + lane of a row sits at 32 i + (lane ^ 8 (i & 1)) (swz): pairs of i keep
   // the addressing to two base offsets.
   const int l0 = lane, l1 = lane ^ 8, n32 = K >> 5;
-  for (int m = threadIdx.x >> 5; m < M; m += kWarps) {
+  for (int m = threadIdx.x >> 5; m < M; m += kThreads / 32) {
     float* row = s_x + m * S;
     float s0 = 0.0f, s1 = 0.0f;
     int i = 0;
@@ -229,7 +242,9 @@ __device__ void stage(float* s_x, const float* __restrict__ x, int M, const Args
 // The layernorm's weight and bias into shared memory (after the staged rows), read before the
 // kernel waits for its predecessor: they are parameters, so their latency hides behind it
 // instead of following each row's statistics.
+template <int NT>
 __device__ void prefetch_ln(float* s_x, const Args& a, int M) {
+  constexpr int kThreads = kGroupThreads * groups(NT);
   float* lnw = s_x + M * row_stride(a.K);
   for (int base = threadIdx.x; base < a.K; base += kThreads * kStageBatch) {
     float w[kStageBatch], b[kStageBatch];  // all loads out before the first store
@@ -268,28 +283,32 @@ __device__ __forceinline__ void load_x(float (&xv)[NT][P], const float* s_x, con
 
 // F: the weight format. NT: activation tiles of 8 rows. SX: activations staged in shared
 // memory (else read from global memory, L1/L2-resident, one chunk ahead).
-// A block loops over row tiles (blockIdx.x, + gridDim.x, ...), so the staging and layernorm
-// are paid once per block; its 8 warps split each tile's K, and a warp's ring of chunk loads
-// runs on across tiles.
+// A block's ng groups loop over row tiles (blockIdx.x * ng + group, + gridDim.x * ng, ...), so
+// the staging and layernorm are paid once per block; a group's warps split each tile's K, and a
+// warp's ring of chunk loads runs on across tiles.
 template <typename F, int KIND, int NT, int EPI, bool SX>
-__global__ void __launch_bounds__(kThreads) k_decode_mma(const float* __restrict__ x, Args a, int M) {
+__global__ void __launch_bounds__(kGroupThreads * groups(NT)) k_decode_mma(const float* __restrict__ x, Args a, int M, int ng) {
   constexpr int P = F::kPer, kSteps = P / 2;
   constexpr bool kNested = KIND >= 0;  // 4-bit formats (the double quantization may need it)
   extern __shared__ float4 s_dyn[];
   float* s_x = reinterpret_cast<float*>(s_dyn);
   __shared__ float2 s_code[16];  // 4-bit: the code value split into its TF32 high part and remainder
   __shared__ float s_ncode[kNested ? 256 : 1];
-  __shared__ float s_part[kWarps][NT][kTileRows][8];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  constexpr int G = groups(NT);
+  __shared__ float s_part[G * kWarps][NT][kTileRows][8];
+  // ng groups in use (1 or G): a group's wpt warps split each of its tiles' K.
+  const int wpt = G * kWarps / ng, wid = threadIdx.x >> 5, group = wid / wpt, warp = wid % wpt;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, gt = threadIdx.x - group * wpt * 32;
+  const int first_tile = (int)blockIdx.x * ng + group, tile_step = (int)gridDim.x * ng;
   const int C = a.K / F::kChunk, tiles = (a.N + kTileRows - 1) / kTileRows;
 
-  // This warp's chunks in order: (tile, c) for its tiles, c = warp, warp + kWarps, ... < C.
+  // This warp's chunks in order: (tile, c) for its tiles, c = warp, warp + wpt, ... < C.
   // A warp with no chunk (C <= warp) starts past the last tile.
   auto advance = [&](int& tile, int& c) {
-    c += kWarps;
-    if (c >= C) c = warp, tile += (int)gridDim.x;
+    c += wpt;
+    if (c >= C) c = warp, tile += tile_step;
   };
-  int tail_tile = warp < C ? (int)blockIdx.x : tiles, tail_c = warp;  // the newest ring entry
+  int tail_tile = warp < C ? first_tile : tiles, tail_c = warp;  // the newest ring entry
   // Weights first: they do not depend on the kernel before this one (pdl.cuh).
   typename F::Chunk ring[kAhead];
 #pragma unroll
@@ -299,7 +318,7 @@ __global__ void __launch_bounds__(kThreads) k_decode_mma(const float* __restrict
   }
   float offset = 0.0f;
   if (kNested) {
-    if (a.ncode) s_ncode[threadIdx.x] = __ldg(a.ncode + threadIdx.x);
+    if (a.ncode && threadIdx.x < 256) s_ncode[threadIdx.x] = __ldg(a.ncode + threadIdx.x);
     if (threadIdx.x < 16) {
       const float v = KIND == 1 ? cuda::dev::c_tables4.nf4_values[threadIdx.x] : cuda::dev::c_tables4.fp4_values[threadIdx.x];
       const float hi = __uint_as_float(__float_as_uint(v) & 0xffffe000u);
@@ -307,7 +326,7 @@ __global__ void __launch_bounds__(kThreads) k_decode_mma(const float* __restrict
     }
     if (a.offset_ptr) offset = __ldg(a.offset_ptr);
   }
-  if (SX && a.ln_w) prefetch_ln(s_x, a, M);
+  if (SX && a.ln_w) prefetch_ln<NT>(s_x, a, M);
   pdl_wait();
   pdl_trigger();
   if (SX) stage<NT>(s_x, x, M, a);
@@ -315,13 +334,13 @@ __global__ void __launch_bounds__(kThreads) k_decode_mma(const float* __restrict
 
   float xn[NT][P];  // the next chunk's activations (unstaged: loaded one chunk ahead)
   if (!SX && warp < C) load_x<NT, false, P>(xn, s_x, x, M, a.K, warp * F::kChunk + P * t, g);
-  for (int tile = (int)blockIdx.x; tile < tiles; tile += (int)gridDim.x) {
+  for (int tile = first_tile; tile < tiles; tile += tile_step) {
     float acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
       for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
-    for (int c = warp; c < C; c += kWarps) {
+    for (int c = warp; c < C; c += wpt) {
       const typename F::Chunk cur = ring[0];
 #pragma unroll
       for (int i = 0; i + 1 < kAhead; i++) ring[i] = ring[i + 1];
@@ -335,7 +354,7 @@ __global__ void __launch_bounds__(kThreads) k_decode_mma(const float* __restrict
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
           for (int i = 0; i < P; i++) xv[nt][i] = xn[nt][i];
-        const int cn = c + kWarps < C ? c + kWarps : warp;  // the next chunk (next tile: the first again)
+        const int cn = c + wpt < C ? c + wpt : warp;  // the next chunk (next tile: the first again)
         load_x<NT, false, P>(xn, s_x, x, M, a.K, cn * F::kChunk + P * t, g);
       }
       // Independent accumulators (by product and by k-step parity): a chunk's mma.sync chain
@@ -383,33 +402,33 @@ __global__ void __launch_bounds__(kThreads) k_decode_mma(const float* __restrict
     // Accumulator layout (m16n8): lane (g, t) holds rows g and g + 8, activation rows 2t, 2t + 1.
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
-      s_part[warp][nt][g][2 * t] = acc[nt][0];
-      s_part[warp][nt][g][2 * t + 1] = acc[nt][1];
-      s_part[warp][nt][g + 8][2 * t] = acc[nt][2];
-      s_part[warp][nt][g + 8][2 * t + 1] = acc[nt][3];
+      s_part[wid][nt][g][2 * t] = acc[nt][0];
+      s_part[wid][nt][g][2 * t + 1] = acc[nt][1];
+      s_part[wid][nt][g + 8][2 * t] = acc[nt][2];
+      s_part[wid][nt][g + 8][2 * t + 1] = acc[nt][3];
     }
-    __syncthreads();
+    group_sync<G>(ng, group);
     // One thread per (feature, activation row): the warps' partial sums in a fixed order.
     const int n0 = tile * kTileRows;
-    for (int i = threadIdx.x; i < NT * 8 * kTileRows; i += kThreads) {
+    for (int i = gt; i < NT * 8 * kTileRows; i += wpt * 32) {
       const int nt = i / (8 * kTileRows), rem = i % (8 * kTileRows), row = rem / 8, col = rem % 8;
       const int n = n0 + row, m = nt * 8 + col;
       if (n >= a.N || m >= M) continue;
       float v = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kWarps; w++) v += s_part[w][nt][row][col];
+      for (int w = 0; w < wpt; w++) v += s_part[group * wpt + w][nt][row][col];
       if (a.bias) v += load_f32(a.bias, a.bias_dt, n);
       float* o = a.out + (size_t)m * a.N + n;
       *o = EPI == kEpilogueGelu ? gelu_new_f(v) : EPI == kEpilogueAccumulate ? *o + v : v;
     }
-    __syncthreads();  // s_part is reused by the next tile
+    group_sync<G>(ng, group);  // s_part is reused by the next tile
   }
 }
 
 // The kernel's static shared memory (s_part, s_ncode, s_code) and the most its staged rows
 // may take on the current device: kMaxStaged on Hopper, less where the opt-in limit is lower
 // (99 KB a block on sm_86/89).
-size_t static_smem(int NT) { return sizeof(float) * (kWarps * NT * kTileRows * 8 + 256 + 32); }
+size_t static_smem(int NT) { return sizeof(float) * (groups(NT) * kWarps * NT * kTileRows * 8 + 256 + 32); }
 size_t max_staged(int NT) {
   static int optin[64] = {};
   int dev = 0;
@@ -432,14 +451,17 @@ void launch(const float* x, const Args& a, int M, bool staged, cudaStream_t s) {
   // As many tiles per block as it takes for one wave, spread evenly: a block stages the
   // activations once for all its tiles.
   int per_sm = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem) != cudaSuccess || per_sm < 1) {
+  constexpr int G = groups(NT);
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kGroupThreads * G, smem) != cudaSuccess || per_sm < 1) {
     (void)cudaGetLastError();
     per_sm = 1;
   }
-  const int tiles = (a.N + kTileRows - 1) / kTileRows, slots = cuda::sm_count() * per_sm;
-  const int per_block = (tiles + slots - 1) / slots;
-  const unsigned grid = (unsigned)((tiles + per_block - 1) / per_block);
-  launch_pdl(k, dim3(grid), dim3(kThreads), smem, s, "decode GEMV (tensor cores) launch", x, a, M);
+  // One block an SM where there are enough tiles; all of a block's warps on one tile while
+  // there are fewer tiles than blocks (GPT-2 XL's 100-tile c_proj: 100 SMs busy, not 50).
+  const int tiles = (a.N + kTileRows - 1) / kTileRows, blocks = cuda::sm_count() * per_sm;
+  const int ng = tiles <= blocks ? 1 : G;
+  const unsigned grid = (unsigned)std::min(blocks, (tiles + ng - 1) / ng);
+  launch_pdl(k, dim3(grid), dim3(kGroupThreads * G), smem, s, "decode GEMV (tensor cores) launch", x, a, M, ng);
 }
 template <typename F, int KIND, int NT>
 void launch_epi(int epi, const float* x, const Args& a, int M, bool staged, cudaStream_t s) {
