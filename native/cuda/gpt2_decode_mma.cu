@@ -456,10 +456,13 @@ void launch(const float* x, const Args& a, int M, bool staged, cudaStream_t s) {
     (void)cudaGetLastError();
     per_sm = 1;
   }
-  // One block an SM where there are enough tiles; all of a block's warps on one tile while
-  // there are fewer tiles than blocks (GPT-2 XL's 100-tile c_proj: 100 SMs busy, not 50).
+  // One block an SM where there are enough tiles. A block's G groups each take a tile, or all
+  // its warps share one tile (twice as fast a tile), whichever finishes the last tile first:
+  // GPT-2 XL's 100-tile c_proj runs on 100 SMs, not 50; its 300-tile qkv 3 half-length tiles a
+  // block instead of 2 full ones; ties keep the groups (fewer barriers a tile).
   const int tiles = (a.N + kTileRows - 1) / kTileRows, blocks = cuda::sm_count() * per_sm;
-  const int ng = tiles <= blocks ? 1 : G;
+  const int whole = (tiles + blocks - 1) / blocks, split = (tiles + blocks * G - 1) / (blocks * G);
+  const int ng = G > 1 && whole < split * G ? 1 : G;
   const unsigned grid = (unsigned)std::min(blocks, (tiles + ng - 1) / ng);
   launch_pdl(k, dim3(grid), dim3(kGroupThreads * G), smem, s, "decode GEMV (tensor cores) launch", x, a, M, ng);
 }

@@ -446,6 +446,9 @@ int main(int argc, char** argv) {
     // kernel's static shared memory pass the 48 KB default (needs the opt-in).
     test_qlinear_4bit(15, 512, 128, fmt::QuantType::NF4, true, 2, false);
     test_qlinear_4bit(15, 128, 384, fmt::QuantType::NF4, true, 0, true);
+    // GPT-2 XL's qkv at B=8 (300 row tiles): several tiles a block, all 16 warps on each.
+    test_qlinear_4bit(8, 1600, 4800, fmt::QuantType::NF4, true, 0, true);
+    test_linear(3, 8, 1600, 4800, DType::F16, true);
     for (int64_t M : {1, 2, 3, 8, 16, 20})
       for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{64, 33}, {1600, 100}, {6400, 75}, {8192, 16}})
         for (int epi = 0; epi < 3; epi++) {
