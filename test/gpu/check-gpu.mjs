@@ -119,6 +119,26 @@ await attempt('fortune CUDA vs CPU', async () => {
   cuda.dispose();
 });
 
+// Batched decode (2..16 rows) runs the 4-bit and 16-bit layers on the tensor cores
+// (native/cuda/gpt2_decode_mma.cu, float32 accuracy): a batch of 6 must decode to the CPU's
+// tokens, nf4 + double quant (float32 compute) and float16 parameters alike.
+await attempt('fortune batched decode on the tensor cores = CPU', async () => {
+  const batch = [[464, 2003, 286, 9552, 318], [50256, 17], [1169, 2003, 286], [40, 1101], [7454, 2402, 257, 640, 11, 612], [464]];
+  const variants = [
+    ['nf4+dq', { quantizationConfig: new BitsAndBytesConfig({ loadIn4bit: true, bnb4bitQuantType: 'nf4', bnb4bitUseDoubleQuant: true }) }],
+    ['float16', { dtype: 'float16' }],
+  ];
+  for (const [label, opts] of variants) {
+    const cpu = await AutoModelForCausalLM.fromPretrained(FORTUNE, { noTokenizer: true, ...opts });
+    const gpu = await AutoModelForCausalLM.fromPretrained(FORTUNE, { deviceMap: 'cuda:0', noTokenizer: true, ...opts });
+    const c = await cpu.generate(batch, { maxNewTokens: 24, doSample: false });
+    const g = await gpu.generate(batch, { maxNewTokens: 24, doSample: false });
+    record(`fortune ${label} batch of 6, 24 greedy tokens CUDA = CPU`, sameTokens(c, g) ? 'same' : 'differ', 'same', sameTokens(c, g));
+    cpu.dispose();
+    gpu.dispose();
+  }
+});
+
 await attempt('errors', async () => {
   const x = Tensor.from(new Float32Array(32).fill(0.5), [4, 8]).toDevice('cuda:0');
   const w = Tensor.from(new Float32Array(24).fill(0.25), [3, 8]);
