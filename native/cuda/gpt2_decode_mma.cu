@@ -1,4 +1,5 @@
-// Decode-step 4-bit GEMV for a few rows (batched generation, M = 2..16) on the tensor cores.
+// Decode-step GEMV for a few rows (batched generation, short prefills: M = 2..16) on the tensor
+// cores, for 4-bit (NF4/FP4) and float16/bfloat16 weights (formats W4 and W16 below).
 // The one-warp-per-output-row GEMV (gpt2_decode_gemv.cu) does the multiply-adds of every
 // activation row on the CUDA cores and re-reads the activations for each weight: at M = 8 it
 // ran 4-9x slower than at M = 1 (GPT-2 XL nf4, ncu: 42-116 us a layer against 6-13 us).
@@ -182,8 +183,9 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Stages the M activation rows and applies the layernorm in place:
-// one warp per row (every row's statistics in parallel), the expression of layernorm_kernel.
+// Stages the M activation rows and applies the layernorm in place, the expression of
+// layernorm_kernel: every row's statistics in parallel, one warp a row or, for long rows with
+// warps to spare, several.
 // Loads go out kStageBatch at a time before any is stored: issued one by one, each waited
 // for its L2 round trip (a 1600-wide, 8-row stage is 13 of them a thread).
 constexpr int kStageBatch = 8;
@@ -492,8 +494,7 @@ void launch(const float* x, const Args& a, int M, bool staged, cudaStream_t s) {
   if (smem + static_smem(NT) > 48 * 1024)  // the 48 KB default counts the static part
     NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                       "decode GEMV (tensor cores)");
-  // As many tiles per block as it takes for one wave, spread evenly: a block stages the
-  // activations once for all its tiles.
+  // Blocks an SM at this shared memory (a block stages the activations once for all its tiles).
   int per_sm = 0;
   constexpr int G = groups(NT);
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kGroupThreads * G, smem) != cudaSuccess || per_sm < 1) {
