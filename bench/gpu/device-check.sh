@@ -3,20 +3,20 @@
 # Prepare here (repo root):
 #   npx cmake-js compile -O build-gpu --CDNIBBLE_CUDA_ARCHS=90-real --CDNIBBLE_NATIVE_TESTS=ON && npx tsup
 #   sh ../shared/gpu/node-bundle.sh      # writes .gpu/node.xz + .gpu/unpack.sh
-#   mkdir -p .gpu/gpt2 && xz -9c build-gpu/Release/nibble.node > .gpu/gpt2/nibble.node.xz \
-#     && xz -9c build-gpu/test_gpt2_cuda > .gpu/gpt2/test_gpt2_cuda.xz
-# (90-real and xz: the carried files plus the repo must stay under the device's 64 MiB.)
+#   mkdir -p .gpu/gpt2 && tar -C build-gpu --transform 's,.*/,,' -cf - Release/nibble.node test_gpt2_cuda \
+#     test_sampling_cuda | xz -9 -T4 > .gpu/gpt2/bins.tar.xz
+# (90-real and one xz archive: the carried files plus the repo must stay under the device's
+# 64 MiB; the binaries share most of their code and compress to ~6 MB together. Other files
+# in the archive, e.g. a second addon for an A/B with ab.sh, land in /tmp too.)
 # Run there with carry [.gpu, dist, node_modules/@huggingface/tokenizers]:
 #   sh bench/gpu/device-check.sh
 # Logs and bench JSON go to $OUT (or /tmp/gpu-out).
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 sh .gpu/unpack.sh >/dev/null || exit 1
-xz -dc .gpu/gpt2/nibble.node.xz > /tmp/nibble.node && xz -dc .gpu/gpt2/test_gpt2_cuda.xz > /tmp/test_gpt2_cuda || exit 1
-chmod +x /tmp/test_gpt2_cuda
+xz -dc .gpu/gpt2/bins.tar.xz | tar -C /tmp -xf - || exit 1
 /tmp/test_gpt2_cuda > "$OUT/native.log" 2>&1; echo "native rc=$?"; grep -v "^ok" "$OUT/native.log" | tail -4
-if [ -f .gpu/gpt2/test_sampling_cuda.xz ]; then
-  xz -dc .gpu/gpt2/test_sampling_cuda.xz > /tmp/test_sampling_cuda && chmod +x /tmp/test_sampling_cuda
+if [ -f /tmp/test_sampling_cuda ]; then
   /tmp/test_sampling_cuda > "$OUT/native-sampling.log" 2>&1; echo "native sampling rc=$?"; tail -3 "$OUT/native-sampling.log"
 fi
 export NIBBLE_ADDON=/tmp/nibble.node

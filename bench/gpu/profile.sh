@@ -6,7 +6,7 @@
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 sh .gpu/unpack.sh >/dev/null || exit 1
-xz -dc .gpu/gpt2/nibble.node.xz > /tmp/nibble.node || exit 1
+xz -dc .gpu/gpt2/bins.tar.xz | tar -C /tmp -xf - || exit 1
 export NIBBLE_ADDON=/tmp/nibble.node
 node bench/generate-gpu.mjs --write-only --models 124m,xl > /dev/null || exit 1
 for spec in "$@"; do

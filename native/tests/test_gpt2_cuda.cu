@@ -435,6 +435,12 @@ int main(int argc, char** argv) {
       for (int64_t M : {1, 2, 5, 8, 9})
         for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{64, 33}, {1600, 257}, {6400, 40}, {36, 5}})
           test_qlinear_plain(M, kn.first, kn.second, dt, (int)((M + kn.second) % 3), (M + kn.first) % 2 == 0);
+    // Plain layers behind a layernorm at 1..4 rows and every epilogue (the B=1 decode step of
+    // float16 models, the LM head of every mode): the layernorm kernel, then the small-M GEMV.
+    for (DType dt : dts)
+      for (int64_t M : {1, 3, 4})
+        for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{1600, 257}, {64, 33}, {36, 5}, {6400, 40}, {768, 9}})
+          for (int epi = 0; epi < 3; epi++) test_qlinear_plain(M, kn.first, kn.second, dt, epi, true);
     // Batched decode (M = 2..16) takes the tensor-core GEMV for 4-bit layers: partial row
     // tiles (N % 16), partial activation tiles (M % 8), both absmax forms, other blocksizes
     // (32: the CUDA-core GEMV instead), large activations (float32 range, no float16 overflow).
@@ -449,6 +455,13 @@ int main(int argc, char** argv) {
     // GPT-2 XL's qkv at B=8 (300 row tiles): several tiles a block, all 16 warps on each.
     test_qlinear_4bit(8, 1600, 4800, fmt::QuantType::NF4, true, 0, true);
     test_linear(3, 8, 1600, 4800, DType::F16, true);
+    // The int8 decode GEMV keeps 4 chunks a lane in flight when its grid is one wave, 1 when it
+    // is not (GPT-2 XL's qkv and c_fc at B=1: 600 and 800 blocks); both, with and without
+    // the layernorm and outliers.
+    test_qlinear_int8(1, 1600, 4800, 6.f, 0, true);
+    test_qlinear_int8(1, 1600, 6400, 0.f, 1, true);
+    test_qlinear_int8(3, 1600, 4800, 6.f, 2, false);
+    test_qlinear_int8(1, 1600, 300, 6.f, 2, false);
     for (int64_t M : {1, 2, 3, 8, 16, 20})
       for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{64, 33}, {1600, 100}, {6400, 75}, {8192, 16}})
         for (int epi = 0; epi < 3; epi++) {
