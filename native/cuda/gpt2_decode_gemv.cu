@@ -447,6 +447,85 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The int8 layer from activations quantized beforehand (k_int8_prep_ln in gpt2_qlinear.cu:
+// xq [M, K] with the outlier columns zeroed, the row absmax rs, the ascending outlier list, and
+// xn, the float32 rows the outliers are read from): the main loop is one 16-byte weight load,
+// one 16-byte activation load (the same for every warp: L1) and four dp4a a row, instead of 16
+// conversions. Epilogue and outlier arithmetic as k_decode_gemv8; the outlier columns are
+// split over the lanes (ascending within a lane) and summed across the warp.
+template <int MT, int EPI>
+__global__ void __launch_bounds__(kThreads)
+    k_gemv8_prequant(const int8_t* __restrict__ xq, const float* __restrict__ rs, const float* __restrict__ xn,
+                     const int32_t* __restrict__ list, W8Args w, float* out, int M, int KS) {
+  __shared__ int s_ipart[kWarps][MT];
+  __shared__ float s_fpart[kWarps][MT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS;
+  const int64_t n0 = (int64_t)blockIdx.x * (kWarps / KS) + warp / KS;
+  const bool live = n0 < w.N;
+  const int64_t n = live ? n0 : 0, K = w.K, C = live ? K >> 4 : 0;
+  const int4* row = reinterpret_cast<const int4*>(w.cb + n * K);
+  const int64_t c0 = lane + 32 * ks, cstep = 32 * KS;
+  int4 first = make_int4(0, 0, 0, 0);
+  if (c0 < C) first = __ldcs(row + c0);
+  pdl_wait();  // weights only above; xq, rs, xn and the list come from the previous kernel
+  pdl_trigger();
+  int iacc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; m++) iacc[m] = 0;
+  auto consume = [&](const int4& raw, int64_t c) {
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      if (m < M) {
+        const int4 xv = __ldg(reinterpret_cast<const int4*>(xq + m * K) + c);
+        iacc[m] = __dp4a(xv.x, raw.x, iacc[m]);
+        iacc[m] = __dp4a(xv.y, raw.y, iacc[m]);
+        iacc[m] = __dp4a(xv.z, raw.z, iacc[m]);
+        iacc[m] = __dp4a(xv.w, raw.w, iacc[m]);
+      }
+    }
+  };
+  if (c0 < C) consume(first, c0);
+#pragma unroll 4
+  for (int64_t c = c0 + cstep; c < C; c += cstep) consume(__ldcs(row + c), c);
+  float facc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; m++) facc[m] = 0.0f;
+  const int cnt = w.sparse ? list[0] : 0;
+  if (cnt && live) {
+    const float s = __ldg(w.scb + n);
+    for (int j = (int)c0; j < cnt; j += (int)cstep) {
+      const int64_t c = list[1 + j];
+      const float wv = round_to_half(__fdiv_rn(__fmul_rn((float)w.cb[n * K + c], s), 127.0f));
+#pragma unroll
+      for (int m = 0; m < MT; m++)
+        if (m < M) facc[m] = __fadd_rn(facc[m], __fmul_rn(round_to_half(xn[m * K + c]), wv));
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    for (int o = 16; o > 0; o >>= 1) iacc[m] += __shfl_xor_sync(0xffffffffu, iacc[m], o);
+    facc[m] = cnt ? warp_sum(facc[m]) : 0.0f;
+    if (KS > 1 && lane == 0) s_ipart[warp][m] = iacc[m], s_fpart[warp][m] = facc[m];
+  }
+  if (KS > 1) __syncthreads();
+  if (!live || ks != 0 || lane != 0) return;
+  const float cs = __ldg(w.scb + n);
+  const bool bias_h = w.bias && w.bias_dt == DType::F16;
+  const float bh = bias_h ? __half2float(static_cast<const __half*>(w.bias)[n]) : 0.0f;
+  const float bo = bias_h ? 0.0f : bias_at(w.bias, w.bias_dt, n);
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    if (m >= M) continue;
+    int sum = iacc[m];
+    float f = facc[m];
+    for (int i = 1; i < KS; i++) sum += s_ipart[warp + i][m], f += s_fpart[warp + i][m];
+    const float p = __fmul_rn(__fmul_rn((float)sum, rs[m]), cs);
+    float v = round_to_half(fmaf(p, fmt::kMmDequantScale, bh));
+    if (cnt) v = round_to_half(__fadd_rn(v, f));
+    store_epilogue(EPI, out + m * w.N + n, v + bo);
+  }
+}
+
 // Warps per output row: one per ~2 KB of the row (see linear_small_m_kernel).
 int warps_per_row(int64_t row_bytes) { return row_bytes > 8192 ? 8 : row_bytes > 4096 ? 4 : row_bytes > 2048 ? 2 : 1; }
 
@@ -556,6 +635,30 @@ bool decode_gemv_int8(const QLinear& L, DType bias_dt, int epi, float* out, cons
   else if (epi == kEpilogueAccumulate) launch8<kEpilogueAccumulate>(x, a, out, (int)M, ln, s);
   else launch8<kEpilogueNone>(x, a, out, (int)M, ln, s);
   NIBBLE_CUDA_CHECK_LAUNCH("int8 decode GEMV");
+  return true;
+}
+
+bool decode_gemv_int8_prequant(const QLinear& L, DType bias_dt, int epi, float* out, const int8_t* xq, const float* rs,
+                               const float* xn, const int32_t* list, int64_t M, cudaStream_t s) {
+  if (M < 1 || M > 4 || L.K % 16 || !aligned16(xq) || !aligned16(L.cb)) return false;
+  W8Args a;
+  a.cb = L.cb, a.scb = L.scb, a.N = L.N, a.K = L.K, a.bias = L.bias, a.bias_dt = bias_dt;
+  a.sparse = L.threshold > 0.0f;
+  a.th = 0.0f;  // applied by the preparation
+  const int KS = warps_per_row(a.K);
+  const unsigned g = blocks_for(a.N, kWarps / KS);
+  const int m = (int)M;
+  auto go = [&](auto k) { launch(k, g, 0, s, xq, rs, xn, list, a, out, m, KS); };
+  auto rows = [&](auto epi_tag) {
+    constexpr int E = decltype(epi_tag)::value;
+    if (M == 1) go(k_gemv8_prequant<1, E>);
+    else if (M == 2) go(k_gemv8_prequant<2, E>);
+    else go(k_gemv8_prequant<4, E>);
+  };
+  if (epi == kEpilogueGelu) rows(std::integral_constant<int, kEpilogueGelu>());
+  else if (epi == kEpilogueAccumulate) rows(std::integral_constant<int, kEpilogueAccumulate>());
+  else rows(std::integral_constant<int, kEpilogueNone>());
+  NIBBLE_CUDA_CHECK_LAUNCH("int8 decode GEMV (quantized activations)");
   return true;
 }
 

@@ -29,6 +29,11 @@ bool decode_mma_4bit(const QLinear& L, DType bias_dt, int epilogue, float* out, 
 // A float16/bfloat16 weight [N, K] (bias of the same dtype or null), 2..16 rows, tensor cores.
 bool decode_mma_16bit(const void* w, const void* bias, DType wdt, int epilogue, float* out, const float* x, int64_t M,
                       int64_t K, int64_t N, const DecodeNorm* norm, cudaStream_t s);
+// The same from activations quantized by a preparation kernel (gpt2_qlinear.cu): xq [M, K]
+// int8 with the outlier columns zeroed, rs [M] the row absmax, xn [M, K] the float32 rows
+// the outlier columns are read from, list = count then the outlier columns ascending.
+bool decode_gemv_int8_prequant(const QLinear& L, DType bias_dt, int epilogue, float* out, const int8_t* xq,
+                               const float* rs, const float* xn, const int32_t* list, int64_t M, cudaStream_t s);
 // LLM.int8() layer: the activation quantization, int8 product, dequantization and outlier
 // product of Linear8bitLt.forward in one kernel.
 bool decode_gemv_int8(const QLinear& L, DType bias_dt, int epilogue, float* out, const float* x, int64_t M,

@@ -5,18 +5,24 @@
 //  - 4-bit, compute float32: for M <= 16 the GEMV of gpt2_decode_gemv.cu, else matmul_4bit
 //    into scratch and one epilogue kernel. Other compute dtypes cast x
 //    first and the result back, as the module does.
-//  - int8: for decode (M <= 8) one kernel (gpt2_decode_gemv.cu). Otherwise x rounded to float16; outlier columns (|x| >= threshold in any row) and the
+//  - int8, decode (M <= 4): a one-block kernel applies the layernorm and quantizes the
+//    activations once (k_int8_prep_ln), then a lean dp4a GEMV (gpt2_decode_gemv.cu); one row of
+//    a small layer takes the single kernel that quantizes inside its loop instead.
+//    Otherwise x rounded to float16; outlier columns (|x| >= threshold in any row) and the
 //    row-wise quantization in one single-block kernel for decode-sized inputs (the per-op
 //    path's three launches and a memset); the int8 GEMV/GEMM with the dequantization fused
 //    (float16 result, as bitsandbytes); then one kernel adds the 16-bit outlier product
 //    in ascending column order (the CPU reference's order), converts to float32 and applies
 //    the epilogue. Nothing waits for the host: the outlier list stays on the device.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/block_scan.cuh"
 #include "cuda/cast_cuda.h"
 #include "cuda/gpt2_decode_gemv.h"
 #include "cuda/gpt2_device.cuh"
+#include "cuda/pdl.cuh"
 #include "cuda/quant_cuda.h"
 #include "cuda/quant_device.cuh"
 
@@ -141,6 +147,117 @@ __global__ void __launch_bounds__(kPrepThreads)
   else if (threadIdx.x == 0) list[0] = 0;
 }
 
+// The decode step's int8 preparation (B <= 4 rows), one block of 256 threads: the layer's
+// layernorm when it has one (row_mean_rstd with 256 threads and layernorm_kernel's expression:
+// the bits the layernorm kernel writes), then k_int8_prep's quantization. The normalized rows
+// go to xn for the outlier product; k_gemv8_prequant (gpt2_decode_gemv.cu) takes it from there.
+// Launched as a programmatic dependent, like the kernels around it.
+constexpr int kPrepLnThreads = 256, kPrepLnRows = 4;
+constexpr size_t kPrepLnMaxSmem = 46 * 1024;
+struct PrepLn {
+  const void* w = nullptr;  // null: x is used as it is
+  const void* b = nullptr;
+  DType dt = DType::F32;
+  float eps = 0.0f;
+};
+__global__ void __launch_bounds__(kPrepLnThreads)
+    k_int8_prep_ln(const float* __restrict__ x, int M, int64_t K, PrepLn ln, float th, bool sparse,
+                   int8_t* __restrict__ xq, float* __restrict__ rs, float* __restrict__ xn, int32_t* __restrict__ list) {
+  extern __shared__ float s_x[];  // [M, K] floats, then K outlier flags
+  uint8_t* s_flags = reinterpret_cast<uint8_t*>(s_x + M * K);
+  __shared__ float s_red[32];
+  __shared__ float s_max[kPrepLnThreads / 32][kPrepLnRows];
+  __shared__ float s_scale[kPrepLnRows];
+  __shared__ int s_warp[33];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  pdl_wait();
+  pdl_trigger();
+  for (int m = 0; m < M; m++) {
+    const float* xr = x + m * K;
+    if (ln.w) {
+      float mean, rstd;
+      row_mean_rstd(xr, K, ln.eps, s_red, &mean, &rstd);
+      for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads)
+        s_x[m * K + c] = (xr[c] - mean) * rstd * load_f32(ln.w, ln.dt, c) + load_f32(ln.b, ln.dt, c);
+    } else {
+      for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads) s_x[m * K + c] = xr[c];
+    }
+  }
+  float mx[kPrepLnRows];
+#pragma unroll
+  for (int m = 0; m < kPrepLnRows; m++) mx[m] = 0.0f;
+  for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads) {
+    bool outlier = false;
+#pragma unroll
+    for (int m = 0; m < kPrepLnRows; m++) {
+      if (m < M) {
+        const float v = s_x[m * K + c];
+        const float a = fabsf(round_to_half(v));
+        if (sparse && a >= th) outlier = true;
+        if (!sparse || a < th) mx[m] = fmaxf(mx[m], a);
+        if (sparse) xn[m * K + c] = v;
+      }
+    }
+    s_flags[c] = outlier;
+  }
+#pragma unroll
+  for (int m = 0; m < kPrepLnRows; m++) {
+    float v = mx[m];
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) s_max[warp][m] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < (unsigned)M) {
+    float v = 0.0f;
+    for (int w = 0; w < kPrepLnThreads / 32; w++) v = fmaxf(v, s_max[w][threadIdx.x]);
+    rs[threadIdx.x] = v;
+    s_scale[threadIdx.x] = __fmul_rn(127.0f, cuda::dev::rcp_like_fdividef(v));
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads) {
+    const bool o = sparse && s_flags[c];
+    for (int m = 0; m < M; m++) {
+      const int q = __float2int_rn(__fmul_rn(round_to_half(s_x[m * K + c]), s_scale[m]));  // NaN -> 0
+      xq[m * K + c] = o ? (int8_t)0 : (int8_t)q;
+    }
+  }
+  if (sparse) compact_flags(s_flags, K, list, s_warp);
+  else if (threadIdx.x == 0) list[0] = 0;
+}
+
+// Whether the decode step's int8 layers take the preparation kernel + k_gemv8_prequant (two
+// launches) instead of the one-kernel k_decode_gemv8. NIBBLE_CUDA_INT8_PREP=0: the latter.
+bool int8_prep_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("NIBBLE_CUDA_INT8_PREP");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+// The decode step's int8 layer as preparation + GEMV; false (nothing launched) when the rows
+// do not suit it.
+bool int8_decode_prepared(const QLinear& L, DType dt, int epi, float* out, const float* x, int64_t M,
+                          const DecodeNorm* norm, const QScratch& q, cudaStream_t s) {
+  const int64_t K = L.K;
+  const size_t smem = (size_t)(M * K) * 4 + (size_t)K;
+  if (!int8_prep_enabled() || M < 1 || M > kPrepLnRows || K % 16 || smem > kPrepLnMaxSmem) return false;
+  // One row of a small layer: the one-kernel GEMV (its in-loop quantization is cheap there and
+  // the extra launch is not). Same-run A/B, queued decode steps/s: preparing every layer took
+  // GPT-2 124M B=1 2669 -> 2394 and XL 336 -> 404; only layers of >= 2^22 weights at B=1
+  // (XL's c_attn, c_fc, mlp c_proj), 124M 2685 and XL 416. With 2-4 rows every layer
+  // gains: 124M B=4 3953 -> 5354, XL B=4 390 -> 630.
+  if (M == 1 && L.N * K < ((int64_t)1 << 22)) return false;
+  const bool sparse = L.threshold > 0.0f;
+  const float th = sparse ? half_to_float(float_to_half(L.threshold)) : 0.0f;
+  PrepLn ln;
+  if (norm) ln.w = norm->w, ln.b = norm->b, ln.dt = norm->dt, ln.eps = norm->eps;
+  float* xn = static_cast<float*>(q.xc);
+  launch_pdl(k_int8_prep_ln, dim3(1), dim3(kPrepLnThreads), smem, s, "int8 linear: preparing the activations", x,
+             (int)M, K, ln, th, sparse, q.xq, q.rs, xn, q.list);
+  return decode_gemv_int8_prequant(L, dt, epi, out, q.xq, q.rs, xn, q.list, M, s);
+}
+
 // out[m, n] = epilogue(float(half(outh + outlier product)) [+ bias]): the 16-bit half of the
 // mixed decomposition (cpu::int8_outlier_matmul_add's order and rounding), the cast back to
 // float32 and the plan's epilogue. `bias` is added here only when the dequantization could
@@ -201,7 +318,8 @@ void linear_4bit(const QLinear& L, DType dt, int epi, float* out, const float* x
 void linear_int8(const QLinear& L, DType dt, int epi, float* out, const float* x, int64_t M, const QScratch& q,
                  int device, cudaStream_t s) {
   const int64_t K = L.K, N = L.N;
-  if (decode_gemv_int8(L, dt, epi, out, x, M, nullptr, s)) return;
+  if (int8_decode_prepared(L, dt, epi, out, x, M, nullptr, q, s) || decode_gemv_int8(L, dt, epi, out, x, M, nullptr, s))
+    return;
   const bool sparse = L.threshold > 0.0f;
   const float th = sparse ? half_to_float(float_to_half(L.threshold)) : 0.0f;
   if (M <= kPrepRows && K <= kPrepMaxCols) {
@@ -255,8 +373,10 @@ void qlinear_ln(const QLinear& L, const void* ln_w, const void* ln_b, float eps,
   } else if (M > 0) {
     cudaStream_t s = begin(device);
     const DecodeNorm norm{ln_w, ln_b, dt, eps};
-    const bool fused = L.kind == QLinear::k4bit ? decode_gemv_4bit(L, dt, epilogue, out, x, M, &norm, s)
-                                                : decode_gemv_int8(L, dt, epilogue, out, x, M, &norm, s);
+    const bool fused = L.kind == QLinear::k4bit
+                           ? decode_gemv_4bit(L, dt, epilogue, out, x, M, &norm, s)
+                           : int8_decode_prepared(L, dt, epilogue, out, x, M, &norm, carve(qscratch, M, L.K, L.N), s) ||
+                                 decode_gemv_int8(L, dt, epilogue, out, x, M, &norm, s);
     if (fused) return;
   }
   layernorm(h, x, ln_w, ln_b, dt, M, L.K, eps, device);
