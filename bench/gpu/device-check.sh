@@ -19,6 +19,9 @@ xz -dc .gpu/gpt2/bins.tar.xz | tar -C /tmp -xf - || exit 1
 # int8 decode layers again through the one-kernel GEMV the preparation kernel replaces
 NIBBLE_CUDA_INT8_PREP=0 /tmp/test_gpt2_cuda > "$OUT/native-int8-one-kernel.log" 2>&1
 echo "native (NIBBLE_CUDA_INT8_PREP=0) rc=$?"; tail -1 "$OUT/native-int8-one-kernel.log"
+# 4-bit decode layers with the layernorm fused into the GEMV (off by default)
+NIBBLE_CUDA_FUSE_LN_4BIT=1 /tmp/test_gpt2_cuda > "$OUT/native-4bit-fused-ln.log" 2>&1
+echo "native (NIBBLE_CUDA_FUSE_LN_4BIT=1) rc=$?"; tail -1 "$OUT/native-4bit-fused-ln.log"
 if [ -f /tmp/test_sampling_cuda ]; then
   /tmp/test_sampling_cuda > "$OUT/native-sampling.log" 2>&1; echo "native sampling rc=$?"; tail -3 "$OUT/native-sampling.log"
 fi

@@ -2,7 +2,8 @@
 // with the plan's epilogues (bias, gelu_new, residual add), float32 activations in and out.
 // A quantized layer reproduces its nn module's forward (lib/nn/Linear4bit.ts,
 // Linear8bitLt.ts) operation by operation, so the plan and the per-op path agree:
-//  - 4-bit, compute float32: for M <= 16 the GEMV of gpt2_decode_gemv.cu, else matmul_4bit
+//  - 4-bit, compute float32: for M <= 16 the GEMV of gpt2_decode_gemv.cu (behind the separate
+//    layernorm kernel, which measured faster than normalizing in every block), else matmul_4bit
 //    into scratch and one epilogue kernel. Other compute dtypes cast x
 //    first and the result back, as the module does.
 //  - int8, decode (M <= 4): a one-block kernel applies the layernorm and quantizes the
@@ -235,6 +236,20 @@ bool int8_prep_enabled() {
   return on;
 }
 
+// Whether 4-bit layers take their layernorm inside the decode GEMV (every block normalizing
+// the rows it stages) instead of from the one-block layernorm kernel before it. Off: same-run
+// A/B, generate() tokens/s, separate vs fused: GPT-2 XL nf4 B=1 576/576 vs 541/547, 124M B=1
+// 3738/3633 vs 3364/3406, XL B=8 3071/3062 vs 3041/3043. (Float16 layers keep theirs fused in
+// the tensor-core kernel at 2+ rows: 2997/2977 vs 2916/2930 separate at XL B=8.)
+// NIBBLE_CUDA_FUSE_LN_4BIT=1 turns it back on (comparisons, tests).
+bool fuse_ln_4bit() {
+  static const bool on = [] {
+    const char* v = std::getenv("NIBBLE_CUDA_FUSE_LN_4BIT");
+    return v && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
+
 // The decode step's int8 layer as preparation + GEMV; false (nothing launched) when the rows
 // do not suit it.
 bool int8_decode_prepared(const QLinear& L, DType dt, int epi, float* out, const float* x, int64_t M,
@@ -374,7 +389,7 @@ void qlinear_ln(const QLinear& L, const void* ln_w, const void* ln_b, float eps,
     cudaStream_t s = begin(device);
     const DecodeNorm norm{ln_w, ln_b, dt, eps};
     const bool fused = L.kind == QLinear::k4bit
-                           ? decode_gemv_4bit(L, dt, epilogue, out, x, M, &norm, s)
+                           ? fuse_ln_4bit() && decode_gemv_4bit(L, dt, epilogue, out, x, M, &norm, s)
                            : int8_decode_prepared(L, dt, epilogue, out, x, M, &norm, carve(qscratch, M, L.K, L.N), s) ||
                                  decode_gemv_int8(L, dt, epilogue, out, x, M, &norm, s);
     if (fused) return;
