@@ -3,16 +3,11 @@
 // switches are environment variables read once per process, so ab.sh runs this once per
 // configuration and alternates them.
 //   NIBBLE_ADDON=/abs/nibble.node node bench/gpu/ab-step.mjs <checkpoint dir> <fp16|nf4|int8> [B]
-import { AutoModelForCausalLM, BitsAndBytesConfig } from '../../dist/index.js';
+import { loadBenchModel } from './bench-model.mjs';
 
 const [dir, mode = 'fp16', bArg = '1'] = process.argv.slice(2);
-const quant = {
-  fp16: undefined,
-  int8: new BitsAndBytesConfig({ loadIn8bit: true }),
-  nf4: new BitsAndBytesConfig({ loadIn4bit: true, bnb4bitQuantType: 'nf4', bnb4bitUseDoubleQuant: true }),
-}[mode];
 const B = Number(bArg), NEW = 128;
-const model = await AutoModelForCausalLM.fromPretrained(dir, { deviceMap: 'cuda:0', dtype: 'float16', noTokenizer: true, quantizationConfig: quant });
+const model = await loadBenchModel(dir, mode);
 const ids = Array.from({ length: B }, (_, b) => Array.from({ length: 16 }, (_, i) => (i * 7919 + b * 131 + 13) % 50257));
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 await model.generate(ids, { maxNewTokens: 8, doSample: false });

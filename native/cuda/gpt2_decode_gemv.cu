@@ -304,6 +304,26 @@ __device__ __forceinline__ int pack4(int a, int b, int c, int d) {
   return (a & 0xff) | ((b & 0xff) << 8) | ((c & 0xff) << 16) | ((int)((unsigned)d << 24));
 }
 
+// Row n's output from its int32 dot product s with activation row m (row absmax rs) and its
+// outlier sum f: int8_mm_dequant, float16(fma(C * rs * cs, 1/127^2, bias)), then the 16-bit
+// outlier product when there is one, then the plan's epilogue. Shared by both int8 GEMVs.
+struct Int8RowOut {
+  float cs, bh, bo;  // the row's weight scale; the bias in the float16 dequantization, or after it
+  __device__ __forceinline__ Int8RowOut(const W8Args& w, int64_t n) {
+    cs = __ldg(w.scb + n);
+    const bool bias_h = w.bias && w.bias_dt == DType::F16;
+    bh = bias_h ? __half2float(static_cast<const __half*>(w.bias)[n]) : 0.0f;
+    bo = bias_h ? 0.0f : bias_at(w.bias, w.bias_dt, n);
+  }
+  template <int EPI>
+  __device__ __forceinline__ void store(float* o, int s, float rs, float f, bool outliers) const {
+    const float p = __fmul_rn(__fmul_rn((float)s, rs), cs);
+    float v = round_to_half(fmaf(p, fmt::kMmDequantScale, bh));
+    if (outliers) v = round_to_half(__fadd_rn(v, f));
+    store_epilogue(EPI, o, v + bo);
+  }
+};
+
 template <int MT, int EPI, bool SX>
 __global__ void __launch_bounds__(kThreads)
     k_decode_gemv8(const float* __restrict__ x, W8Args w, float* out, int M, int KS, LnArgs ln) {
@@ -429,21 +449,14 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (!live || ks != 0 || lane != 0) return;
   for (int i = 1; i < KS; i++) any_outlier |= s_any[warp + i] != 0;
-  const float cs = __ldg(w.scb + n);
-  const bool bias_h = w.bias && w.bias_dt == DType::F16;
-  const float bh = bias_h ? __half2float(static_cast<const __half*>(w.bias)[n]) : 0.0f;
-  const float bo = bias_h ? 0.0f : bias_at(w.bias, w.bias_dt, n);
+  const Int8RowOut ro(w, n);
 #pragma unroll
   for (int m = 0; m < MT; m++) {
     if (m >= M) continue;
     int s = iacc[m];
     float f = facc[m];
     for (int i = 1; i < KS; i++) s += s_ipart[warp + i][m], f += s_fpart[warp + i][m];
-    // int8_mm_dequant: float16(fma(C * rs * cs, 1/127^2, bias)), then the outlier product.
-    const float p = __fmul_rn(__fmul_rn((float)s, s_rs[m]), cs);
-    float v = round_to_half(fmaf(p, fmt::kMmDequantScale, bh));
-    if (any_outlier) v = round_to_half(__fadd_rn(v, f));
-    store_epilogue(EPI, out + m * w.N + n, v + bo);
+    ro.store<EPI>(out + m * w.N + n, s, s_rs[m], f, any_outlier);
   }
 }
 
@@ -509,20 +522,14 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (KS > 1) __syncthreads();
   if (!live || ks != 0 || lane != 0) return;
-  const float cs = __ldg(w.scb + n);
-  const bool bias_h = w.bias && w.bias_dt == DType::F16;
-  const float bh = bias_h ? __half2float(static_cast<const __half*>(w.bias)[n]) : 0.0f;
-  const float bo = bias_h ? 0.0f : bias_at(w.bias, w.bias_dt, n);
+  const Int8RowOut ro(w, n);
 #pragma unroll
   for (int m = 0; m < MT; m++) {
     if (m >= M) continue;
     int sum = iacc[m];
     float f = facc[m];
     for (int i = 1; i < KS; i++) sum += s_ipart[warp + i][m], f += s_fpart[warp + i][m];
-    const float p = __fmul_rn(__fmul_rn((float)sum, rs[m]), cs);
-    float v = round_to_half(fmaf(p, fmt::kMmDequantScale, bh));
-    if (cnt) v = round_to_half(__fadd_rn(v, f));
-    store_epilogue(EPI, out + m * w.N + n, v + bo);
+    ro.store<EPI>(out + m * w.N + n, sum, rs[m], f, cnt != 0);
   }
 }
 

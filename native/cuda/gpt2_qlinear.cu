@@ -97,34 +97,38 @@ __global__ void __launch_bounds__(kPrepThreads) k_compact_flags(const uint8_t* f
   compact_flags(flags, K, list, s_warp);
 }
 
-// int8_vectorwise_quant of float16(x) for M <= kPrepRows rows in one block, plus the outlier
-// list: the same arithmetic as cpu::int8_vectorwise_quant_ref (see quant_int8.cu).
-__global__ void __launch_bounds__(kPrepThreads)
-    k_int8_prep(const float* __restrict__ x, int M, int64_t K, float th, bool sparse, int8_t* __restrict__ xq,
-                float* __restrict__ rs, uint8_t* __restrict__ flags, int32_t* __restrict__ list) {
-  extern __shared__ uint8_t s_flags[];  // [K]
-  __shared__ float s_max[kPrepThreads / 32][kPrepRows];
-  __shared__ float s_scale[kPrepRows];
+// int8_vectorwise_quant of float16(xval(m, c)) for M <= ROWS rows by one block of THREADS
+// threads, with the outlier flags (s_flags in shared memory, and `flags` when not null) and the
+// ascending outlier list: the same arithmetic as cpu::int8_vectorwise_quant_ref (see
+// quant_int8.cu). xn, when not null, receives the rows' float32 values (for the outlier product).
+template <int THREADS, int ROWS, typename X>
+__device__ void quantize_rows_block(X xval, int M, int64_t K, float th, bool sparse, int8_t* __restrict__ xq,
+                                    float* __restrict__ rs, uint8_t* s_flags, uint8_t* flags, float* xn,
+                                    int32_t* __restrict__ list) {
+  __shared__ float s_max[THREADS / 32][ROWS];
+  __shared__ float s_scale[ROWS];
   __shared__ int s_warp[33];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float mx[kPrepRows];
+  float mx[ROWS];
 #pragma unroll
-  for (int m = 0; m < kPrepRows; m++) mx[m] = 0.0f;
-  for (int64_t c = threadIdx.x; c < K; c += kPrepThreads) {
+  for (int m = 0; m < ROWS; m++) mx[m] = 0.0f;
+  for (int64_t c = threadIdx.x; c < K; c += THREADS) {
     bool outlier = false;
 #pragma unroll
-    for (int m = 0; m < kPrepRows; m++) {
+    for (int m = 0; m < ROWS; m++) {
       if (m < M) {
-        const float a = fabsf(round_to_half(x[m * K + c]));
+        const float v = xval(m, c);
+        const float a = fabsf(round_to_half(v));
         if (sparse && a >= th) outlier = true;
         if (!sparse || a < th) mx[m] = fmaxf(mx[m], a);
+        if (xn) xn[m * K + c] = v;
       }
     }
     s_flags[c] = outlier;
-    flags[c] = outlier;
+    if (flags) flags[c] = outlier;
   }
 #pragma unroll
-  for (int m = 0; m < kPrepRows; m++) {
+  for (int m = 0; m < ROWS; m++) {
     float v = mx[m];
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     if (lane == 0) s_max[warp][m] = v;
@@ -132,20 +136,29 @@ __global__ void __launch_bounds__(kPrepThreads)
   __syncthreads();
   if (threadIdx.x < (unsigned)M) {
     float v = 0.0f;
-    for (int w = 0; w < kPrepThreads / 32; w++) v = fmaxf(v, s_max[w][threadIdx.x]);
+    for (int w = 0; w < THREADS / 32; w++) v = fmaxf(v, s_max[w][threadIdx.x]);
     rs[threadIdx.x] = v;
     s_scale[threadIdx.x] = __fmul_rn(127.0f, cuda::dev::rcp_like_fdividef(v));
   }
   __syncthreads();
-  for (int64_t c = threadIdx.x; c < K; c += kPrepThreads) {
+  for (int64_t c = threadIdx.x; c < K; c += THREADS) {
     const bool o = sparse && s_flags[c];
     for (int m = 0; m < M; m++) {
-      int q = __float2int_rn(__fmul_rn(round_to_half(x[m * K + c]), s_scale[m]));  // NaN -> 0
+      int q = __float2int_rn(__fmul_rn(round_to_half(xval(m, c)), s_scale[m]));  // NaN -> 0
       xq[m * K + c] = o ? (int8_t)0 : (int8_t)q;
     }
   }
   if (sparse) compact_flags(s_flags, K, list, s_warp);
   else if (threadIdx.x == 0) list[0] = 0;
+}
+
+// The general path's preparation for M <= kPrepRows rows, read straight from x.
+__global__ void __launch_bounds__(kPrepThreads)
+    k_int8_prep(const float* __restrict__ x, int M, int64_t K, float th, bool sparse, int8_t* __restrict__ xq,
+                float* __restrict__ rs, uint8_t* __restrict__ flags, int32_t* __restrict__ list) {
+  extern __shared__ uint8_t s_flags[];  // [K]
+  auto xval = [&](int m, int64_t c) { return x[m * K + c]; };
+  quantize_rows_block<kPrepThreads, kPrepRows>(xval, M, K, th, sparse, xq, rs, s_flags, flags, nullptr, list);
 }
 
 // The decode step's int8 preparation (B <= 4 rows), one block of 256 threads: the layer's
@@ -167,10 +180,6 @@ __global__ void __launch_bounds__(kPrepLnThreads)
   extern __shared__ float s_x[];  // [M, K] floats, then K outlier flags
   uint8_t* s_flags = reinterpret_cast<uint8_t*>(s_x + M * K);
   __shared__ float s_red[32];
-  __shared__ float s_max[kPrepLnThreads / 32][kPrepLnRows];
-  __shared__ float s_scale[kPrepLnRows];
-  __shared__ int s_warp[33];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   pdl_wait();
   pdl_trigger();
   for (int m = 0; m < M; m++) {
@@ -184,46 +193,9 @@ __global__ void __launch_bounds__(kPrepLnThreads)
       for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads) s_x[m * K + c] = xr[c];
     }
   }
-  float mx[kPrepLnRows];
-#pragma unroll
-  for (int m = 0; m < kPrepLnRows; m++) mx[m] = 0.0f;
-  for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads) {
-    bool outlier = false;
-#pragma unroll
-    for (int m = 0; m < kPrepLnRows; m++) {
-      if (m < M) {
-        const float v = s_x[m * K + c];
-        const float a = fabsf(round_to_half(v));
-        if (sparse && a >= th) outlier = true;
-        if (!sparse || a < th) mx[m] = fmaxf(mx[m], a);
-        if (sparse) xn[m * K + c] = v;
-      }
-    }
-    s_flags[c] = outlier;
-  }
-#pragma unroll
-  for (int m = 0; m < kPrepLnRows; m++) {
-    float v = mx[m];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (lane == 0) s_max[warp][m] = v;
-  }
-  __syncthreads();
-  if (threadIdx.x < (unsigned)M) {
-    float v = 0.0f;
-    for (int w = 0; w < kPrepLnThreads / 32; w++) v = fmaxf(v, s_max[w][threadIdx.x]);
-    rs[threadIdx.x] = v;
-    s_scale[threadIdx.x] = __fmul_rn(127.0f, cuda::dev::rcp_like_fdividef(v));
-  }
-  __syncthreads();
-  for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads) {
-    const bool o = sparse && s_flags[c];
-    for (int m = 0; m < M; m++) {
-      const int q = __float2int_rn(__fmul_rn(round_to_half(s_x[m * K + c]), s_scale[m]));  // NaN -> 0
-      xq[m * K + c] = o ? (int8_t)0 : (int8_t)q;
-    }
-  }
-  if (sparse) compact_flags(s_flags, K, list, s_warp);
-  else if (threadIdx.x == 0) list[0] = 0;
+  auto xval = [&](int m, int64_t c) { return s_x[m * K + c]; };
+  quantize_rows_block<kPrepLnThreads, kPrepLnRows>(xval, M, K, th, sparse, xq, rs, s_flags, nullptr,
+                                                   sparse ? xn : nullptr, list);
 }
 
 // Whether the decode step's int8 layers take the preparation kernel + k_gemv8_prequant (two

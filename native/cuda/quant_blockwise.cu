@@ -33,28 +33,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Loads EPT elements starting at i (zeros past n) as float.
-template <typename T, int EPT>
-__device__ __forceinline__ void load_elems(const T* x, int64_t i, int64_t n, bool vec_ok, float (&v)[EPT]) {
-  if (vec_ok && i + EPT <= n) {
-    constexpr int kVecs = EPT * (int)sizeof(T) / 16;
-    const uint4* p = reinterpret_cast<const uint4*>(x + i);
-#pragma unroll
-    for (int q = 0; q < kVecs; q++) {
-      uint4 u = __ldg(p + q);
-      const T* e = reinterpret_cast<const T*>(&u);
-      constexpr int kPer = 16 / (int)sizeof(T);
-#pragma unroll
-      for (int j = 0; j < kPer; j++) v[q * kPer + j] = dev::to_f32(e[j]);
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < EPT; j++) v[j] = (i + j < n) ? dev::to_f32(x[i + j]) : 0.0f;
-  }
-}
-
-// A thread's EPT elements as raw 16-byte vectors, loaded one group ahead of their use (see
-// k_quantize); `full` false: the group runs past n or x is unaligned, load_elems reads it.
+// A thread's EPT elements starting at i, as float (zeros past n). fetch() issues the 16-byte
+// loads and get() converts them, so k_quantize can request a group one step ahead of its use;
+// a group that runs past n, or an unaligned x, is read element by element in get().
 template <typename T, int EPT>
 struct RawElems {
   static constexpr int kVecs = EPT * (int)sizeof(T) / 16;
@@ -69,7 +50,8 @@ struct RawElems {
   }
   __device__ __forceinline__ void get(const T* x, int64_t i, int64_t n, float (&v)[EPT]) const {
     if (!full) {
-      load_elems<T, EPT>(x, i, n, false, v);
+#pragma unroll
+      for (int j = 0; j < EPT; j++) v[j] = (i + j < n) ? dev::to_f32(x[i + j]) : 0.0f;
       return;
     }
     constexpr int kPer = 16 / (int)sizeof(T);
