@@ -29,8 +29,6 @@ namespace {
 
 constexpr int kWarps = 8, kThreads = kWarps * 32;
 
-__device__ __forceinline__ float bias_at(const void* b, DType dt, int64_t n) { return b ? load_f32(b, dt, n) : 0.0f; }
-
 // Launched as programmatic dependents (pdl.cuh): a decode GEMV may start while the kernel
 // before it drains and issue its weight loads, which do not depend on that kernel.
 template <typename... KArgs, typename... Args>
@@ -44,12 +42,16 @@ void launch(void (*kernel)(KArgs...), unsigned grid, size_t smem, cudaStream_t s
 // (Chunks of 16 bytes of activations, E = 4, are conflict-free unpadded.)
 template <int E>
 __device__ __host__ __forceinline__ int64_t padded(int64_t k) { return k + (E >= 8 ? (k / E) * 4 : 0); }
+// (32-bit indices and a loop per row: the staged rows are at most kMaxStaged bytes, and a
+// 64-bit division per element, in the flat loop this replaced, cost more than the copy.)
 template <int E>
 __device__ void stage_x(float* s_x, const float* __restrict__ x, int M, int64_t K) {
-  const int64_t K4 = K / 4, Kp = padded<E>(K);
-  for (int64_t i = threadIdx.x; i < M * K4; i += blockDim.x) {
-    const int64_t m = i / K4, k = (i % K4) * 4;
-    *reinterpret_cast<float4*>(s_x + m * Kp + padded<E>(k)) = __ldg(reinterpret_cast<const float4*>(x) + i);
+  const int K4 = (int)(K / 4), Kp = (int)padded<E>(K);
+  for (int m = 0; m < M; m++) {
+    const float4* xr = reinterpret_cast<const float4*>(x) + m * K4;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < K4; i += blockDim.x)
+      *reinterpret_cast<float4*>(s_x + m * Kp + (int)padded<E>(4 * i)) = __ldg(xr + i);
   }
 }
 // The layernorm in front of c_attn and c_fc, fused into the staging: row_mean_rstd and the
@@ -232,12 +234,14 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
     for (int m = 0; m < MT; m++) acc[m] = 0.0f;
     // The epilogue's inputs (bias, and the residual it adds to) requested now, so they arrive
     // while the row is summed rather than after it.
+    // (The bias as bits, converted after the loop: see load_bits.)
     const bool writer = n < N && ks == 0 && lane == 0;
-    float bias_v = 0.0f, prev[MT];
+    uint32_t bias_bits = 0;
+    float prev[MT];
 #pragma unroll
     for (int m = 0; m < MT; m++) prev[m] = 0.0f;
     if (writer) {
-      bias_v = bias_at(bias, bias_dt, n);
+      if (bias) bias_bits = load_bits(bias, bias_dt, n);
       if (EPI == kEpilogueAccumulate)
 #pragma unroll
         for (int m = 0; m < MT; m++)
@@ -280,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
         if (m >= M) continue;
         float s = acc[m];
         for (int i = 1; i < KS; i++) s += s_part[warp + i][m];
-        const float v = s + bias_v;  // then store_epilogue's arithmetic, the residual already read
+        const float v = s + (bias ? bits_f32(bias_bits, bias_dt) : 0.0f);  // then store_epilogue's, the residual read
         out[m * N + n] = EPI == kEpilogueGelu ? gelu_new_f(v) : EPI == kEpilogueAccumulate ? prev[m] + v : v;
       }
     }
@@ -307,20 +311,35 @@ __device__ __forceinline__ int pack4(int a, int b, int c, int d) {
 // Row n's output from its int32 dot product s with activation row m (row absmax rs) and its
 // outlier sum f: int8_mm_dequant, float16(fma(C * rs * cs, 1/127^2, bias)), then the 16-bit
 // outlier product when there is one, then the plan's epilogue. Shared by both int8 GEMVs.
+// Constructed before the main loop: it requests the row's scale, bias and (accumulating
+// epilogue, rows < MT) residual then, and store() uses them after the loop (see load_bits).
+template <int MT, int EPI>
 struct Int8RowOut {
-  float cs, bh, bo;  // the row's weight scale; the bias in the float16 dequantization, or after it
+  float cs;            // the row's weight scale
+  uint32_t bias_bits;  // a float16 bias enters the float16 dequantization; any other is added after it
+  float prev[MT];      // the residual the accumulating epilogue adds to
   __device__ __forceinline__ Int8RowOut(const W8Args& w, int64_t n) {
     cs = __ldg(w.scb + n);
-    const bool bias_h = w.bias && w.bias_dt == DType::F16;
-    bh = bias_h ? __half2float(static_cast<const __half*>(w.bias)[n]) : 0.0f;
-    bo = bias_h ? 0.0f : bias_at(w.bias, w.bias_dt, n);
+    bias_bits = w.bias ? load_bits(w.bias, w.bias_dt, n) : 0u;
+#pragma unroll
+    for (int m = 0; m < MT; m++) prev[m] = 0.0f;
   }
-  template <int EPI>
-  __device__ __forceinline__ void store(float* o, int s, float rs, float f, bool outliers) const {
+  // After the kernel's wait (the residual is the previous kernels' output); writer lane only.
+  __device__ __forceinline__ void read_residual(const float* out, int64_t N, int64_t n, int M) {
+    if (EPI == kEpilogueAccumulate)
+#pragma unroll
+      for (int m = 0; m < MT; m++)
+        if (m < M) prev[m] = out[m * N + n];
+  }
+  __device__ __forceinline__ void store(const W8Args& w, float* o, int m, int s, float rs, float f, bool outliers) const {
+    const bool bias_h = w.bias && w.bias_dt == DType::F16;
+    const float bh = bias_h ? bits_f32(bias_bits, DType::F16) : 0.0f;
+    const float bo = w.bias && !bias_h ? bits_f32(bias_bits, w.bias_dt) : 0.0f;
     const float p = __fmul_rn(__fmul_rn((float)s, rs), cs);
     float v = round_to_half(fmaf(p, fmt::kMmDequantScale, bh));
     if (outliers) v = round_to_half(__fadd_rn(v, f));
-    store_epilogue(EPI, o, v + bo);
+    v = v + bo;  // then store_epilogue's arithmetic, the residual already read
+    *o = EPI == kEpilogueGelu ? gelu_new_f(v) : EPI == kEpilogueAccumulate ? prev[m] + v : v;
   }
 };
 
@@ -339,8 +358,11 @@ __global__ void __launch_bounds__(kThreads)
   if (c_first < C0) first = __ldcs(reinterpret_cast<const int4*>(w.cb + n00 * w.K) + c_first);
   LnParams<SX ? 8 : 0> lp;
   if (SX) lp.prefetch(ln, w.K);
+  Int8RowOut<MT, EPI> ro(w, n00 < w.N ? n00 : 0);
   pdl_wait();  // as in k_decode_gemv: only weights were read above
   pdl_trigger();
+  const bool writer = n00 < w.N && (threadIdx.x >> 5) % KS == 0 && (threadIdx.x & 31) == 0;
+  if (writer) ro.read_residual(out, w.N, n00, M);
   if (SX) {
     if (ln.w) stage_x_ln<16>(s_x, x, M, w.K, ln, lp, s_lnred);
     else stage_x<16>(s_x, x, M, w.K);
@@ -449,14 +471,13 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (!live || ks != 0 || lane != 0) return;
   for (int i = 1; i < KS; i++) any_outlier |= s_any[warp + i] != 0;
-  const Int8RowOut ro(w, n);
 #pragma unroll
   for (int m = 0; m < MT; m++) {
     if (m >= M) continue;
     int s = iacc[m];
     float f = facc[m];
     for (int i = 1; i < KS; i++) s += s_ipart[warp + i][m], f += s_fpart[warp + i][m];
-    ro.store<EPI>(out + m * w.N + n, s, s_rs[m], f, any_outlier);
+    ro.store(w, out + m * w.N + n, m, s, s_rs[m], f, any_outlier);
   }
 }
 
@@ -466,6 +487,9 @@ __global__ void __launch_bounds__(kThreads)
 // one 16-byte activation load (the same for every warp: L1) and four dp4a a row, instead of 16
 // conversions. Epilogue and outlier arithmetic as k_decode_gemv8; the outlier columns are
 // split over the lanes (ascending within a lane) and summed across the warp.
+// Its epilogue inputs are read after the loop: requested before it (as k_decode_gemv8 does),
+// the registers that hold them cost XL's 800-block layers blocks an SM (a second wave) and
+// measured slower (same-run A/B: XL int8 B=1 -1.5%, B=4 -6.5%).
 template <int MT, int EPI>
 __global__ void __launch_bounds__(kThreads)
     k_gemv8_prequant(const int8_t* __restrict__ xq, const float* __restrict__ rs, const float* __restrict__ xn,
@@ -522,14 +546,15 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (KS > 1) __syncthreads();
   if (!live || ks != 0 || lane != 0) return;
-  const Int8RowOut ro(w, n);
+  Int8RowOut<MT, EPI> ro(w, n);
+  ro.read_residual(out, w.N, n, M);
 #pragma unroll
   for (int m = 0; m < MT; m++) {
     if (m >= M) continue;
     int sum = iacc[m];
     float f = facc[m];
     for (int i = 1; i < KS; i++) sum += s_ipart[warp + i][m], f += s_fpart[warp + i][m];
-    ro.store<EPI>(out + m * w.N + n, sum, rs[m], f, cnt != 0);
+    ro.store(w, out + m * w.N + n, m, sum, rs[m], f, cnt != 0);
   }
 }
 

@@ -39,6 +39,18 @@ __device__ __forceinline__ float load_f32(const void* p, DType dt, int64_t i) {
   if (dt == DType::BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
   return static_cast<const float*>(p)[i];
 }
+// The same element split in two: its bits, loaded early, and their conversion where the value
+// is used. A GEMV's epilogue inputs (the bias) are requested before its main loop; loaded and
+// converted in one step, the conversion would stall the warp there for the whole load latency.
+__device__ __forceinline__ uint32_t load_bits(const void* p, DType dt, int64_t i) {
+  if (dt == DType::F16 || dt == DType::BF16) return static_cast<const uint16_t*>(p)[i];
+  return __float_as_uint(static_cast<const float*>(p)[i]);
+}
+__device__ __forceinline__ float bits_f32(uint32_t bits, DType dt) {
+  if (dt == DType::F16) return __half2float(__ushort_as_half((unsigned short)bits));
+  if (dt == DType::BF16) return __uint_as_float(bits << 16);
+  return __uint_as_float(bits);
+}
 // v rounded to float16 and back (Linear8bitLt computes in float16).
 __device__ __forceinline__ float round_to_half(float v) { return __half2float(__float2half_rn(v)); }
 

@@ -8,6 +8,7 @@
 // An epilogue can apply gelu_new or add the result into `out` (the residual stream), which
 // saves the separate elementwise launch and a pass over the activations.
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/gpt2_decode_gemv.h"
 #include "cuda/gpt2_device.cuh"
@@ -54,8 +55,9 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
 // partial sums meet in shared memory in a fixed order (deterministic).
 // Launched as a programmatic dependent (pdl.cuh): the first 16 bytes of weights a lane needs
 // are requested before waiting for the kernel that writes x (the layernorm, the attention).
+// One row: 32 registers, 8 blocks an SM (the decode step's grids fit one wave).
 template <typename T, int MT, int EPI>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, MT == 1 ? 8 : 1)
     linear_small_m_kernel(float* out, const float* __restrict__ x, const T* __restrict__ w,
                           const T* __restrict__ bias, int M, int64_t K, int64_t N, bool vec, int KS) {
   constexpr int VEC = 16 / sizeof(T);
@@ -67,8 +69,17 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t k0 = (int64_t)(lane + 32 * ks) * VEC, kstep = 32 * VEC * KS;
   uint4 first = make_uint4(0, 0, 0, 0);
   if (live && vec && k0 < K) first = load_stream(wr + k0);
+  // One row (the decode step): the epilogue's inputs are requested now and used after the row
+  // is summed, so their latency overlaps the loop instead of following it: the bias (a
+  // parameter) before the wait, the residual it adds to after it (the previous kernel writes
+  // it). With more rows the registers they would hold cost more than the latency.
+  const bool writer = live && ks == 0 && lane == 0;
+  constexpr DType kBiasDt = std::is_same<T, float>::value ? DType::F32 : std::is_same<T, __half>::value ? DType::F16 : DType::BF16;
+  uint32_t bias_bits = 0;
+  if (MT == 1 && writer && bias) bias_bits = load_bits(bias, kBiasDt, n);
   pdl_wait();
   pdl_trigger();
+  const float prev = MT == 1 && writer && EPI == kEpilogueAccumulate ? out[n] : 0.f;
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.f;
@@ -109,14 +120,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     acc[m] = s;
   }
   if (KS > 1) __syncthreads();
-  if (!live || ks != 0 || lane != 0) return;
-  const float b = bias ? to_f32(bias[n]) : 0.f;
+  if (!writer) return;
+  const float b = bias ? (MT == 1 ? bits_f32(bias_bits, kBiasDt) : to_f32(bias[n])) : 0.f;
 #pragma unroll
   for (int m = 0; m < MT; m++) {
     if (m >= M) continue;
     float s = acc[m];
     for (int i = 1; i < KS; i++) s += s_part[warp + i][m];
-    store_epilogue(EPI, out + m * N + n, s + b);
+    if (MT == 1 && EPI == kEpilogueAccumulate) out[n] = prev + (s + b);  // store_epilogue's arithmetic
+    else store_epilogue(EPI, out + m * N + n, s + b);
   }
 }
 

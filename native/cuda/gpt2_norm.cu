@@ -17,6 +17,17 @@ template <typename P, int NPT>
 __global__ void layernorm_kernel(float* __restrict__ out, const float* __restrict__ x, const P* __restrict__ w,
                                  const P* __restrict__ b, int64_t C, float eps) {
   __shared__ float scratch[32];
+  // The weight and bias are parameters: with NPT > 0 they are requested before the wait, so
+  // their latency hides behind the previous kernel instead of following the two reductions.
+  P wv[NPT > 0 ? NPT : 1], bv[NPT > 0 ? NPT : 1];
+  if constexpr (NPT > 0) {
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+      const int64_t c = threadIdx.x + (int64_t)i * kThreads;
+      wv[i] = c < C ? w[c] : P();
+      bv[i] = c < C ? b[c] : P();
+    }
+  }
   // Launched as a programmatic dependent (pdl.cuh): it only waits for the kernel that wrote x,
   // its launch overlapping that kernel's tail; then the next GEMV may start fetching weights.
   pdl_wait();
@@ -47,7 +58,7 @@ __global__ void layernorm_kernel(float* __restrict__ out, const float* __restric
 #pragma unroll
     for (int i = 0; i < NPT; i++) {
       const int64_t c = threadIdx.x + (int64_t)i * kThreads;
-      if (c < C) orow[c] = (xv[i] - mean) * rstd * to_f32(w[c]) + to_f32(b[c]);
+      if (c < C) orow[c] = (xv[i] - mean) * rstd * to_f32(wv[i]) + to_f32(bv[i]);
     }
   } else {
     float mean, rstd;

@@ -180,6 +180,19 @@ __global__ void __launch_bounds__(kPrepLnThreads)
   extern __shared__ float s_x[];  // [M, K] floats, then K outlier flags
   uint8_t* s_flags = reinterpret_cast<uint8_t*>(s_x + M * K);
   __shared__ float s_red[32];
+  // The layernorm's weight and bias (parameters) requested before the wait, as bits converted
+  // where used (load_bits), for rows up to kLnCols wide (every GPT-2 width): their latency then
+  // hides behind the previous kernel instead of following the row statistics.
+  constexpr int kLnPerThread = 8, kLnCols = kLnPerThread * kPrepLnThreads;
+  uint32_t lw[kLnPerThread], lb[kLnPerThread];
+  const bool cached = ln.w && K <= kLnCols;
+  if (cached)
+#pragma unroll
+    for (int i = 0; i < kLnPerThread; i++) {
+      const int64_t c = threadIdx.x + (int64_t)i * kPrepLnThreads;
+      lw[i] = c < K ? load_bits(ln.w, ln.dt, c) : 0u;
+      lb[i] = c < K ? load_bits(ln.b, ln.dt, c) : 0u;
+    }
   pdl_wait();
   pdl_trigger();
   for (int m = 0; m < M; m++) {
@@ -187,8 +200,16 @@ __global__ void __launch_bounds__(kPrepLnThreads)
     if (ln.w) {
       float mean, rstd;
       row_mean_rstd(xr, K, ln.eps, s_red, &mean, &rstd);
-      for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads)
-        s_x[m * K + c] = (xr[c] - mean) * rstd * load_f32(ln.w, ln.dt, c) + load_f32(ln.b, ln.dt, c);
+      if (cached) {
+#pragma unroll
+        for (int i = 0; i < kLnPerThread; i++) {
+          const int64_t c = threadIdx.x + (int64_t)i * kPrepLnThreads;
+          if (c < K) s_x[m * K + c] = (xr[c] - mean) * rstd * bits_f32(lw[i], ln.dt) + bits_f32(lb[i], ln.dt);
+        }
+      } else {
+        for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads)
+          s_x[m * K + c] = (xr[c] - mean) * rstd * load_f32(ln.w, ln.dt, c) + load_f32(ln.b, ln.dt, c);
+      }
     } else {
       for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads) s_x[m * K + c] = xr[c];
     }
