@@ -506,6 +506,9 @@ __global__ void __launch_bounds__(kThreads)
   if (c0 < C) first = __ldcs(row + c0);
   pdl_wait();  // weights only above; xq, rs, xn and the list come from the previous kernel
   pdl_trigger();
+  // One row: the outlier count requested now, used after the loop (with more rows the register
+  // it holds raised the kernel's count past what fits XL's 800-block layers in one wave).
+  const int cnt_early = MT == 1 && w.sparse ? list[0] : 0;
   int iacc[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++) iacc[m] = 0;
@@ -527,7 +530,7 @@ __global__ void __launch_bounds__(kThreads)
   float facc[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++) facc[m] = 0.0f;
-  const int cnt = w.sparse ? list[0] : 0;
+  const int cnt = MT == 1 ? cnt_early : w.sparse ? list[0] : 0;
   if (cnt && live) {
     const float s = __ldg(w.scb + n);
     for (int j = (int)c0; j < cnt; j += (int)cstep) {
