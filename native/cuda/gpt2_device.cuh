@@ -96,18 +96,26 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 }
 
 // Mean and 1/sqrt(variance + eps) of a row of C floats read from memory, two passes as the
-// CPU reference, thread t summing elements t, t + blockDim.x, ...: layernorm_kernel and the
-// layernorm fused into the decode GEMVs get the same bits. Every thread gets both.
+// CPU reference, thread t summing elements t, t + S, ... with S = sum_threads (blockDim.x by
+// default): layernorm_kernel and the layernorm fused into the decode GEMVs get the same bits.
+// A larger block (a multiple of 32, at most 1024) may pass S = 256, layernorm_kernel's size:
+// its threads past S add nothing, so block_sum sees the same eight warp sums next to zeros
+// where the 256-thread block has literal zeros, and the same bits come out. Every thread gets
+// both results.
 __device__ __forceinline__ void row_mean_rstd(const float* xr, int64_t C, float eps, float* scratch, float* mean,
-                                              float* rstd) {
+                                              float* rstd, int sum_threads = 0) {
+  const int S = sum_threads > 0 ? sum_threads : (int)blockDim.x;
+  const bool summing = (int)threadIdx.x < S;
   float s = 0.f;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
+  if (summing)
+    for (int64_t c = threadIdx.x; c < C; c += S) s += xr[c];
   const float mu = block_sum(s, scratch) / (float)C;
   float v = 0.f;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    float d = xr[c] - mu;
-    v += d * d;
-  }
+  if (summing)
+    for (int64_t c = threadIdx.x; c < C; c += S) {
+      float d = xr[c] - mu;
+      v += d * d;
+    }
   *mean = mu;
   *rstd = rsqrtf(block_sum(v, scratch) / (float)C + eps);
 }

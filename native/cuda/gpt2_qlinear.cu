@@ -161,12 +161,15 @@ __global__ void __launch_bounds__(kPrepThreads)
   quantize_rows_block<kPrepThreads, kPrepRows>(xval, M, K, th, sparse, xq, rs, s_flags, flags, nullptr, list);
 }
 
-// The decode step's int8 preparation (B <= 4 rows), one block of 256 threads: the layer's
-// layernorm when it has one (row_mean_rstd with 256 threads and layernorm_kernel's expression:
-// the bits the layernorm kernel writes), then k_int8_prep's quantization. The normalized rows
-// go to xn for the outlier product; k_gemv8_prequant (gpt2_decode_gemv.cu) takes it from there.
-// Launched as a programmatic dependent, like the kernels around it.
-constexpr int kPrepLnThreads = 256, kPrepLnRows = 4;
+// The decode step's int8 preparation (B <= 4 rows), one block of 1024 threads: the layer's
+// layernorm when it has one (row statistics summed as layernorm_kernel's 256 threads sum them,
+// see row_mean_rstd, and its expression: the bits the layernorm kernel writes), then
+// k_int8_prep's quantization. The normalized rows go to xn for the outlier product;
+// k_gemv8_prequant (gpt2_decode_gemv.cu) takes it from there. Launched as a programmatic
+// dependent, like the kernels around it. One block is a chain of dependent steps (loads,
+// block reductions, a scan): 1024 threads make each element pass a quarter as long as 256 did,
+// and ROWS (1, 2 or 4, M rounded up) drops the unused rows' reductions.
+constexpr int kPrepLnThreads = 1024, kPrepLnRows = 4, kLnSumThreads = 256;
 constexpr size_t kPrepLnMaxSmem = 46 * 1024;
 struct PrepLn {
   const void* w = nullptr;  // null: x is used as it is
@@ -174,6 +177,7 @@ struct PrepLn {
   DType dt = DType::F32;
   float eps = 0.0f;
 };
+template <int ROWS>
 __global__ void __launch_bounds__(kPrepLnThreads)
     k_int8_prep_ln(const float* __restrict__ x, int M, int64_t K, PrepLn ln, float th, bool sparse,
                    int8_t* __restrict__ xq, float* __restrict__ rs, float* __restrict__ xn, int32_t* __restrict__ list) {
@@ -183,7 +187,7 @@ __global__ void __launch_bounds__(kPrepLnThreads)
   // The layernorm's weight and bias (parameters) requested before the wait, as bits converted
   // where used (load_bits), for rows up to kLnCols wide (every GPT-2 width): their latency then
   // hides behind the previous kernel instead of following the row statistics.
-  constexpr int kLnPerThread = 8, kLnCols = kLnPerThread * kPrepLnThreads;
+  constexpr int kLnPerThread = 2, kLnCols = kLnPerThread * kPrepLnThreads;
   uint32_t lw[kLnPerThread], lb[kLnPerThread];
   const bool cached = ln.w && K <= kLnCols;
   if (cached)
@@ -199,7 +203,7 @@ __global__ void __launch_bounds__(kPrepLnThreads)
     const float* xr = x + m * K;
     if (ln.w) {
       float mean, rstd;
-      row_mean_rstd(xr, K, ln.eps, s_red, &mean, &rstd);
+      row_mean_rstd(xr, K, ln.eps, s_red, &mean, &rstd, kLnSumThreads);
       if (cached) {
 #pragma unroll
         for (int i = 0; i < kLnPerThread; i++) {
@@ -215,8 +219,8 @@ __global__ void __launch_bounds__(kPrepLnThreads)
     }
   }
   auto xval = [&](int m, int64_t c) { return s_x[m * K + c]; };
-  quantize_rows_block<kPrepLnThreads, kPrepLnRows>(xval, M, K, th, sparse, xq, rs, s_flags, nullptr,
-                                                   sparse ? xn : nullptr, list);
+  quantize_rows_block<kPrepLnThreads, ROWS>(xval, M, K, th, sparse, xq, rs, s_flags, nullptr, sparse ? xn : nullptr,
+                                            list);
 }
 
 // Whether the decode step's int8 layers take the preparation kernel + k_gemv8_prequant (two
@@ -261,8 +265,9 @@ bool int8_decode_prepared(const QLinear& L, DType dt, int epi, float* out, const
   PrepLn ln;
   if (norm) ln.w = norm->w, ln.b = norm->b, ln.dt = norm->dt, ln.eps = norm->eps;
   float* xn = static_cast<float*>(q.xc);
-  launch_pdl(k_int8_prep_ln, dim3(1), dim3(kPrepLnThreads), smem, s, "int8 linear: preparing the activations", x,
-             (int)M, K, ln, th, sparse, q.xq, q.rs, xn, q.list);
+  auto prep = M == 1 ? k_int8_prep_ln<1> : M == 2 ? k_int8_prep_ln<2> : k_int8_prep_ln<4>;
+  launch_pdl(prep, dim3(1), dim3(kPrepLnThreads), smem, s, "int8 linear: preparing the activations", x, (int)M, K, ln,
+             th, sparse, q.xq, q.rs, xn, q.list);
   return decode_gemv_int8_prequant(L, dt, epi, out, q.xq, q.rs, xn, q.list, M, s);
 }
 
