@@ -29,6 +29,18 @@ namespace {
 
 constexpr int kWarps = 8, kThreads = kWarps * 32;
 
+// Warps per row (KS) is a power of two (warps_per_row): the kernels split warp indices with
+// shifts; a division by the runtime KS cost ~40 instructions a warp, ~5% of a decode GEMV at
+// GPT-2 XL (one row a warp; the 4-bit kernel is issue-bound).
+struct WarpSplit {
+  int ks, row;  // this warp's share of its row, and its row within the block's group
+  __device__ __forceinline__ WarpSplit(int warp, int KS) {
+    const int sh = __ffs(KS) - 1;
+    ks = warp & (KS - 1), row = warp >> sh;
+  }
+};
+__device__ __forceinline__ int rows_per_block(int KS) { return kWarps >> (__ffs(KS) - 1); }
+
 // Launched as programmatic dependents (pdl.cuh): a decode GEMV may start while the kernel
 // before it drains and issue its weight loads, which do not depend on that kernel.
 template <typename... KArgs, typename... Args>
@@ -183,7 +195,9 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
   __shared__ float s_part[kWarps][MT];
   __shared__ float s_red[32];
   const int K = f.K;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS, RB = kWarps / KS;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const WarpSplit split(warp, KS);
+  const int ks = split.ks, RB = rows_per_block(KS);
   const int C = K / E, c0 = lane + 32 * ks, stride = (int)gridDim.x * RB;
   struct Chunk {
     uint4 raw;
@@ -196,7 +210,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
     if (n < N && c < C) r.raw = f.load(n, c), r.meta = f.meta(n, c);
     return r;
   };
-  int n = (int)blockIdx.x * RB + warp / KS;
+  int n = (int)blockIdx.x * RB + split.row;
   // A lane's chunks in order (row groups, then its chunks within the row): a ring of kAhead
   // loads in flight, refilled as each chunk is used.
   constexpr int kAhead = 3;
@@ -349,8 +363,9 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ float4 s_dyn[];
   float* s_x = reinterpret_cast<float*>(s_dyn);
   __shared__ float s_lnred[32];
-  const int ks0 = (threadIdx.x >> 5) % KS;
-  const int64_t n00 = (int64_t)blockIdx.x * (kWarps / KS) + (threadIdx.x >> 5) / KS;
+  const WarpSplit split(threadIdx.x >> 5, KS);
+  const int ks0 = split.ks;
+  const int64_t n00 = (int64_t)blockIdx.x * rows_per_block(KS) + split.row;
   const int64_t C0 = n00 < w.N ? w.K >> 4 : 0;
   const int64_t c_first = (threadIdx.x & 31) + 32 * ks0;
   // The first chunk is requested before the prologue (its latency overlaps it).
@@ -361,7 +376,7 @@ __global__ void __launch_bounds__(kThreads)
   Int8RowOut<MT, EPI> ro(w, n00 < w.N ? n00 : 0);
   pdl_wait();  // as in k_decode_gemv: only weights were read above
   pdl_trigger();
-  const bool writer = n00 < w.N && (threadIdx.x >> 5) % KS == 0 && (threadIdx.x & 31) == 0;
+  const bool writer = n00 < w.N && ks0 == 0 && (threadIdx.x & 31) == 0;
   if (writer) ro.read_residual(out, w.N, n00, M);
   if (SX) {
     if (ln.w) stage_x_ln<16>(s_x, x, M, w.K, ln, lp, s_lnred);
@@ -399,8 +414,8 @@ __global__ void __launch_bounds__(kThreads)
     s_scale[threadIdx.x] = __fmul_rn(127.0f, cuda::dev::rcp_like_fdividef(v));
   }
   __syncthreads();
-  const int ks = warp % KS;
-  const int64_t n0 = (int64_t)blockIdx.x * (kWarps / KS) + warp / KS;
+  const int ks = ks0;
+  const int64_t n0 = n00;
   const bool live = n0 < w.N;
   const int64_t n = live ? n0 : 0;
   const int8_t* row = w.cb + n * K;
@@ -496,8 +511,10 @@ __global__ void __launch_bounds__(kThreads)
                      const int32_t* __restrict__ list, W8Args w, float* out, int M, int KS) {
   __shared__ int s_ipart[kWarps][MT];
   __shared__ float s_fpart[kWarps][MT];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS;
-  const int64_t n0 = (int64_t)blockIdx.x * (kWarps / KS) + warp / KS;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const WarpSplit split(warp, KS);
+  const int ks = split.ks;
+  const int64_t n0 = (int64_t)blockIdx.x * rows_per_block(KS) + split.row;
   const bool live = n0 < w.N;
   const int64_t n = live ? n0 : 0, K = w.K, C = live ? K >> 4 : 0;
   const int4* row = reinterpret_cast<const int4*>(w.cb + n * K);

@@ -225,12 +225,20 @@ __global__ void __launch_bounds__(kPrepLnThreads)
 
 // Whether the decode step's int8 layers take the preparation kernel + k_gemv8_prequant (two
 // launches) instead of the one-kernel k_decode_gemv8. NIBBLE_CUDA_INT8_PREP=0: the latter.
+// NIBBLE_CUDA_INT8_PREP=all: every layer at one row too (see int8_decode_prepared).
 bool int8_prep_enabled() {
   static const bool on = [] {
     const char* v = std::getenv("NIBBLE_CUDA_INT8_PREP");
     return !(v && std::strcmp(v, "0") == 0);
   }();
   return on;
+}
+bool int8_prep_all_rows() {
+  static const bool all = [] {
+    const char* v = std::getenv("NIBBLE_CUDA_INT8_PREP");
+    return v && std::strcmp(v, "all") == 0;
+  }();
+  return all;
 }
 
 // Whether 4-bit layers take their layernorm inside the decode GEMV (every block normalizing
@@ -258,8 +266,10 @@ bool int8_decode_prepared(const QLinear& L, DType dt, int epi, float* out, const
   // the extra launch is not). Same-run A/B, queued decode steps/s: preparing every layer took
   // GPT-2 124M B=1 2669 -> 2394 and XL 336 -> 404; only layers of >= 2^22 weights at B=1
   // (XL's c_attn, c_fc, mlp c_proj), 124M 2685 and XL 416. With 2-4 rows every layer
-  // gains: 124M B=4 3953 -> 5354, XL B=4 390 -> 630.
-  if (M == 1 && L.N * K < ((int64_t)1 << 22)) return false;
+  // gains: 124M B=4 3953 -> 5354, XL B=4 390 -> 630. Rechecked with the 1024-thread
+  // preparation (NIBBLE_CUDA_INT8_PREP=all prepares every layer): XL B=1 498 -> 480, 124M 2906
+  // -> 2557 when the small layers are prepared too.
+  if (M == 1 && L.N * K < ((int64_t)1 << 22) && !int8_prep_all_rows()) return false;
   const bool sparse = L.threshold > 0.0f;
   const float th = sparse ? half_to_float(float_to_half(L.threshold)) : 0.0f;
   PrepLn ln;
