@@ -182,6 +182,7 @@ struct Format4 {  // bitsandbytes NF4/FP4, absmax plain or double-quantized
 // One row (MT == 1, the B=1 decode step): registers capped at 64 (no spills) for 4 blocks
 // (32 warps) an SM instead of 3; the kernel is latency-bound, so more warps in flight pay.
 // With more rows the cap would spill.
+// (5 blocks, 48 registers with 56-80 bytes spilled, measured slower: XL nf4 B=1 635 -> 607.)
 template <typename F, int MT, int EPI, bool SX>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
     k_decode_gemv(const float* __restrict__ x, F f, int N, const void* bias, DType bias_dt, float* out, int M,
@@ -587,6 +588,13 @@ unsigned wave_grid(Kernel k, size_t smem, int64_t groups) {
   const int sms = cuda::sm_count();
   int per_sm = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
+  // NIBBLE_CUDA_GEMV_BLOCKS_PER_SM=n: fewer blocks, more rows each (an A/B switch; measured
+  // slower: XL nf4 B=1 635 at 4 an SM, 528 at 3, 518 at 2 queued steps/s).
+  static const int cap = [] {
+    const char* v = std::getenv("NIBBLE_CUDA_GEMV_BLOCKS_PER_SM");
+    return v ? std::atoi(v) : 0;
+  }();
+  if (cap > 0) per_sm = std::min(per_sm, cap);
   return (unsigned)std::max<int64_t>(1, std::min<int64_t>(groups, (int64_t)sms * per_sm));
 }
 
