@@ -55,9 +55,11 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
 // partial sums meet in shared memory in a fixed order (deterministic).
 // Launched as a programmatic dependent (pdl.cuh): the first 16 bytes of weights a lane needs
 // are requested before waiting for the kernel that writes x (the layernorm, the attention).
-// One row: 32 registers, 8 blocks an SM (the decode step's grids fit one wave).
+// (No minimum of blocks an SM in the launch bounds: one row takes 32 registers, 8 blocks, on
+// its own for float32/float16 weights; a minimum of 8 is out of range on GPUs that hold 1536
+// threads an SM, and an explicit 1 for more rows let ptxas take up to 200 registers.)
 template <typename T, int MT, int EPI>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32, MT == 1 ? 8 : 1)
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
     linear_small_m_kernel(float* out, const float* __restrict__ x, const T* __restrict__ w,
                           const T* __restrict__ bias, int M, int64_t K, int64_t N, bool vec, int KS) {
   constexpr int VEC = 16 / sizeof(T);
