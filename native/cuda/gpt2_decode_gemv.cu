@@ -700,7 +700,7 @@ bool decode_gemv_int8(const QLinear& L, DType bias_dt, int epi, float* out, cons
 
 bool decode_gemv_int8_prequant(const QLinear& L, DType bias_dt, int epi, float* out, const int8_t* xq, const float* rs,
                                const float* xn, const int32_t* list, int64_t M, cudaStream_t s) {
-  if (M < 1 || M > 4 || L.K % 16 || !aligned16(xq) || !aligned16(L.cb)) return false;
+  if (M < 1 || M > 8 || L.K % 16 || !aligned16(xq) || !aligned16(L.cb)) return false;
   W8Args a;
   a.cb = L.cb, a.scb = L.scb, a.N = L.N, a.K = L.K, a.bias = L.bias, a.bias_dt = bias_dt;
   a.sparse = L.threshold > 0.0f;
@@ -713,7 +713,8 @@ bool decode_gemv_int8_prequant(const QLinear& L, DType bias_dt, int epi, float* 
     constexpr int E = decltype(epi_tag)::value;
     if (M == 1) go(k_gemv8_prequant<1, E>);
     else if (M == 2) go(k_gemv8_prequant<2, E>);
-    else go(k_gemv8_prequant<4, E>);
+    else if (M <= 4) go(k_gemv8_prequant<4, E>);
+    else go(k_gemv8_prequant<8, E>);
   };
   if (epi == kEpilogueGelu) rows(std::integral_constant<int, kEpilogueGelu>());
   else if (epi == kEpilogueAccumulate) rows(std::integral_constant<int, kEpilogueAccumulate>());

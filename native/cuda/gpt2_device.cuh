@@ -13,6 +13,7 @@
 namespace nibble {
 namespace cuda {
 int sm_count();  // multiprocessors of the current device, cached per device (quant_blockwise.cu)
+int smem_optin_bytes();  // the most shared memory a block may opt in to on the current device (cached)
 }  // namespace cuda
 
 namespace gpt2_cuda {

@@ -161,16 +161,18 @@ __global__ void __launch_bounds__(kPrepThreads)
   quantize_rows_block<kPrepThreads, kPrepRows>(xval, M, K, th, sparse, xq, rs, s_flags, flags, nullptr, list);
 }
 
-// The decode step's int8 preparation (B <= 4 rows), one block of 1024 threads: the layer's
+// The decode step's int8 preparation (B <= 8 rows), one block of 1024 threads: the layer's
 // layernorm when it has one (row statistics summed as layernorm_kernel's 256 threads sum them,
 // see row_mean_rstd, and its expression: the bits the layernorm kernel writes), then
 // k_int8_prep's quantization. The normalized rows go to xn for the outlier product;
 // k_gemv8_prequant (gpt2_decode_gemv.cu) takes it from there. Launched as a programmatic
 // dependent, like the kernels around it. One block is a chain of dependent steps (loads,
 // block reductions, a scan): 1024 threads make each element pass a quarter as long as 256 did,
-// and ROWS (1, 2 or 4, M rounded up) drops the unused rows' reductions.
-constexpr int kPrepLnThreads = 1024, kPrepLnRows = 4, kLnSumThreads = 256;
-constexpr size_t kPrepLnMaxSmem = 46 * 1024;
+// and ROWS (1, 2, 4 or 8, M rounded up) drops the unused rows' reductions. The rows are staged
+// in shared memory (M * K floats: up to 205 KB for 8 rows of GPT-2 XL's 6400-wide mlp c_proj),
+// as far as the device's opt-in limit allows; wider inputs take the general path.
+constexpr int kPrepLnThreads = 1024, kPrepLnRows = 8, kLnSumThreads = 256;
+constexpr size_t kPrepLnStaticSmem = 4 * 1024;  // above the kernel's static shared memory
 struct PrepLn {
   const void* w = nullptr;  // null: x is used as it is
   const void* b = nullptr;
@@ -261,7 +263,9 @@ bool int8_decode_prepared(const QLinear& L, DType dt, int epi, float* out, const
                           const DecodeNorm* norm, const QScratch& q, cudaStream_t s) {
   const int64_t K = L.K;
   const size_t smem = (size_t)(M * K) * 4 + (size_t)K;
-  if (!int8_prep_enabled() || M < 1 || M > kPrepLnRows || K % 16 || smem > kPrepLnMaxSmem) return false;
+  if (!int8_prep_enabled() || M < 1 || M > kPrepLnRows || K % 16 ||
+      smem + kPrepLnStaticSmem > (size_t)cuda::smem_optin_bytes())
+    return false;
   // One row of a small layer: the one-kernel GEMV (its in-loop quantization is cheap there and
   // the extra launch is not). Same-run A/B, queued decode steps/s: preparing every layer took
   // GPT-2 124M B=1 2669 -> 2394 and XL 336 -> 404; only layers of >= 2^22 weights at B=1
@@ -275,7 +279,10 @@ bool int8_decode_prepared(const QLinear& L, DType dt, int epi, float* out, const
   PrepLn ln;
   if (norm) ln.w = norm->w, ln.b = norm->b, ln.dt = norm->dt, ln.eps = norm->eps;
   float* xn = static_cast<float*>(q.xc);
-  auto prep = M == 1 ? k_int8_prep_ln<1> : M == 2 ? k_int8_prep_ln<2> : k_int8_prep_ln<4>;
+  auto prep = M == 1 ? k_int8_prep_ln<1> : M == 2 ? k_int8_prep_ln<2> : M <= 4 ? k_int8_prep_ln<4> : k_int8_prep_ln<8>;
+  if (smem + kPrepLnStaticSmem > 48 * 1024)  // the 48 KB default counts static shared memory too
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(prep, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                      "int8 linear: preparing the activations");
   launch_pdl(prep, dim3(1), dim3(kPrepLnThreads), smem, s, "int8 linear: preparing the activations", x, (int)M, K, ln,
              th, sparse, q.xq, q.rs, xn, q.list);
   return decode_gemv_int8_prequant(L, dt, epi, out, q.xq, q.rs, xn, q.list, M, s);

@@ -29,6 +29,17 @@ int sm_count() {
   return n;
 }
 
+int smem_optin_bytes() {
+  static std::atomic<int> cached[64];
+  int dev = 0;
+  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < 64 && cached[dev].load()) return cached[dev].load();
+  int n = 0;
+  NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute");
+  if (dev < 64) cached[dev].store(n);
+  return n;
+}
+
 namespace {
 
 constexpr int kThreads = 256;

@@ -462,6 +462,11 @@ int main(int argc, char** argv) {
     test_qlinear_int8(1, 1600, 6400, 0.f, 1, true);
     test_qlinear_int8(3, 1600, 4800, 6.f, 2, false);
     test_qlinear_int8(1, 1600, 300, 6.f, 2, false);
+    // 5-8 rows through the preparation kernel too (B = 8 decode): GPT-2 XL's qkv with the
+    // layernorm, and its mlp c_proj (8 rows of 6400 staged: 205 KB of shared memory).
+    test_qlinear_int8(5, 1600, 4800, 6.f, 0, true);
+    test_qlinear_int8(7, 6400, 1600, 6.f, 2, false);
+    test_qlinear_int8(8, 6400, 1600, 0.f, 1, false);
     for (int64_t M : {1, 2, 3, 8, 16, 20})
       for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{64, 33}, {1600, 100}, {6400, 75}, {8192, 16}})
         for (int epi = 0; epi < 3; epi++) {
