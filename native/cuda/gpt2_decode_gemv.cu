@@ -365,20 +365,20 @@ __global__ void __launch_bounds__(kThreads)
   float* s_x = reinterpret_cast<float*>(s_dyn);
   __shared__ float s_lnred[32];
   const WarpSplit split(threadIdx.x >> 5, KS);
-  const int ks0 = split.ks;
-  const int64_t n00 = (int64_t)blockIdx.x * rows_per_block(KS) + split.row;
-  const int64_t C0 = n00 < w.N ? w.K >> 4 : 0;
-  const int64_t c_first = (threadIdx.x & 31) + 32 * ks0;
+  const int ks = split.ks;
+  const int64_t n0 = (int64_t)blockIdx.x * rows_per_block(KS) + split.row;
+  const int64_t C0 = n0 < w.N ? w.K >> 4 : 0;
+  const int64_t c_first = (threadIdx.x & 31) + 32 * ks;
   // The first chunk is requested before the prologue (its latency overlaps it).
   int4 first = make_int4(0, 0, 0, 0);
-  if (c_first < C0) first = __ldcs(reinterpret_cast<const int4*>(w.cb + n00 * w.K) + c_first);
+  if (c_first < C0) first = __ldcs(reinterpret_cast<const int4*>(w.cb + n0 * w.K) + c_first);
   LnParams<SX ? 8 : 0> lp;
   if (SX) lp.prefetch(ln, w.K);
-  Int8RowOut<MT, EPI> ro(w, n00 < w.N ? n00 : 0);
+  Int8RowOut<MT, EPI> ro(w, n0 < w.N ? n0 : 0);
   pdl_wait();  // as in k_decode_gemv: only weights were read above
   pdl_trigger();
-  const bool writer = n00 < w.N && ks0 == 0 && (threadIdx.x & 31) == 0;
-  if (writer) ro.read_residual(out, w.N, n00, M);
+  const bool writer = n0 < w.N && ks == 0 && (threadIdx.x & 31) == 0;
+  if (writer) ro.read_residual(out, w.N, n0, M);
   if (SX) {
     if (ln.w) stage_x_ln<16>(s_x, x, M, w.K, ln, lp, s_lnred);
     else stage_x<16>(s_x, x, M, w.K);
@@ -415,8 +415,6 @@ __global__ void __launch_bounds__(kThreads)
     s_scale[threadIdx.x] = __fmul_rn(127.0f, cuda::dev::rcp_like_fdividef(v));
   }
   __syncthreads();
-  const int ks = ks0;
-  const int64_t n0 = n00;
   const bool live = n0 < w.N;
   const int64_t n = live ? n0 : 0;
   const int8_t* row = w.cb + n * K;

@@ -228,19 +228,15 @@ __global__ void __launch_bounds__(kPrepLnThreads)
 // Whether the decode step's int8 layers take the preparation kernel + k_gemv8_prequant (two
 // launches) instead of the one-kernel k_decode_gemv8. NIBBLE_CUDA_INT8_PREP=0: the latter.
 // NIBBLE_CUDA_INT8_PREP=all: every layer at one row too (see int8_decode_prepared).
-bool int8_prep_enabled() {
-  static const bool on = [] {
+enum class Int8Prep { Off, Default, All };
+Int8Prep int8_prep_mode() {
+  static const Int8Prep mode = [] {
     const char* v = std::getenv("NIBBLE_CUDA_INT8_PREP");
-    return !(v && std::strcmp(v, "0") == 0);
+    if (v && std::strcmp(v, "0") == 0) return Int8Prep::Off;
+    if (v && std::strcmp(v, "all") == 0) return Int8Prep::All;
+    return Int8Prep::Default;
   }();
-  return on;
-}
-bool int8_prep_all_rows() {
-  static const bool all = [] {
-    const char* v = std::getenv("NIBBLE_CUDA_INT8_PREP");
-    return v && std::strcmp(v, "all") == 0;
-  }();
-  return all;
+  return mode;
 }
 
 // Whether 4-bit layers take their layernorm inside the decode GEMV (every block normalizing
@@ -263,7 +259,7 @@ bool int8_decode_prepared(const QLinear& L, DType dt, int epi, float* out, const
                           const DecodeNorm* norm, const QScratch& q, cudaStream_t s) {
   const int64_t K = L.K;
   const size_t smem = (size_t)(M * K) * 4 + (size_t)K;
-  if (!int8_prep_enabled() || M < 1 || M > kPrepLnRows || K % 16 ||
+  if (int8_prep_mode() == Int8Prep::Off || M < 1 || M > kPrepLnRows || K % 16 ||
       smem + kPrepLnStaticSmem > (size_t)cuda::smem_optin_bytes())
     return false;
   // One row of a small layer: the one-kernel GEMV (its in-loop quantization is cheap there and
@@ -273,7 +269,7 @@ bool int8_decode_prepared(const QLinear& L, DType dt, int epi, float* out, const
   // gains: 124M B=4 3953 -> 5354, XL B=4 390 -> 630. Rechecked with the 1024-thread
   // preparation (NIBBLE_CUDA_INT8_PREP=all prepares every layer): XL B=1 498 -> 480, 124M 2906
   // -> 2557 when the small layers are prepared too.
-  if (M == 1 && L.N * K < ((int64_t)1 << 22) && !int8_prep_all_rows()) return false;
+  if (M == 1 && L.N * K < ((int64_t)1 << 22) && int8_prep_mode() != Int8Prep::All) return false;
   const bool sparse = L.threshold > 0.0f;
   const float th = sparse ? half_to_float(float_to_half(L.threshold)) : 0.0f;
   PrepLn ln;

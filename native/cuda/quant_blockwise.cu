@@ -18,26 +18,27 @@
 namespace nibble {
 namespace cuda {
 
-int sm_count() {
-  static std::atomic<int> cached[64];
+namespace {
+// A device attribute of the current device, queried once per device.
+int cached_attribute(cudaDeviceAttr attr, std::atomic<int> (&cache)[64]) {
   int dev = 0;
   NIBBLE_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
-  if (dev < 64 && cached[dev].load()) return cached[dev].load();
+  if (dev < 64 && cache[dev].load()) return cache[dev].load();
   int n = 0;
-  NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  if (dev < 64) cached[dev].store(n);
+  NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&n, attr, dev), "cudaDeviceGetAttribute");
+  if (dev < 64) cache[dev].store(n);
   return n;
+}
+}  // namespace
+
+int sm_count() {
+  static std::atomic<int> cache[64];
+  return cached_attribute(cudaDevAttrMultiProcessorCount, cache);
 }
 
 int smem_optin_bytes() {
-  static std::atomic<int> cached[64];
-  int dev = 0;
-  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
-  if (dev < 64 && cached[dev].load()) return cached[dev].load();
-  int n = 0;
-  NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute");
-  if (dev < 64) cached[dev].store(n);
-  return n;
+  static std::atomic<int> cache[64];
+  return cached_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, cache);
 }
 
 namespace {

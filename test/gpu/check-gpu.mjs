@@ -11,6 +11,11 @@ import { AutoModelForCausalLM, BitsAndBytesConfig, Tensor, readSafetensors } fro
 
 const args = process.argv.slice(2);
 const LOOPS = Number(args[args.indexOf('--loops') + 1] ?? 1000) || 1000;
+// Memory is compared between call 50 and the last one.
+if (LOOPS <= 50) {
+  console.error(`check-gpu: --loops must be more than 50 (memory is compared from call 50 on), got ${LOOPS}`);
+  process.exit(2);
+}
 const require = createRequire(import.meta.url);
 if (!process.env.NIBBLE_ADDON) throw new Error('set NIBBLE_ADDON to the CUDA build of nibble.node');
 const addon = require(process.env.NIBBLE_ADDON); // the same module instance dist loads
