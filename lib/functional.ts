@@ -25,7 +25,10 @@ interface QuantBinding {
   int8LinearMatmul(A: Tensor, B: Tensor, C: Tensor, ref?: boolean): void;
   int8MmDequant(C: Tensor, rowStats: Tensor, colStats: Tensor, bias: Tensor | null, out: Tensor, ref?: boolean): void;
   matmul4bit(x: Tensor, packed: Tensor, absmax: Tensor, nested: Tensor | null, nestedCode: Tensor | null, offset: Tensor | null,
-    bias: Tensor | null, out: Tensor, N: number, K: number, blocksize: number, qt: number, ref?: boolean): void;
+    bias: Tensor | null, out: Tensor, N: number, K: number, blocksize: number, qt: number, ref?: boolean, gemvLayout?: Tensor | null): void;
+  rowsLayout4bitBytes(N: number, K: number, blocksize: number, doubleQuant: boolean): number;
+  rowsLayout4bit(packed: Tensor, absmax: Tensor, nested: Tensor | null, nestedCode: Tensor | null, offset: Tensor | null,
+    layout: Tensor, N: number, K: number, blocksize: number, qt: number): void;
   int8OutlierMatmulAdd(out: Tensor, x: Tensor, colMask: Tensor, CB: Tensor, SCB: Tensor): void;
 }
 const q = () => native() as unknown as QuantBinding;
@@ -274,7 +277,12 @@ export function int8OutlierMatmulAdd(out: Tensor, x: Tensor, colMask: Tensor, CB
  * [N, K]); the weight is dequantized inside the kernel, never materialised. Output dtype =
  * x dtype; bias, if given, must have x's dtype or is converted.
  */
-export function matmul4bit(A: Tensor, B: Tensor, quantState: QuantState, bias: Tensor | null = null, opts: KernelOptions = {}): Tensor {
+export interface Matmul4bitOptions extends KernelOptions {
+  /** The weight's row-interleaved copy from gemv4bitLayout: one-row products on CUDA use it. */
+  gemvLayout?: Tensor | null;
+}
+
+export function matmul4bit(A: Tensor, B: Tensor, quantState: QuantState, bias: Tensor | null = null, opts: Matmul4bitOptions = {}): Tensor {
   const op = 'matmul4bit';
   checkTensor(op, 'A', A);
   checkTensor(op, 'B', B);
@@ -295,8 +303,36 @@ export function matmul4bit(A: Tensor, B: Tensor, quantState: QuantState, bias: T
   const converted = b && b.dtype !== A.dtype ? b.to(A.dtype) : null;
   if (converted) b = converted;
   const out = Tensor.empty([...A.shape.slice(0, -1), N], A.dtype, A.device);
+  if (opts.gemvLayout) checkTensor(op, 'gemvLayout', opts.gemvLayout);
   q().matmul4bit(A, B, state.absmax, state.state2?.absmax ?? null, state.state2?.code ?? null, state.offset,
-    b, out, N, K, state.blocksize, QT_CODE[state.quantType!], opts.ref);
+    b, out, N, K, state.blocksize, QT_CODE[state.quantType!], opts.ref, opts.gemvLayout ?? null);
   converted?.dispose();
   return out;
+}
+
+/**
+ * A row-interleaved copy of a 4-bit CUDA weight for one-row products (M = 1, the decode
+ * step): matmul4bit(x, B, quantState, bias, { gemvLayout }) then reads it instead of B. Made
+ * once per weight (it costs as much device memory as B again); B stays the bitsandbytes
+ * layout that is saved. It refers to quantState's nested absmax, code and offset, and holds
+ * a small split-K workspace, so use it from one stream at a time. Needs K % 32 == 0, rows of
+ * whole blocks (K % blocksize == 0) and K <= 16384.
+ */
+export function gemv4bitLayout(B: Tensor, quantState: QuantState): Tensor {
+  const op = 'gemv4bitLayout';
+  checkTensor(op, 'B', B);
+  const state = check4bitState(op, quantState);
+  if (state.shape.length !== 2) throw new RangeError(`${op}: quantState.shape must be 2-D [N, K], got [${state.shape.join(', ')}]`);
+  const [N, K] = state.shape as [number, number];
+  if (B.device === 'cpu') throw new Error(`${op}: the row layout is for weights on a CUDA device; this weight is on cpu`);
+  const bytes = q().rowsLayout4bitBytes(N, K, state.blocksize, !!state.state2);
+  const layout = Tensor.empty([bytes], 'uint8', B.device);
+  try {
+    q().rowsLayout4bit(B, state.absmax, state.state2?.absmax ?? null, state.state2?.code ?? null, state.offset, layout, N, K,
+      state.blocksize, QT_CODE[state.quantType!]);
+  } catch (e) {
+    layout.dispose();
+    throw e;
+  }
+  return layout;
 }

@@ -2,7 +2,7 @@
 // crash), and the documented NaN/Inf behaviour holds.
 import { describe, expect, it } from 'vitest';
 import {
-  dequantize4bit, dequantizeBlockwise, int8LinearMatmul, int8MmDequant, int8VectorwiseQuant, matmul4bit,
+  dequantize4bit, dequantizeBlockwise, gemv4bitLayout, int8LinearMatmul, int8MmDequant, int8VectorwiseQuant, matmul4bit,
   quantize4bit, quantizeBlockwise, QuantState,
 } from '../lib/functional.js';
 import { native } from '../lib/native.js';
@@ -66,6 +66,28 @@ describe('shape mismatch', () => {
   });
   it('matmul4bit: bias length', () => {
     expect(() => matmul4bit(ramp(64, [1, 64]), pw, sw, ramp(47))).toThrow(/bias has 47 elements, expected 48/);
+  });
+  it('gemv4bitLayout: CUDA weights only; the native size check names what a weight lacks', () => {
+    expect(() => gemv4bitLayout(pw, sw)).toThrow(/gemv4bitLayout: the row layout is for weights on a CUDA device; this weight is on cpu/);
+    const bytes = (N: number, K: number, bs: number) => nat().rowsLayout4bitBytes(N, K, bs, true);
+    if ((native().info() as { cudaCompiled: boolean }).cudaCompiled) {
+      expect(bytes(48, 64, 64)).toBeGreaterThan(48 * 32);
+      expect(() => bytes(48, 77, 64)).toThrow(/gemv4bitLayout: weight \[48, 77\] blocksize 64: K must be a multiple of 32/);
+      expect(() => bytes(48, 96, 64)).toThrow(/every row must be whole absmax blocks/);
+      expect(() => bytes(8, 32768, 64)).toThrow(/K is larger than 16384/);
+    } else {
+      expect(() => bytes(48, 64, 64)).toThrow(/gemv4bitLayout: .*built without CUDA/);
+    }
+    // A CPU layout buffer cannot be filled, and a wrong-sized one is refused by name.
+    expect(() => nat().rowsLayout4bit(pw, sw.absmax, sw.state2!.absmax, sw.state2!.code, sw.offset, Tensor.empty([7], 'uint8'),
+      48, 64, 64, 1)).toThrow(/gemv4bitLayout: 'layout'|gemv4bitLayout: .*(cpu|CUDA)/);
+    expect(() => matmul4bit(ramp(64, [1, 64]), pw, sw, null, { gemvLayout: Tensor.empty([7], 'float32') }))
+      .toThrow(/matmul4bit: 'gemvLayout' must be uint8/);
+  });
+  it('Linear4bit with gemvLayout on a CPU weight computes as without it', () => {
+    const plain = new Linear4bit(pw, sw, null), rows = new Linear4bit(pw, sw, null, { gemvLayout: true });
+    const x = ramp(64, [1, 64]);
+    expect(Array.from(rows.forward(x).toArray())).toEqual(Array.from(plain.forward(x).toArray()));
   });
   it('Linear4bit / Linear8bitLt forward', () => {
     const l4 = new Linear4bit(pw, sw, null);

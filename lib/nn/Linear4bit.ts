@@ -1,7 +1,7 @@
 // Linear4bit: a Linear layer whose weight is stored 4-bit (NF4/FP4, bitsandbytes layout) and
 // used through the dequant-fused matmul4bit; y = x W^T + b computed in computeDtype and
 // returned in x's dtype, as bitsandbytes.nn.Linear4bit does.
-import { matmul4bit, quantize4bit, type Quantize4bitOptions } from '../functional.js';
+import { gemv4bitLayout, matmul4bit, quantize4bit, type Quantize4bitOptions } from '../functional.js';
 import { QuantState, type QuantStateValue } from '../quantization/quant-state.js';
 import { type DType, Tensor } from '../tensor.js';
 import { Module, type LinearLike } from './module.js';
@@ -9,6 +9,12 @@ import { Module, type LinearLike } from './module.js';
 export interface Linear4bitOptions {
   /** dtype of the matmul; default: the input's dtype. */
   computeDtype?: DType | null;
+  /**
+   * Keep a row-interleaved copy of a CUDA weight (gemv4bitLayout), made at the first one-row
+   * forward, for one-row inputs: a faster GEMV on large layers (bench/kernels), for the
+   * weight's device memory again. Default false. Ignored for weights on the CPU.
+   */
+  gemvLayout?: boolean;
 }
 
 const COMPUTE_DTYPES: readonly DType[] = ['float32', 'float16', 'bfloat16'];
@@ -18,6 +24,8 @@ export class Linear4bit extends Module implements LinearLike {
   readonly inFeatures: number;
   readonly outFeatures: number;
   computeDtype: DType | null;
+  readonly useGemvLayout: boolean;
+  private layout: Tensor | null = null;
 
   /** weight: packed uint8 [(out*in+1)/2, 1]; quantState.shape = [out, in]. */
   constructor(readonly weight: Tensor, readonly quantState: QuantState, readonly bias: Tensor | null, opts: Linear4bitOptions = {}) {
@@ -29,6 +37,7 @@ export class Linear4bit extends Module implements LinearLike {
       throw new TypeError(`Linear4bit: weight must be packed uint8 for [${quantState.shape.join(', ')}], got ${weight.dtype}[${weight.shape.join(', ')}]`);
     if (bias && bias.numel !== this.outFeatures) throw new RangeError(`Linear4bit: bias has ${bias.numel} elements, expected ${this.outFeatures}`);
     this.computeDtype = opts.computeDtype ?? null;
+    this.useGemvLayout = opts.gemvLayout ?? false;
     if (this.computeDtype && !COMPUTE_DTYPES.includes(this.computeDtype))
       throw new TypeError(`Linear4bit: computeDtype must be float32, float16 or bfloat16, got ${this.computeDtype}`);
   }
@@ -43,12 +52,20 @@ export class Linear4bit extends Module implements LinearLike {
   forward(x: Tensor): Tensor {
     const dt = this.computeDtype ?? x.dtype;
     const xc = x.dtype === dt ? x : x.to(dt);
-    const out = matmul4bit(xc, this.weight, this.quantState, this.bias);
+    const oneRow = xc.numel === this.inFeatures;
+    if (this.useGemvLayout && oneRow && this.weight.device !== 'cpu') this.layout ??= gemv4bitLayout(this.weight, this.quantState);
+    const out = matmul4bit(xc, this.weight, this.quantState, this.bias, { gemvLayout: oneRow ? this.layout : null });
     if (xc !== x) xc.dispose();
     if (out.dtype === x.dtype) return out;
     const cast = out.to(x.dtype);
     out.dispose();
     return cast;
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.layout?.dispose();
+    this.layout = null;
   }
 
   tensors(): Record<string, Tensor> {

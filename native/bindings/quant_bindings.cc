@@ -334,50 +334,19 @@ NIBBLE_BINDING("int8MmDequant", Int8MmDequant);
 
 // ---- 4-bit matmul ----------------------------------------------------------------------------
 
-// matmul4bit(x [.., K], packed u8, absmax (f32 | u8 when double-quantized), nestedAbsmax | null,
-//            nestedCode | null, offset f32[1] | null, bias | null, out [.., N], N, K, blocksize,
-//            quantType, ref?)
-Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
-  const char* op = "matmul4bit";
-  auto x = tensor_arg(info, 0, "x"), packed = tensor_arg(info, 1, "packed"), absmax = tensor_arg(info, 2, "absmax");
-  TensorArg nested, code, offset, bias;
-  bool dq = optional_tensor_arg(info, 3, "nestedAbsmax", &nested);
-  bool has_code = optional_tensor_arg(info, 4, "nestedCode", &code);
-  bool has_offset = optional_tensor_arg(info, 5, "offset", &offset);
-  bool has_bias = optional_tensor_arg(info, 6, "bias", &bias);
-  auto out = tensor_arg(info, 7, "out");
-  const int64_t N = int_arg(info, 8, "N"), K = int_arg(info, 9, "K");
-  int bs = blocksize_4bit(info, 10, op);
-  QuantType qt = quant_type_arg(info, 11, op);
-  bool ref = use_ref(info, 12);
-  expect_float(op, "x", x);
-  not_empty(op, "x", x);
-  if (N <= 0 || K <= 0) bad(std::string(op) + ": weight shape [" + std::to_string(N) + ", " + std::to_string(K) + "] is empty");
-  if (x.shape.empty() || x.dim(-1) != K)
-    bad(std::string(op) + ": shape mismatch: x " + x.describe() + " has " +
-        std::to_string(x.shape.empty() ? 0 : x.dim(-1)) + " features but the weight is [" + std::to_string(N) + ", " +
-        std::to_string(K) + "] (out_features, in_features)");
-  const int64_t M = x.numel() / K, nb = fmt::num_blocks(N * K, bs);
-  expect_dtype(op, "packed", packed, DType::U8), expect_numel(op, "packed", packed, fmt::packed4_bytes(N * K));
-  expect_numel(op, "absmax", absmax, nb);
-  if (dq) {
-    if (!has_code || !has_offset) bad(std::string(op) + ": double-quantized absmax needs nestedCode and offset");
-    expect_dtype(op, "absmax", absmax, DType::U8);
-    expect_dtype(op, "nestedAbsmax", nested, DType::F32);
-    expect_numel(op, "nestedAbsmax", nested, fmt::num_blocks(nb, fmt::kNestedBlocksize));
-    expect_dtype(op, "nestedCode", code, DType::F32), expect_numel(op, "nestedCode", code, 256);
-    expect_dtype(op, "offset", offset, DType::F32), expect_numel(op, "offset", offset, 1);
-  } else {
-    expect_dtype(op, "absmax", absmax, DType::F32);
+// A 4-bit weight as the bindings receive it: packed u8, absmax (f32, or u8 codes when
+// double-quantized), nestedAbsmax | null, nestedCode | null, offset f32[1] | null at argument
+// `i`..i+4, checked against N, K and the blocksize.
+struct Weight4bitArgs {
+  TensorArg packed, absmax, nested, code, offset;
+  bool dq = false;
+  std::vector<const TensorArg*> all() const {
+    std::vector<const TensorArg*> v = {&packed, &absmax};
+    if (dq) v.insert(v.end(), {&nested, &code, &offset});
+    return v;
   }
-  if (has_bias) expect_dtype(op, "bias", bias, x.dt), expect_numel(op, "bias", bias, N);
-  expect_dtype(op, "out", out, x.dt), expect_numel(op, "out", out, M * N);
-  std::vector<const TensorArg*> all = {&x, &packed, &absmax, &out};
-  if (dq) all.insert(all.end(), {&nested, &code, &offset});
-  if (has_bias) all.push_back(&bias);
-  for (auto* t : all) expect_same_device(op, x, *t);
-  if (!x.on_cpu()) {
 #if defined(NIBBLE_WITH_CUDA)
+  cuda::Weight4bit cuda_view(int64_t N, int64_t K, int bs, QuantType qt) const {
     cuda::Weight4bit w;
     w.packed = packed.ptr<uint8_t>();
     if (dq) {
@@ -387,7 +356,74 @@ Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
       w.absmax = absmax.ptr<float>();
     }
     w.blocksize = bs, w.qt = qt, w.N = N, w.K = K;
-    cuda::matmul_4bit(x.ptr(), x.dt, M, w, has_bias ? bias.ptr() : nullptr, out.ptr(), stream_of(out));
+    return w;
+  }
+#endif
+};
+Weight4bitArgs weight4bit_args(const Napi::CallbackInfo& info, size_t i, const char* op, int64_t N, int64_t K, int bs) {
+  Weight4bitArgs w;
+  w.packed = tensor_arg(info, i, "packed"), w.absmax = tensor_arg(info, i + 1, "absmax");
+  w.dq = optional_tensor_arg(info, i + 2, "nestedAbsmax", &w.nested);
+  bool has_code = optional_tensor_arg(info, i + 3, "nestedCode", &w.code);
+  bool has_offset = optional_tensor_arg(info, i + 4, "offset", &w.offset);
+  if (N <= 0 || K <= 0) bad(std::string(op) + ": weight shape [" + std::to_string(N) + ", " + std::to_string(K) + "] is empty");
+  const int64_t nb = fmt::num_blocks(N * K, bs);
+  expect_dtype(op, "packed", w.packed, DType::U8), expect_numel(op, "packed", w.packed, fmt::packed4_bytes(N * K));
+  expect_numel(op, "absmax", w.absmax, nb);
+  if (w.dq) {
+    if (!has_code || !has_offset) bad(std::string(op) + ": double-quantized absmax needs nestedCode and offset");
+    expect_dtype(op, "absmax", w.absmax, DType::U8);
+    expect_dtype(op, "nestedAbsmax", w.nested, DType::F32);
+    expect_numel(op, "nestedAbsmax", w.nested, fmt::num_blocks(nb, fmt::kNestedBlocksize));
+    expect_dtype(op, "nestedCode", w.code, DType::F32), expect_numel(op, "nestedCode", w.code, 256);
+    expect_dtype(op, "offset", w.offset, DType::F32), expect_numel(op, "offset", w.offset, 1);
+  } else {
+    expect_dtype(op, "absmax", w.absmax, DType::F32);
+  }
+  return w;
+}
+
+// matmul4bit(x [.., K], packed, absmax, nestedAbsmax | null, nestedCode | null, offset | null,
+//            bias | null, out [.., N], N, K, blocksize, quantType, ref?, gemvLayout u8 | null)
+// gemvLayout: the weight's row-interleaved copy (rowsLayout4bit), used for one row on CUDA.
+Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
+  const char* op = "matmul4bit";
+  auto x = tensor_arg(info, 0, "x");
+  TensorArg bias, layout;
+  bool has_bias = optional_tensor_arg(info, 6, "bias", &bias);
+  auto out = tensor_arg(info, 7, "out");
+  const int64_t N = int_arg(info, 8, "N"), K = int_arg(info, 9, "K");
+  int bs = blocksize_4bit(info, 10, op);
+  QuantType qt = quant_type_arg(info, 11, op);
+  bool ref = use_ref(info, 12);
+  bool has_layout = optional_tensor_arg(info, 13, "gemvLayout", &layout);
+  const Weight4bitArgs wa = weight4bit_args(info, 1, op, N, K, bs);
+  expect_float(op, "x", x);
+  not_empty(op, "x", x);
+  if (x.shape.empty() || x.dim(-1) != K)
+    bad(std::string(op) + ": shape mismatch: x " + x.describe() + " has " +
+        std::to_string(x.shape.empty() ? 0 : x.dim(-1)) + " features but the weight is [" + std::to_string(N) + ", " +
+        std::to_string(K) + "] (out_features, in_features)");
+  const int64_t M = x.numel() / K;
+  if (has_bias) expect_dtype(op, "bias", bias, x.dt), expect_numel(op, "bias", bias, N);
+  expect_dtype(op, "out", out, x.dt), expect_numel(op, "out", out, M * N);
+  std::vector<const TensorArg*> all = wa.all();
+  all.insert(all.end(), {&x, &out});
+  if (has_bias) all.push_back(&bias);
+  if (has_layout) {
+    expect_dtype(op, "gemvLayout", layout, DType::U8);
+    expect_numel(op, "gemvLayout", layout, (int64_t)cuda::rows_layout_bytes(N, K, bs, wa.dq));
+    all.push_back(&layout);
+  }
+  for (auto* t : all) expect_same_device(op, x, *t);
+  if (!x.on_cpu()) {
+#if defined(NIBBLE_WITH_CUDA)
+    const cuda::Weight4bit w = wa.cuda_view(N, K, bs, qt);
+    if (has_layout && M == 1)
+      cuda::gemv_4bit_rows(x.ptr(), x.dt, cuda::rows_layout_view(w, layout.ptr()), has_bias ? bias.ptr() : nullptr,
+                           out.ptr(), stream_of(out));
+    else
+      cuda::matmul_4bit(x.ptr(), x.dt, M, w, has_bias ? bias.ptr() : nullptr, out.ptr(), stream_of(out));
 #else
     on_cuda(op, {&x});
 #endif
@@ -395,12 +431,12 @@ Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
   }
   CpuStream::instance().enqueue([=] {
     cpu::Weight4bit w;
-    w.packed = packed.ptr<uint8_t>();
-    if (dq) {
-      w.qabsmax = absmax.ptr<uint8_t>(), w.nested_absmax = nested.ptr<float>(), w.nested_code = code.ptr<float>();
-      w.offset = *offset.ptr<float>();  // read when the kernel runs: compressAbsmax may still be queued
+    w.packed = wa.packed.ptr<uint8_t>();
+    if (wa.dq) {
+      w.qabsmax = wa.absmax.ptr<uint8_t>(), w.nested_absmax = wa.nested.ptr<float>(), w.nested_code = wa.code.ptr<float>();
+      w.offset = *wa.offset.ptr<float>();  // read when the kernel runs: compressAbsmax may still be queued
     } else {
-      w.absmax = absmax.ptr<float>();
+      w.absmax = wa.absmax.ptr<float>();
     }
     w.blocksize = bs, w.qt = qt, w.N = N, w.K = K;
     (ref ? cpu::matmul_4bit_ref : cpu::matmul_4bit)(x.ptr(), x.dt, M, w, has_bias ? bias.ptr() : nullptr, out.ptr());
@@ -408,6 +444,46 @@ Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 NIBBLE_BINDING("matmul4bit", Matmul4bit);
+
+// rowsLayout4bitBytes(N, K, blocksize, doubleQuant) -> bytes of the row-interleaved copy, or
+// throws with the reason the weight cannot have one (K % 32, rows of whole blocks, K limit).
+Napi::Value RowsLayout4bitBytes(const Napi::CallbackInfo& info) {
+  const char* op = "gemv4bitLayout";
+  const int64_t N = int_arg(info, 0, "N"), K = int_arg(info, 1, "K");
+  int bs = blocksize_4bit(info, 2, op);
+  const bool dq = info.Length() > 3 && info[3].ToBoolean().Value();
+  cuda::Weight4bit w;
+  w.N = N, w.K = K, w.blocksize = bs;
+  w.packed = reinterpret_cast<const uint8_t*>(uintptr_t(256));  // alignment is checked on the real weight
+  if (!dq) w.absmax = reinterpret_cast<const float*>(uintptr_t(256));
+  const std::string why = cuda::rows_layout_unsupported(w);
+  if (!why.empty()) bad(std::string(op) + ": weight [" + std::to_string(N) + ", " + std::to_string(K) + "] blocksize " +
+                        std::to_string(bs) + ": " + why);
+  return Napi::Number::New(info.Env(), (double)cuda::rows_layout_bytes(N, K, bs, dq));
+}
+NIBBLE_BINDING("rowsLayout4bitBytes", RowsLayout4bitBytes);
+
+// rowsLayout4bit(packed, absmax, nestedAbsmax | null, nestedCode | null, offset | null, layout u8,
+//                N, K, blocksize, quantType): fills layout with the weight's row-interleaved copy.
+Napi::Value RowsLayout4bit(const Napi::CallbackInfo& info) {
+  const char* op = "gemv4bitLayout";
+  auto layout = tensor_arg(info, 5, "layout");
+  const int64_t N = int_arg(info, 6, "N"), K = int_arg(info, 7, "K");
+  int bs = blocksize_4bit(info, 8, op);
+  QuantType qt = quant_type_arg(info, 9, op);
+  const Weight4bitArgs wa = weight4bit_args(info, 0, op, N, K, bs);
+  expect_dtype(op, "layout", layout, DType::U8);
+  expect_numel(op, "layout", layout, (int64_t)cuda::rows_layout_bytes(N, K, bs, wa.dq));
+  for (auto* t : wa.all()) expect_same_device(op, layout, *t);
+  if (layout.on_cpu()) bad(std::string(op) + ": the row layout is for weights on a CUDA device; this weight is on cpu");
+#if defined(NIBBLE_WITH_CUDA)
+  cuda::make_rows_layout(wa.cuda_view(N, K, bs, qt), layout.ptr(), stream_of(layout));
+#else
+  on_cuda(op, {&layout});
+#endif
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("rowsLayout4bit", RowsLayout4bit);
 
 // int8OutlierMatmulAdd(out f16 [M, N], x [M, K] float, colMask u8[K], CB i8 [N, K], SCB f32[N]):
 // out += the outlier columns' 16-bit product (cpu::int8_outlier_matmul_add).

@@ -6,6 +6,7 @@
 // function throws "built without CUDA" (quant_cuda_stub.cc).
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "core/dtype.h"
 #include "formats.h"
@@ -87,6 +88,40 @@ void matmul_4bit(const void* x, DType x_dt, int64_t M, const Weight4bit& w, cons
 enum class Matmul4bitPath { Auto = 0, Gemv = 1, GemvHalfLut = 2, Mma = 3, Simt = 4, GemvHalf2Acc = 5 };
 void matmul_4bit_path(Matmul4bitPath path, const void* x, DType x_dt, int64_t M, const Weight4bit& w,
                       const void* bias, void* out, cudaStream_t stream = 0);
+
+// ---- 4-bit GEMV over a row-interleaved copy (quant_gemv4_rows.cu) ---------------------------
+// A copy of a 4-bit weight laid out for the one-row GEMV: for each group of 32 rows and each
+// 32-element chunk of K, the 32 rows' 16-byte chunks are adjacent (absmax likewise), so a warp
+// owns 32 rows and reads its activations once per chunk. Made once, when a weight is loaded;
+// the bitsandbytes layout stays the one that is saved. The copy refers to the source's nested
+// absmax, nested code and offset (they must outlive it) and holds its own workspace, so one
+// copy serves one stream at a time.
+constexpr int64_t kRowsMaxK = 16384;  // activations staged as float32 in shared memory
+struct Weight4bitRows {
+  uint8_t* packed = nullptr;   // [ceil(N/32)][K/32][32][16 bytes]
+  uint8_t* qabsmax = nullptr;  // [ceil(N/32)][K/blocksize][32], double quantization
+  float* absmax = nullptr;     // [ceil(N/32)][K/blocksize][32], plain absmax
+  const float* nested_absmax = nullptr;
+  const float* nested_code = nullptr;
+  const float* offset_ptr = nullptr;
+  float offset = 0.0f;
+  float* partial = nullptr;  // split-K workspace
+  int* counters = nullptr;   // one per row group, zero between launches
+  int blocksize = 64, max_slices = 1;
+  QuantType qt = QuantType::NF4;
+  int64_t N = 0, K = 0;
+};
+// Why a weight cannot take the row layout ("" when it can): K % 32, rows of whole blocks, K limit.
+std::string rows_layout_unsupported(const Weight4bit& w);
+// Device bytes make_rows_layout needs for its buffer.
+size_t rows_layout_bytes(int64_t N, int64_t K, int blocksize, bool double_quant);
+// Fills `buffer` (device, rows_layout_bytes) from w, queued on stream; the view refers to it.
+Weight4bitRows make_rows_layout(const Weight4bit& w, void* buffer, cudaStream_t stream = 0);
+// The view of a buffer that make_rows_layout filled earlier for the same weight (no work queued).
+Weight4bitRows rows_layout_view(const Weight4bit& w, void* buffer);
+// out[N] = x[K] @ Wdq^T + bias, x/bias/out of dtype x_dt (float32, float16, bfloat16).
+void gemv_4bit_rows(const void* x, DType x_dt, const Weight4bitRows& w, const void* bias, void* out,
+                    cudaStream_t stream = 0);
 
 }  // namespace cuda
 }  // namespace nibble

@@ -232,6 +232,22 @@ int main(int argc, char** argv) {
         raw["gemv4_decode_" + shape + "_us"] = ms * 1e3;
         rows.push_back({"4-bit GEMV M=1 nf4+dq (plan decode, f32 x)", shape, "GB/s eff. weight", ">=85% copy",
                         gbs / copy_gbs >= 0.85 ? "met" : "missed", gbs, gbs / copy_gbs});
+        // The row-interleaved copy (quant_gemv4_rows.cu), made once per weight as at load time.
+        std::vector<std::unique_ptr<DevBuf>> bufs;
+        std::vector<cuda::Weight4bitRows> rws;
+        for (int i = 0; i < nc; i++) {
+          bufs.emplace_back(new DevBuf(cuda::rows_layout_bytes(N, K, 64, true)));
+          rws.push_back(cuda::make_rows_layout(ws[i]->view(), bufs.back()->p));
+        }
+        for (DType xdt : {DType::F16, DType::F32}) {
+          const bool f32 = xdt == DType::F32;
+          double rms = time_ms([&](int i) { cuda::gemv_4bit_rows(f32 ? xf.p : x.p, xdt, rws[i % nc], nullptr, f32 ? yf.p : y.p); });
+          const double rgbs = ws[0]->weight_bytes() / (rms * 1e-3) / 1e9;
+          raw[std::string("gemv4_rows_") + (f32 ? "f32_" : "f16_") + shape + "_us"] = rms * 1e3;
+          rows.push_back({std::string("4-bit GEMV M=1 nf4+dq (rows layout, ") + (f32 ? "f32" : "f16") + " x)", shape,
+                          "GB/s eff. weight", ">=85% copy", rgbs / copy_gbs >= 0.85 ? "met" : "missed", rgbs,
+                          rgbs / copy_gbs});
+        }
       }
     }
 

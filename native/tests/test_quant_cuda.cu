@@ -416,6 +416,67 @@ void test_matmul4(Table& t, std::mt19937_64& rng) {
       }
 }
 
+// The row-interleaved GEMV (quant_gemv4_rows.cu) against the CPU reference: odd N (partial row
+// groups), K from one chunk to 16384 (one to many split-K slices), every blocksize that fits a
+// row, bias or not; each case launched three times on the same copy (the split-K counters
+// must reset) with bit-identical results (the partials are summed in a fixed order).
+void test_gemv_rows(Table& t, std::mt19937_64& rng) {
+  const int64_t NK[][2] = {{1, 32}, {3, 64}, {31, 96}, {33, 4096}, {129, 1600}, {1600, 6400}, {4097, 256},
+                           {200, 16384}, {6400, 1600}};
+  const int bss[] = {32, 64, 128, 256, 4096};
+  for (DType dt : kFloatTypes)
+    for (QuantType qt : kQuantTypes)
+      for (bool dq : {false, true}) {
+        std::string name = std::string("gemv_4bit_rows ") + dtype_name(dt) + " " + qtn(qt) + (dq ? " dq" : "");
+        run_guarded(t, name, [&](bool& pass) {
+          double worst = 0;
+          int cases = 0;
+          bool stable = true;
+          std::string worst_at;
+          for (size_t si = 0; si < sizeof(NK) / sizeof(NK[0]); si++) {
+            const int64_t N = NK[si][0], K = NK[si][1];
+            int bs = bss[(si + cases) % 5];
+            while (K % bs) bs /= 2;
+            auto wf = randn(rng, N * K, 0.05f);
+            QWeight q = make_weight(wf, N, K, bs, qt);
+            DevWeight dw(q);
+            const cuda::Weight4bit src = dw.view(q, dq);
+            if (!cuda::rows_layout_unsupported(src).empty()) throw std::runtime_error("row layout refused " + name);
+            DevBuf buf(cuda::rows_layout_bytes(N, K, bs, dq));
+            buf.poison(0xff);  // the copy must not depend on the buffer's old contents
+            const cuda::Weight4bitRows rw = cuda::make_rows_layout(src, buf.p);
+            auto xf = randn(rng, K, 1.0f);
+            auto bf = randn(rng, N, 0.5f);
+            HostFloats xh(dt, xf), bh(dt, bf);
+            const bool with_bias = si % 2 == 0;
+            std::vector<uint8_t> rout(N * dtype_size(dt));
+            cpu::matmul_4bit_ref(xh.data(), dt, 1, q.cpu_view(dq), with_bias ? bh.data() : nullptr, rout.data());
+            DevBuf dx(xh.data(), xh.size_bytes()), db(bh.data(), bh.size_bytes()), dout(rout.size());
+            std::vector<uint8_t> first;
+            for (int rep = 0; rep < 3; rep++) {
+              dout.poison(0xff);
+              cuda::gemv_4bit_rows(dx.p, dt, rw, with_bias ? db.p : nullptr, dout.p);
+              auto got = dout.download<uint8_t>(rout.size());
+              if (rep == 0) first = got;
+              else if (got != first) stable = false;
+            }
+            std::vector<float> a(N), b(N);
+            for (int64_t i = 0; i < N; i++) a[i] = as_float(first.data(), dt, i), b[i] = as_float(rout.data(), dt, i);
+            double e = rel_l2(a, b);
+            if (!(e <= worst)) {
+              worst = e;
+              worst_at = "N=" + std::to_string(N) + " K=" + std::to_string(K) + " bs=" + std::to_string(bs);
+            }
+            cases++;
+          }
+          const double tol = tolerance(dt, cuda::Matmul4bitPath::Gemv);
+          pass = cases > 0 && worst <= tol && stable;
+          return std::to_string(cases) + " shapes x3 launches" + (stable ? "" : " (NOT bit-stable)") +
+                 "; worst rel L2 " + fmt_g(worst) + " (tol " + fmt_g(tol) + ") at " + worst_at;
+        });
+      }
+}
+
 // ---- bitsandbytes fixtures ------------------------------------------------------------------------------
 std::vector<float> to_floats(const std::vector<uint8_t>& raw, DType dt) {
   std::vector<float> v(raw.size() / dtype_size(dt));
@@ -582,6 +643,15 @@ void test_fixtures(Table& t, const std::string& path) {
           ok = ok && e <= 1e-3;
           detail += "M=" + std::to_string(rows) + " rel L2 " + fmt_g(e) + "  ";
         }
+        {  // the row-interleaved GEMV on the same weight
+          DevBuf buf(cuda::rows_layout_bytes(N, K, 64, true));
+          const cuda::Weight4bitRows rw = cuda::make_rows_layout(dw.view(q, true), buf.p);
+          cuda::gemv_4bit_rows(dx.p, dt, rw, db.p, dout.p);
+          auto got = to_floats(dout.download<uint8_t>(N * dtype_size(dt)), dt);
+          double e = rel_l2(got, st->get<float>(pre + "out_b1", "F32"));
+          ok = ok && e <= 1e-3;
+          detail += "rows GEMV rel L2 " + fmt_g(e);
+        }
         pass = ok;
         return detail;
       });
@@ -616,6 +686,14 @@ void test_errors(Table& t) {
     w.blocksize = 100;
     expect_throw([&] { cuda::matmul_4bit(x.p, DType::F16, 1, w, nullptr, x.p); });
     expect_throw([&] { cuda::int8_linear_matmul(x.as<int8_t>(), x.as<int8_t>(), 0, 4, 4, x.as<int32_t>()); });
+    // the row layout: K not a multiple of 32, rows not whole blocks, K past the staging limit
+    for (int64_t k : {(int64_t)77, (int64_t)96, cuda::kRowsMaxK + 64}) {
+      cuda::Weight4bit r = w;
+      r.K = k, r.blocksize = 64;
+      expected++;
+      if (!cuda::rows_layout_unsupported(r).empty()) thrown++;
+      expect_throw([&] { cuda::make_rows_layout(r, a.p); });
+    }
     NIBBLE_CUDA_CHECK(cudaDeviceSynchronize(), "after error checks");
     pass = thrown == expected;
     return std::to_string(thrown) + "/" + std::to_string(expected) + " bad calls threw";
@@ -652,6 +730,7 @@ int main(int argc, char** argv) {
   test_blockwise(t, rng);
   test_int8(t, rng);
   test_matmul4(t, rng);
+  test_gemv_rows(t, rng);
   t.summary();
   std::printf("seed %llu, %.1f s\n", (unsigned long long)seed,
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

@@ -7,7 +7,9 @@
 // usable; the event loop keeps running during GPU generation; N generate calls in a loop
 // with flat GPU memory and host RSS. Prints a table last; exit status 1 on any failure.
 import { createRequire } from 'node:module';
-import { AutoModelForCausalLM, BitsAndBytesConfig, Tensor, readSafetensors } from '../../dist/index.js';
+import {
+  AutoModelForCausalLM, BitsAndBytesConfig, Linear4bit, Tensor, gemv4bitLayout, matmul4bit, quantize4bit, readSafetensors,
+} from '../../dist/index.js';
 
 const args = process.argv.slice(2);
 const LOOPS = Number(args[args.indexOf('--loops') + 1] ?? 1000) || 1000;
@@ -328,6 +330,47 @@ await attempt('device ids: bad inputs refused', async () => {
     feed.dispose();
   }
   logits.dispose(), pastKeyValues.dispose(), model.dispose();
+});
+
+// The row-interleaved GEMV through the public API: gemv4bitLayout + matmul4bit(..., { gemvLayout })
+// against the bitsandbytes-layout path on the same weight (one row), odd N, both quant types and
+// float dtypes; Linear4bit({ gemvLayout: true }) makes the copy once and frees it on dispose.
+await attempt('gemv4bitLayout', async () => {
+  let worst = 0, cases = 0;
+  for (const [N, K, bs] of [[1000, 4096, 64], [33, 1600, 32], [4097, 512, 128]])
+    for (const quantType of ['nf4', 'fp4'])
+      for (const dtype of ['float32', 'float16']) {
+        const w = Tensor.from(Float32Array.from({ length: N * K }, (_, i) => Math.sin(i * 0.37) * 0.05), [N, K]).to(dtype).toDevice('cuda:0');
+        const [packed, state] = quantize4bit(w, { quantType, blocksize: bs, compressStatistics: true });
+        const x = Tensor.from(Float32Array.from({ length: K }, (_, i) => Math.cos(i * 0.11)), [1, K]).to(dtype).toDevice('cuda:0');
+        const layout = gemv4bitLayout(packed, state);
+        const a = await matmul4bit(x, packed, state).toFloat32();
+        const b = await matmul4bit(x, packed, state, null, { gemvLayout: layout }).toFloat32();
+        let num = 0, den = 0;
+        for (let i = 0; i < N; i++) num += (a[i] - b[i]) ** 2, den += a[i] ** 2;
+        worst = Math.max(worst, Number.isFinite(num) ? Math.sqrt(num / den) : Infinity);
+        cases++;
+        for (const t of [w, packed, x, layout]) t.dispose();
+        state.dispose?.();
+      }
+  record(`gemv4bitLayout vs the bitsandbytes layout (${cases} cases), rel L2`, worst.toExponential(2), 2e-3, worst <= 2e-3);
+  const w = Tensor.from(Float32Array.from({ length: 1024 * 2048 }, (_, i) => Math.sin(i) * 0.05), [1024, 2048]).to('float16').toDevice('cuda:0');
+  const l = Linear4bit.fromFloat(w, null, { quantType: 'nf4', gemvLayout: true });
+  const x1 = Tensor.from(Float32Array.from({ length: 2048 }, (_, i) => Math.cos(i)), [1, 2048]).to('float16').toDevice('cuda:0');
+  const x3 = Tensor.from(Float32Array.from({ length: 3 * 2048 }, (_, i) => Math.cos(i)), [3, 2048]).to('float16').toDevice('cuda:0');
+  const y1 = await l.forward(x1).toFloat32(), y3 = await l.forward(x3).toFloat32();
+  // One row takes the row-layout GEMV (float32 products), three rows the tensor-core GEMM
+  // (float16 products): equal to float16 rounding.
+  let num = 0, den = 0;
+  for (let i = 0; i < 1024; i++) num += (y1[i] - y3[i]) ** 2, den += y3[i] ** 2;
+  const rel = Math.sqrt(num / den);
+  record('Linear4bit gemvLayout: one row = first of three rows (rel L2)', rel.toExponential(2), 2e-3, rel <= 2e-3);
+  const copy = l.layout; // private in TypeScript, visible here
+  const made = copy instanceof Tensor && copy.device === 'cuda:0' && copy.numel >= 1024 * 1024;
+  l.dispose();
+  record('Linear4bit gemvLayout: copy made by the one-row forward, freed by dispose', `${made ? copy.numel : 'none'} bytes, disposed ${copy?.disposed}`,
+    'made and disposed', made && copy.disposed === true && l.layout === null);
+  for (const t of [w, x1, x3]) t.dispose();
 });
 
 console.log('\n| check | value | limit | result |\n|---|---|---|---|');
