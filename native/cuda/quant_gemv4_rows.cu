@@ -48,18 +48,20 @@ struct RowsArgs {
   float offset;
   float* partial;  // [S][Npad]
   int* counters;   // [G], zero between launches
-  int N, Npad, K, C, NBr, log2_chunks_per_block, S, G;
+  int N, Npad, K, C, U, NBr, log2_chunks_per_block, S, G;  // U = units (chunk pairs) a row
   uint32_t nested_last;  // last valid nested index (rows past N gather a valid entry)
 };
 
-// Chunks [lo, hi) of slice s: C split as evenly as integers allow.
-// (32-bit: S <= kMaxSlices and C <= kRowsMaxK / 32, so s * C is small.)
-__device__ __forceinline__ int slice_begin(int s, int S, int C) { return (int)((uint32_t)(s * C) / (uint32_t)S); }
+// Units [lo, hi) of slice s: U split as evenly as integers allow.
+// (32-bit: S <= kMaxSlices and U <= kRowsMaxK / 64, so s * U is small.)
+__device__ __forceinline__ int slice_begin(int s, int S, int U) { return (int)((uint32_t)(s * U) / (uint32_t)S); }
 
-// Three blocks an SM (85 registers) with three chunks in flight a lane measured best among
-// (chunks ahead, blocks an SM) = (2, 4), (3, 3), (4, 3), (8, 2) on the H100; an L2 prefetch of
-// later chunks (per lane, or a bulk prefetch of the whole task) made it slower (NOTES.md).
-constexpr int kAhead = 3, kMinBlocks = 3;
+// A lane's unit of work is two chunks (64 weights of its row, two 16-byte loads): the
+// per-unit bookkeeping (positions, absmax, loop) is paid once per 64 weights, and two units
+// in flight are four chunks in the registers three single chunks took. Three blocks an SM.
+// (Single chunks measured best at 3 ahead and 3 blocks an SM among (2,4), (3,3), (4,3), (8,2);
+// an L2 prefetch of later chunks, per lane or in bulk per task, made it slower: NOTES.md.)
+constexpr int kAhead = 2, kMinBlocks = 3;
 
 template <typename T, int KIND, bool DQ>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
@@ -71,17 +73,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int W = (int)gridDim.x * kWarps, tasks = a.G * a.S;
 
-  struct Chunk {
-    uint4 raw;
-    float am;    // absmax, or the nested absmax (double quant)
-    uint32_t q;  // absmax code (double quant)
+  struct Unit {
+    uint4 raw0, raw1;  // chunks 2u and 2u + 1 (zero past the row's end)
+    float am0, am1;    // absmax, or the nested absmax (double quant), of each chunk's block
+    uint32_t q0, q1;   // absmax codes (double quant)
   };
-  // Where a lane is in its sequence of chunks: its warp's tasks t, t + W, ..., each over its
-  // slice's chunks [c, end). The loading side (tail) also keeps its row group's pointers, so
-  // the per-chunk step is increments, and divisions happen once per task.
+  // Where a lane is in its sequence of units: its warp's tasks t, t + W, ..., each over its
+  // slice's units [u, end). The loading side (tail) also keeps its row group's offsets, so
+  // the per-unit step is increments, and divisions happen once per task.
   struct Pos {
-    int t, c, end;
-    uint32_t wo;    // index of this lane's 16 bytes of chunk c in a.packed
+    int t, u, end;
+    uint32_t wo;    // index of this lane's 16 bytes of chunk 2u in a.packed
     uint32_t blk0;  // flat index of the lane's row's first absmax block
     uint32_t ab;    // interleaved absmax index of (group, block 0, lane)
   };
@@ -89,27 +91,35 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     Pos p{t, 0, 0, 0u, 0u, 0u};
     if (t < tasks) {
       const int g = t / a.S, s = t - g * a.S;
-      p.c = slice_begin(s, a.S, a.C), p.end = slice_begin(s + 1, a.S, a.C);
-      p.wo = ((uint32_t)g * a.C + p.c) * 32 + lane;
+      p.u = slice_begin(s, a.S, a.U), p.end = slice_begin(s + 1, a.S, a.U);
+      p.wo = ((uint32_t)g * a.C + 2 * p.u) * 32 + lane;
       p.blk0 = ((uint32_t)g * 32 + lane) * a.NBr;
       p.ab = (uint32_t)g * a.NBr * 32 + lane;
     }
     return p;
   };
   auto advance = [&](Pos& p) {
-    p.wo += 32;
-    if (++p.c >= p.end) p = start(p.t + W);
+    p.wo += 64;
+    if (++p.u >= p.end) p = start(p.t + W);
   };
+  const bool two_blocks = a.log2_chunks_per_block == 0;  // blocksize 32: a block per chunk
   auto fetch = [&](const Pos& p) {
-    Chunk r{make_uint4(0, 0, 0, 0), 0.0f, 0u};
+    Unit r{make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), 0.0f, 0.0f, 0u, 0u};
     if (p.t < tasks) {
-      r.raw = __ldcs(a.packed + p.wo);
-      const uint32_t b = (uint32_t)p.c >> a.log2_chunks_per_block;
+      const bool second = 2 * p.u + 1 < a.C;
+      r.raw0 = __ldcs(a.packed + p.wo);
+      if (second) r.raw1 = __ldcs(a.packed + (p.wo + 32));
+      const uint32_t b = (uint32_t)(2 * p.u) >> a.log2_chunks_per_block;
       if (DQ) {
-        r.q = __ldg(a.qabsmax + (p.ab + b * 32));
-        r.am = __ldg(a.nested + min((p.blk0 + b) >> 8, a.nested_last));
+        r.q0 = __ldg(a.qabsmax + (p.ab + b * 32));
+        r.am0 = __ldg(a.nested + min((p.blk0 + b) >> 8, a.nested_last));
+        if (two_blocks && second) {
+          r.q1 = __ldg(a.qabsmax + (p.ab + (b + 1) * 32));
+          r.am1 = __ldg(a.nested + min((p.blk0 + b + 1) >> 8, a.nested_last));
+        }
       } else {
-        r.am = __ldg(a.absmax + (p.ab + b * 32));
+        r.am0 = __ldg(a.absmax + (p.ab + b * 32));
+        if (two_blocks && second) r.am1 = __ldg(a.absmax + (p.ab + (b + 1) * 32));
       }
     }
     return r;
@@ -117,8 +127,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 
   const int first = (int)blockIdx.x * kWarps + warp;
   Pos tail = start(first);
-  int ht = first, hc = tail.c, hend = tail.end;  // the consuming side: task, chunk, slice end
-  Chunk ring[kAhead];
+  int ht = first, hu = tail.u, hend = tail.end;  // the consuming side: task, unit, slice end
+  Unit ring[kAhead];
 #pragma unroll
   for (int i = 0; i < kAhead; i++) {
     ring[i] = fetch(tail);
@@ -157,6 +167,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       }
     }
   }
+  for (int i = a.K + (int)threadIdx.x; i < a.U * 64; i += kThreads) s_x[i] = 0.0f;  // odd C: the last unit's 2nd chunk
   __syncthreads();
   // Code value of the nibble that `sh` (bytes of nibble * 4) holds in byte b: one PRMT puts
   // that byte under the table's upper address bytes (the table is 256-aligned), so the
@@ -169,6 +180,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     return v;
   };
 
+  // sum(code * x) over one 32-weight chunk; byte b of a word holds elements 2b (high nibble)
+  // and 2b + 1 (low nibble).
+  auto dot_chunk = [&](const uint4& raw, const float4* xv) {
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+    float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+      const uint32_t hi = (words[q] >> 2) & 0x3c3c3c3cu, lo = (words[q] << 2) & 0x3c3c3c3cu;
+      const float4 xa = xv[2 * q], xb = xv[2 * q + 1];
+      d0 = fmaf(code(hi, 0), xa.x, d0);
+      d1 = fmaf(code(lo, 0), xa.y, d1);
+      d0 = fmaf(code(hi, 1), xa.z, d0);
+      d1 = fmaf(code(lo, 1), xa.w, d1);
+      d0 = fmaf(code(hi, 2), xb.x, d0);
+      d1 = fmaf(code(lo, 2), xb.y, d1);
+      d0 = fmaf(code(hi, 3), xb.z, d0);
+      d1 = fmaf(code(lo, 3), xb.w, d1);
+    }
+    return d0 + d1;
+  };
+
   float acc = 0.0f;
   bool more = ht < tasks;
   while (more) {
@@ -176,30 +208,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 #pragma unroll
     for (int i = 0; i < kAhead; i++) {
       if (!more) break;
-      const Chunk cur = ring[i];
+      const Unit cur = ring[i];
       ring[i] = fetch(tail);
       advance(tail);
 
-      const float4* xv = reinterpret_cast<const float4*>(s_x + hc * 32);
-      const uint32_t words[4] = {cur.raw.x, cur.raw.y, cur.raw.z, cur.raw.w};
-      float d0 = 0.0f, d1 = 0.0f;
-#pragma unroll
-      for (int q = 0; q < 4; q++) {
-        // Byte b of a word holds elements 2b (high nibble) and 2b + 1 (low nibble).
-        const uint32_t hi = (words[q] >> 2) & 0x3c3c3c3cu, lo = (words[q] << 2) & 0x3c3c3c3cu;
-        const float4 xa = xv[2 * q], xb = xv[2 * q + 1];
-        d0 = fmaf(code(hi, 0), xa.x, d0);
-        d1 = fmaf(code(lo, 0), xa.y, d1);
-        d0 = fmaf(code(hi, 1), xa.z, d0);
-        d1 = fmaf(code(lo, 1), xa.w, d1);
-        d0 = fmaf(code(hi, 2), xb.x, d0);
-        d1 = fmaf(code(lo, 2), xb.y, d1);
-        d0 = fmaf(code(hi, 3), xb.z, d0);
-        d1 = fmaf(code(lo, 3), xb.w, d1);
+      const float4* xv = reinterpret_cast<const float4*>(s_x + hu * 64);
+      const float da = dot_chunk(cur.raw0, xv), db = dot_chunk(cur.raw1, xv + 8);
+      const float s0 = DQ ? dev::dq_absmax(s_ncode, (uint8_t)cur.q0, cur.am0, off) : cur.am0;
+      if (two_blocks) {
+        const float s1 = DQ ? dev::dq_absmax(s_ncode, (uint8_t)cur.q1, cur.am1, off) : cur.am1;
+        acc = fmaf(s1, db, fmaf(s0, da, acc));
+      } else {
+        acc = fmaf(s0, da + db, acc);
       }
-      const float scale = DQ ? dev::dq_absmax(s_ncode, (uint8_t)cur.q, cur.am, off) : cur.am;
-      acc = fmaf(scale, d0 + d1, acc);
-      if (++hc < hend) continue;
+      if (++hu < hend) continue;
 
       // Task done: lane = row within the group.
       const int g = ht / a.S, s = ht - g * a.S, n = g * 32 + lane;
@@ -225,7 +247,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       more = ht < tasks;
       if (more) {
         const int g2 = ht / a.S, s2 = ht - g2 * a.S;
-        hc = slice_begin(s2, a.S, a.C), hend = slice_begin(s2 + 1, a.S, a.C);
+        hu = slice_begin(s2, a.S, a.U), hend = slice_begin(s2 + 1, a.S, a.U);
       }
     }
   }
@@ -269,11 +291,14 @@ int blocks_per_sm(const void* kernel, size_t smem) {
 }
 
 // Slices per row group: enough warp tasks to fill the grid's warps with the least idle tail
-// (tasks per warp rounded up), preferring fewer slices (less partial traffic) on near-ties.
-int choose_slices(int64_t G, int64_t C, int64_t warps) {
+// (tasks per warp rounded up), preferring fewer slices (less partial traffic) on near-ties,
+// and at least 4 units (8 chunks) a task (single chunks at 4096^2: 32 slices of 4 chunks
+// 718 GB/s, 16 of 8 770, 8 of 16 732).
+constexpr int kMinUnitsPerTask = 4;
+int choose_slices(int64_t G, int64_t U, int64_t warps) {
   int best = 1;
   double best_eff = 0.0;
-  for (int S = 1; S <= kMaxSlices && S <= C; S++) {
+  for (int S = 1; S <= kMaxSlices && S <= U && (S == 1 || U / S >= kMinUnitsPerTask); S++) {
     const int64_t tasks = G * S;
     const int64_t rounds = (tasks + warps - 1) / warps;
     const double eff = (double)tasks / (double)(rounds * warps);
@@ -285,16 +310,16 @@ int choose_slices(int64_t G, int64_t C, int64_t warps) {
 template <typename T, int KIND, bool DQ>
 void run_rows(const T* x, const Weight4bitRows& w, const T* bias, T* out, cudaStream_t s) {
   auto kernel = k_gemv4_rows<T, KIND, DQ>;
-  const size_t smem = (size_t)w.K * 4;
+  const int64_t G = (w.N + 31) / 32, C = w.K / 32, U = (C + 1) / 2;
+  const size_t smem = (size_t)U * 64 * 4;
   const int per_sm = blocks_per_sm((const void*)kernel, smem);
-  const int64_t G = (w.N + 31) / 32, C = w.K / 32;
-  const int S = std::min(choose_slices(G, C, (int64_t)per_sm * sm_count() * kWarps), w.max_slices);
+  const int S = std::min(choose_slices(G, U, (int64_t)per_sm * sm_count() * kWarps), w.max_slices);
   RowsArgs a;
   a.packed = reinterpret_cast<const uint4*>(w.packed);
   a.qabsmax = w.qabsmax, a.absmax = w.absmax;
   a.nested = w.nested_absmax, a.ncode = w.nested_code, a.offset_ptr = w.offset_ptr, a.offset = w.offset;
   a.partial = w.partial, a.counters = w.counters;
-  a.N = (int)w.N, a.Npad = (int)(G * 32), a.K = (int)w.K, a.C = (int)C, a.NBr = (int)(w.K / w.blocksize);
+  a.N = (int)w.N, a.Npad = (int)(G * 32), a.K = (int)w.K, a.C = (int)C, a.U = (int)U, a.NBr = (int)(w.K / w.blocksize);
   a.log2_chunks_per_block = __builtin_ctz((unsigned)(w.blocksize / 32));
   a.S = S, a.G = (int)G;
   a.nested_last = DQ ? (uint32_t)(((w.N * w.K / w.blocksize) - 1) >> 8) : 0u;
