@@ -13,9 +13,9 @@
 #include "bindings/tensor_arg.h"
 #include "core/stream.h"
 #include "cpu/quant_ops.h"
+#include "cuda/quant_cuda.h"  // without CUDA its functions throw "built without CUDA" (quant_cuda_stub.cc)
 #if defined(NIBBLE_WITH_CUDA)
 #include "cuda/gpt2_cuda.h"
-#include "cuda/quant_cuda.h"
 #endif
 
 namespace nibble {
@@ -479,6 +479,7 @@ Napi::Value RowsLayout4bit(const Napi::CallbackInfo& info) {
 #if defined(NIBBLE_WITH_CUDA)
   cuda::make_rows_layout(wa.cuda_view(N, K, bs, qt), layout.ptr(), stream_of(layout));
 #else
+  (void)qt;
   on_cuda(op, {&layout});
 #endif
   return info.Env().Undefined();
