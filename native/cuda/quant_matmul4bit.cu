@@ -19,6 +19,7 @@
 #include <mutex>
 #include <type_traits>
 
+#include "cuda/gpt2_decode_gemv.h"
 #include "cuda/quant_cuda.h"
 #include "cuda/quant_device.cuh"
 
@@ -728,6 +729,20 @@ void matmul_4bit_path(Matmul4bitPath path, const void* x, DType dt, int64_t M, c
   if (M <= 0) throw std::runtime_error(std::string(op) + ": empty input");
   const W4 w = make_w4(wt, op);
   if (path == Matmul4bitPath::Auto) {
+    // One float32 row: the GPT-2 plan's decode GEMV is a general 4-bit GEMV with float32
+    // activations and exact float32 code values, like the Gemv path, and faster on every
+    // shape measured (bench_quant_cuda "plan decode" rows: 8192^2 1299 vs 1097 GB/s, 4096^2
+    // 1035 vs 690). It declines shapes it does not take (then the paths below run).
+    if (M == 1 && dt == DType::F32) {
+      gpt2_cuda::QLinear L;
+      L.kind = gpt2_cuda::QLinear::k4bit, L.N = wt.N, L.K = wt.K, L.bias = bias;
+      L.packed = wt.packed, L.absmax = wt.absmax, L.qabsmax = wt.qabsmax, L.nested_absmax = wt.nested_absmax;
+      L.nested_code = wt.nested_code, L.offset = wt.offset_ptr, L.blocksize = wt.blocksize, L.quant_type = (int)wt.qt;
+      const bool offset_on_device = wt.absmax != nullptr || wt.offset_ptr != nullptr;
+      if (offset_on_device && gpt2_cuda::decode_gemv_4bit(L, DType::F32, gpt2_cuda::kEpilogueNone, static_cast<float*>(out),
+                                                          static_cast<const float*>(x), 1, nullptr, s))
+        return;
+    }
     if (M == 1 && gemv_ok(x, wt)) path = Matmul4bitPath::Gemv;  // exact float32 code values
     else if (M > 1 && mma_ok(x, dt, wt)) path = Matmul4bitPath::Mma;
     else path = Matmul4bitPath::Simt;

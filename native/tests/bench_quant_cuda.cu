@@ -232,6 +232,14 @@ int main(int argc, char** argv) {
         raw["gemv4_decode_" + shape + "_us"] = ms * 1e3;
         rows.push_back({"4-bit GEMV M=1 nf4+dq (plan decode, f32 x)", shape, "GB/s eff. weight", ">=85% copy",
                         gbs / copy_gbs >= 0.85 ? "met" : "missed", gbs, gbs / copy_gbs});
+        // matmul_4bit's default path for one float32 row (it takes the decode GEMV above).
+        double ams = time_ms([&](int i) {
+          cuda::matmul_4bit(xf.p, DType::F32, 1, ws[i % nc]->view(), nullptr, yf.p);
+        });
+        const double agbs = ws[0]->weight_bytes() / (ams * 1e-3) / 1e9;
+        raw["gemv4_auto_f32_" + shape + "_us"] = ams * 1e3;
+        rows.push_back({"4-bit GEMV M=1 nf4+dq (auto, f32 x)", shape, "GB/s eff. weight", ">=85% copy",
+                        agbs / copy_gbs >= 0.85 ? "met" : "missed", agbs, agbs / copy_gbs});
         // The row-interleaved copy (quant_gemv4_rows.cu), made once per weight as at load time.
         std::vector<std::unique_ptr<DevBuf>> bufs;
         std::vector<cuda::Weight4bitRows> rws;
