@@ -19,9 +19,9 @@
 // code values: per chunk sum(code * x), then times the block absmax, as the other paths do.
 //
 // Measured (H100, bench_quant_cuda): faster than the other GEMVs on large weights (28672x8192
-// 1.83 TB/s against 1.56 for the best bitsandbytes-layout path), slower on small ones (4096^2
-// 0.72 against 1.03 for the GPT-2 plan's decode GEMV): with one task a warp, the per-task
-// start and the split-K finish weigh more there.
+// 1.87 TB/s against 1.57 for the best bitsandbytes-layout path, 8192^2 1.45 against 1.30),
+// slower on small ones (4096^2 0.79 against 1.03 for the GPT-2 plan's decode GEMV): with one
+// short task a warp, the kernel's start and the split-K finish weigh more there.
 #include <algorithm>
 #include <map>
 #include <mutex>
