@@ -83,6 +83,13 @@ describe('shape mismatch', () => {
       48, 64, 64, 1)).toThrow(/gemv4bitLayout: 'layout'|gemv4bitLayout: .*(cpu|CUDA)/);
     expect(() => matmul4bit(ramp(64, [1, 64]), pw, sw, null, { gemvLayout: Tensor.empty([7], 'float32') }))
       .toThrow(/matmul4bit: 'gemvLayout' must be uint8/);
+    expect(() => matmul4bit(ramp(64, [1, 64]), pw, sw, null, { gemvLayout: Tensor.empty([7], 'uint8') }))
+      .toThrow(/matmul4bit: 'gemvLayout' must have \d+ elements, got uint8\[7\]/);
+    // the weight itself is checked as matmul4bit checks it (packed size, absmax codes)
+    expect(() => nat().rowsLayout4bit(Tensor.empty([5], 'uint8'), sw.absmax, sw.state2!.absmax, sw.state2!.code, sw.offset,
+      Tensor.empty([7], 'uint8'), 48, 64, 64, 1)).toThrow(/gemv4bitLayout: 'packed' must have 1536 elements, got uint8\[5\]/);
+    expect(() => nat().rowsLayout4bit(pw, sw.absmax, sw.state2!.absmax, null, sw.offset, Tensor.empty([7], 'uint8'),
+      48, 64, 64, 1)).toThrow(/gemv4bitLayout: double-quantized absmax needs nestedCode and offset/);
   });
   it('Linear4bit with gemvLayout on a CPU weight computes as without it', () => {
     const plain = new Linear4bit(pw, sw, null), rows = new Linear4bit(pw, sw, null, { gemvLayout: true });

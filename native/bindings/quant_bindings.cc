@@ -452,11 +452,7 @@ Napi::Value RowsLayout4bitBytes(const Napi::CallbackInfo& info) {
   const int64_t N = int_arg(info, 0, "N"), K = int_arg(info, 1, "K");
   int bs = blocksize_4bit(info, 2, op);
   const bool dq = info.Length() > 3 && info[3].ToBoolean().Value();
-  cuda::Weight4bit w;
-  w.N = N, w.K = K, w.blocksize = bs;
-  w.packed = reinterpret_cast<const uint8_t*>(uintptr_t(256));  // alignment is checked on the real weight
-  if (!dq) w.absmax = reinterpret_cast<const float*>(uintptr_t(256));
-  const std::string why = cuda::rows_layout_unsupported(w);
+  const std::string why = cuda::rows_layout_unsupported(N, K, bs);  // alignment: on the real weight
   if (!why.empty()) bad(std::string(op) + ": weight [" + std::to_string(N) + ", " + std::to_string(K) + "] blocksize " +
                         std::to_string(bs) + ": " + why);
   return Napi::Number::New(info.Env(), (double)cuda::rows_layout_bytes(N, K, bs, dq));

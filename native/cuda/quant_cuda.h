@@ -107,11 +107,13 @@ struct Weight4bitRows {
   float offset = 0.0f;
   float* partial = nullptr;  // split-K workspace
   int* counters = nullptr;   // one per row group, zero between launches
-  int blocksize = 64, max_slices = 1;
+  int blocksize = 64;
   QuantType qt = QuantType::NF4;
   int64_t N = 0, K = 0;
 };
-// Why a weight cannot take the row layout ("" when it can): K % 32, rows of whole blocks, K limit.
+// Why a weight cannot take the row layout ("" when it can): K % 32, rows of whole blocks, K limit
+// (the shape), and for a weight in memory also the packed data's alignment.
+std::string rows_layout_unsupported(int64_t N, int64_t K, int blocksize);
 std::string rows_layout_unsupported(const Weight4bit& w);
 // Device bytes make_rows_layout needs for its buffer.
 size_t rows_layout_bytes(int64_t N, int64_t K, int blocksize, bool double_quant);

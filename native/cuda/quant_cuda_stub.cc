@@ -56,6 +56,7 @@ void matmul_4bit_path(Matmul4bitPath, const void*, DType, int64_t, const Weight4
   no_cuda("matmul_4bit");
 }
 
+std::string rows_layout_unsupported(int64_t, int64_t, int) { return "built without CUDA"; }
 std::string rows_layout_unsupported(const Weight4bit&) { return "built without CUDA"; }
 size_t rows_layout_bytes(int64_t, int64_t, int, bool) { return 0; }
 Weight4bitRows make_rows_layout(const Weight4bit&, void*, cudaStream_t) { no_cuda("make_rows_layout"); }

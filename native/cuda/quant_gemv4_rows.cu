@@ -254,19 +254,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 }
 
 // ---- re-layout (once per weight) ------------------------------------------------------------
-__global__ void k_relayout_packed(const uint4* __restrict__ src, uint4* __restrict__ dst, int64_t N, int64_t C,
-                                  int64_t total) {
-  for (int64_t o = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; o < total; o += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t r = o & 31, gc = o >> 5, c = gc % C, g = gc / C, n = g * 32 + r;
-    dst[o] = n < N ? src[n * C + c] : make_uint4(0, 0, 0, 0);
-  }
-}
+// dst[g][j][r] = src[g * 32 + r][j] for a [N, cols] array (the packed chunks as uint4, or the
+// absmax entries); rows past N are zero.
 template <typename A>
-__global__ void k_relayout_absmax(const A* __restrict__ src, A* __restrict__ dst, int64_t N, int64_t NBr,
-                                  int64_t total) {
+__global__ void k_relayout(const A* __restrict__ src, A* __restrict__ dst, int64_t N, int64_t cols, int64_t total) {
   for (int64_t o = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; o < total; o += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t r = o & 31, gb = o >> 5, b = gb % NBr, g = gb / NBr, n = g * 32 + r;
-    dst[o] = n < N ? src[n * NBr + b] : A(0);
+    const int64_t r = o & 31, gj = o >> 5, j = gj % cols, g = gj / cols, n = g * 32 + r;
+    dst[o] = n < N ? src[n * cols + j] : A{};
   }
 }
 
@@ -313,7 +307,7 @@ void run_rows(const T* x, const Weight4bitRows& w, const T* bias, T* out, cudaSt
   const int64_t G = (w.N + 31) / 32, C = w.K / 32, U = (C + 1) / 2;
   const size_t smem = (size_t)U * 64 * 4;
   const int per_sm = blocks_per_sm((const void*)kernel, smem);
-  const int S = std::min(choose_slices(G, U, (int64_t)per_sm * sm_count() * kWarps), w.max_slices);
+  const int S = choose_slices(G, U, (int64_t)per_sm * sm_count() * kWarps);  // <= kMaxSlices (the workspace)
   RowsArgs a;
   a.packed = reinterpret_cast<const uint4*>(w.packed);
   a.qabsmax = w.qabsmax, a.absmax = w.absmax;
@@ -344,42 +338,54 @@ void dispatch_rows(const void* x, const Weight4bitRows& w, const void* bias, voi
   }
 }
 
+// Where each part of a row-layout buffer starts (256-byte aligned), and its total size.
+struct RowsSections {
+  size_t absmax, partial, counters, total;
+  RowsSections(int64_t N, int64_t K, int blocksize, bool double_quant) {
+    const int64_t Npad = (N + 31) / 32 * 32;
+    auto up = [](size_t b) { return (b + 255) / 256 * 256; };
+    absmax = up((size_t)Npad * K / 2);
+    partial = absmax + up((size_t)Npad * (K / blocksize) * (double_quant ? 1 : 4));
+    counters = partial + up((size_t)kMaxSlices * Npad * 4);
+    total = counters + up((size_t)(Npad / 32) * 4);
+  }
+};
+
 }  // namespace
 
+std::string rows_layout_unsupported(int64_t N, int64_t K, int blocksize) {
+  if (K % 32 != 0) return "K must be a multiple of 32";
+  if (blocksize < 32 || K % blocksize != 0) return "every row must be whole absmax blocks of at least 32";
+  if (K > kRowsMaxK) return "K is larger than " + std::to_string(kRowsMaxK);
+  if (N <= 0 || (N + 31) / 32 * 32 * (K / 32) >= ((int64_t)1 << 31)) return "N * K too large (32-bit indexing)";
+  return "";
+}
+
 std::string rows_layout_unsupported(const Weight4bit& w) {
-  if (w.K % 32 != 0) return "K must be a multiple of 32";
-  if (w.blocksize < 32 || w.K % w.blocksize != 0) return "every row must be whole absmax blocks of at least 32";
-  if (w.K > kRowsMaxK) return "K is larger than " + std::to_string(kRowsMaxK);
-  if (w.N <= 0 || (w.N + 31) / 32 * 32 * (w.K / 32) >= ((int64_t)1 << 31)) return "N * K too large (32-bit indexing)";
+  const std::string why = rows_layout_unsupported(w.N, w.K, w.blocksize);
+  if (!why.empty()) return why;
   if (!aligned16(w.packed)) return "packed weight not 16-byte aligned";
   return "";
 }
 
 size_t rows_layout_bytes(int64_t N, int64_t K, int blocksize, bool double_quant) {
-  const int64_t Npad = (N + 31) / 32 * 32;
-  auto up = [](size_t b) { return (b + 255) / 256 * 256; };
-  return up((size_t)Npad * K / 2) + up((size_t)Npad * (K / blocksize) * (double_quant ? 1 : 4)) +
-         up((size_t)kMaxSlices * Npad * 4) + up((size_t)(Npad / 32) * 4);
+  return RowsSections(N, K, blocksize, double_quant).total;
 }
 
 Weight4bitRows rows_layout_view(const Weight4bit& w, void* buffer) {
   const std::string why = rows_layout_unsupported(w);
   if (!why.empty()) throw std::runtime_error("4-bit row layout: " + why);
   const bool dq = w.absmax == nullptr;
-  const int64_t Npad = (w.N + 31) / 32 * 32, NBr = w.K / w.blocksize;
-  auto up = [](size_t b) { return (b + 255) / 256 * 256; };
+  const RowsSections at(w.N, w.K, w.blocksize, dq);
   uint8_t* p = static_cast<uint8_t*>(buffer);
   Weight4bitRows r;
   r.packed = p;
-  p += up((size_t)Npad * w.K / 2);
-  if (dq) r.qabsmax = p;
-  else r.absmax = reinterpret_cast<float*>(p);
-  p += up((size_t)Npad * NBr * (dq ? 1 : 4));
-  r.partial = reinterpret_cast<float*>(p);
-  p += up((size_t)kMaxSlices * Npad * 4);
-  r.counters = reinterpret_cast<int*>(p);
+  if (dq) r.qabsmax = p + at.absmax;
+  else r.absmax = reinterpret_cast<float*>(p + at.absmax);
+  r.partial = reinterpret_cast<float*>(p + at.partial);
+  r.counters = reinterpret_cast<int*>(p + at.counters);
   r.nested_absmax = w.nested_absmax, r.nested_code = w.nested_code, r.offset_ptr = w.offset_ptr, r.offset = w.offset;
-  r.blocksize = w.blocksize, r.qt = w.qt, r.N = w.N, r.K = w.K, r.max_slices = kMaxSlices;
+  r.blocksize = w.blocksize, r.qt = w.qt, r.N = w.N, r.K = w.K;
   return r;
 }
 
@@ -387,13 +393,11 @@ Weight4bitRows make_rows_layout(const Weight4bit& w, void* buffer, cudaStream_t 
   const Weight4bitRows r = rows_layout_view(w, buffer);
   const bool dq = w.absmax == nullptr;
   const int64_t Npad = (w.N + 31) / 32 * 32, C = w.K / 32, NBr = w.K / w.blocksize, G = Npad / 32;
-  const int64_t tp = G * C * 32;
-  k_relayout_packed<<<grid_for(tp), 256, 0, s>>>(reinterpret_cast<const uint4*>(w.packed),
+  const int64_t tp = G * C * 32, ta = G * NBr * 32;
+  k_relayout<uint4><<<grid_for(tp), 256, 0, s>>>(reinterpret_cast<const uint4*>(w.packed),
                                                  reinterpret_cast<uint4*>(r.packed), w.N, C, tp);
-  NIBBLE_CUDA_CHECK_LAUNCH("4-bit row layout");
-  const int64_t ta = G * NBr * 32;
-  if (dq) k_relayout_absmax<uint8_t><<<grid_for(ta), 256, 0, s>>>(w.qabsmax, r.qabsmax, w.N, NBr, ta);
-  else k_relayout_absmax<float><<<grid_for(ta), 256, 0, s>>>(w.absmax, r.absmax, w.N, NBr, ta);
+  if (dq) k_relayout<uint8_t><<<grid_for(ta), 256, 0, s>>>(w.qabsmax, r.qabsmax, w.N, NBr, ta);
+  else k_relayout<float><<<grid_for(ta), 256, 0, s>>>(w.absmax, r.absmax, w.N, NBr, ta);
   NIBBLE_CUDA_CHECK_LAUNCH("4-bit row layout");
   NIBBLE_CUDA_CHECK(cudaMemsetAsync(r.counters, 0, (size_t)G * 4, s), "4-bit row layout");
   return r;
