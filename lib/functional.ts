@@ -25,9 +25,13 @@ interface QuantBinding {
   int8LinearMatmul(A: Tensor, B: Tensor, C: Tensor, ref?: boolean): void;
   int8MmDequant(C: Tensor, rowStats: Tensor, colStats: Tensor, bias: Tensor | null, out: Tensor, ref?: boolean): void;
   matmul4bit(x: Tensor, packed: Tensor, absmax: Tensor, nested: Tensor | null, nestedCode: Tensor | null, offset: Tensor | null,
-    bias: Tensor | null, out: Tensor, N: number, K: number, blocksize: number, qt: number, ref?: boolean, gemvLayout?: Tensor | null): void;
+    bias: Tensor | null, out: Tensor, N: number, K: number, blocksize: number, qt: number, ref?: boolean, gemvLayout?: Tensor | null,
+    gemmLayout?: Tensor | null): void;
   rowsLayout4bitBytes(N: number, K: number, blocksize: number, doubleQuant: boolean): number;
   rowsLayout4bit(packed: Tensor, absmax: Tensor, nested: Tensor | null, nestedCode: Tensor | null, offset: Tensor | null,
+    layout: Tensor, N: number, K: number, blocksize: number, qt: number): void;
+  tilesLayout4bitBytes(N: number, K: number, blocksize: number, doubleQuant: boolean): number;
+  tilesLayout4bit(packed: Tensor, absmax: Tensor, nested: Tensor | null, nestedCode: Tensor | null, offset: Tensor | null,
     layout: Tensor, N: number, K: number, blocksize: number, qt: number): void;
   int8OutlierMatmulAdd(out: Tensor, x: Tensor, colMask: Tensor, CB: Tensor, SCB: Tensor): void;
 }
@@ -280,6 +284,11 @@ export function int8OutlierMatmulAdd(out: Tensor, x: Tensor, colMask: Tensor, CB
 export interface Matmul4bitOptions extends KernelOptions {
   /** The weight's row-interleaved copy from gemv4bitLayout: one-row products on CUDA use it. */
   gemvLayout?: Tensor | null;
+  /**
+   * The weight's fragment-ordered copy from gemm4bitLayout: products of more than one
+   * float16/bfloat16 row on CUDA use it (float32 rows and one-row products do not).
+   */
+  gemmLayout?: Tensor | null;
 }
 
 export function matmul4bit(A: Tensor, B: Tensor, quantState: QuantState, bias: Tensor | null = null, opts: Matmul4bitOptions = {}): Tensor {
@@ -304,8 +313,9 @@ export function matmul4bit(A: Tensor, B: Tensor, quantState: QuantState, bias: T
   if (converted) b = converted;
   const out = Tensor.empty([...A.shape.slice(0, -1), N], A.dtype, A.device);
   if (opts.gemvLayout) checkTensor(op, 'gemvLayout', opts.gemvLayout);
+  if (opts.gemmLayout) checkTensor(op, 'gemmLayout', opts.gemmLayout);
   q().matmul4bit(A, B, state.absmax, state.state2?.absmax ?? null, state.state2?.code ?? null, state.offset,
-    b, out, N, K, state.blocksize, QT_CODE[state.quantType!], opts.ref, opts.gemvLayout ?? null);
+    b, out, N, K, state.blocksize, QT_CODE[state.quantType!], opts.ref, opts.gemvLayout ?? null, opts.gemmLayout ?? null);
   converted?.dispose();
   return out;
 }
@@ -329,6 +339,35 @@ export function gemv4bitLayout(B: Tensor, quantState: QuantState): Tensor {
   const layout = Tensor.empty([bytes], 'uint8', B.device);
   try {
     q().rowsLayout4bit(B, state.absmax, state.state2?.absmax ?? null, state.state2?.code ?? null, state.offset, layout, N, K,
+      state.blocksize, QT_CODE[state.quantType!]);
+  } catch (e) {
+    layout.dispose();
+    throw e;
+  }
+  return layout;
+}
+
+/**
+ * A fragment-ordered copy of a 4-bit CUDA weight for products of a few rows (prefill, small
+ * batches): matmul4bit(x, B, quantState, bias, { gemmLayout }) then runs a tensor-core GEMM
+ * whose loads are the mma fragments themselves (bench/kernels: M = 16 1.5-2.1x torch's fp16
+ * matmul on the H100, against 0.65x for the bitsandbytes layout). Made once per weight (about
+ * B's device memory again, absmax codes included); B stays the bitsandbytes layout that is
+ * saved. It refers to quantState's nested absmax, code and offset and holds split-K counters,
+ * so use it from one stream at a time. Needs K % 64 == 0 and blocksize >= 64 with rows of
+ * whole blocks; float16/bfloat16 inputs.
+ */
+export function gemm4bitLayout(B: Tensor, quantState: QuantState): Tensor {
+  const op = 'gemm4bitLayout';
+  checkTensor(op, 'B', B);
+  const state = check4bitState(op, quantState);
+  if (state.shape.length !== 2) throw new RangeError(`${op}: quantState.shape must be 2-D [N, K], got [${state.shape.join(', ')}]`);
+  const [N, K] = state.shape as [number, number];
+  if (B.device === 'cpu') throw new Error(`${op}: the tiles layout is for weights on a CUDA device; this weight is on cpu`);
+  const bytes = q().tilesLayout4bitBytes(N, K, state.blocksize, !!state.state2);
+  const layout = Tensor.empty([bytes], 'uint8', B.device);
+  try {
+    q().tilesLayout4bit(B, state.absmax, state.state2?.absmax ?? null, state.state2?.code ?? null, state.offset, layout, N, K,
       state.blocksize, QT_CODE[state.quantType!]);
   } catch (e) {
     layout.dispose();

@@ -19,7 +19,7 @@ export {
 export { Xoshiro128, argmax, sampleToken } from './generation/sampler.js';
 export {
   quantize4bit, dequantize4bit, quantizeBlockwise, dequantizeBlockwise, int8VectorwiseQuant, int8LinearMatmul,
-  int8MmDequant, matmul4bit, gemv4bitLayout, stateAbsmax, BLOCKSIZES_4BIT, BLOCKSIZES_8BIT,
+  int8MmDequant, matmul4bit, gemv4bitLayout, gemm4bitLayout, stateAbsmax, BLOCKSIZES_4BIT, BLOCKSIZES_8BIT,
   type Quantize4bitOptions, type QuantizeBlockwiseOptions, type Matmul4bitOptions,
 } from './functional.js';
 export { QuantState, QuantStateError, quantMap, type QuantType, type QuantStateValue } from './quantization/quant-state.js';

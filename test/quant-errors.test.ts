@@ -2,7 +2,7 @@
 // crash), and the documented NaN/Inf behaviour holds.
 import { describe, expect, it } from 'vitest';
 import {
-  dequantize4bit, dequantizeBlockwise, gemv4bitLayout, int8LinearMatmul, int8MmDequant, int8VectorwiseQuant, matmul4bit,
+  dequantize4bit, dequantizeBlockwise, gemm4bitLayout, gemv4bitLayout, int8LinearMatmul, int8MmDequant, int8VectorwiseQuant, matmul4bit,
   quantize4bit, quantizeBlockwise, QuantState,
 } from '../lib/functional.js';
 import { native } from '../lib/native.js';
@@ -90,6 +90,33 @@ describe('shape mismatch', () => {
       Tensor.empty([7], 'uint8'), 48, 64, 64, 1)).toThrow(/gemv4bitLayout: 'packed' must have 1536 elements, got uint8\[5\]/);
     expect(() => nat().rowsLayout4bit(pw, sw.absmax, sw.state2!.absmax, null, sw.offset, Tensor.empty([7], 'uint8'),
       48, 64, 64, 1)).toThrow(/gemv4bitLayout: double-quantized absmax needs nestedCode and offset/);
+  });
+  it('gemm4bitLayout: CUDA weights only; the native size check names what a weight lacks', () => {
+    expect(() => gemm4bitLayout(pw, sw)).toThrow(/gemm4bitLayout: the tiles layout is for weights on a CUDA device; this weight is on cpu/);
+    const bytes = (N: number, K: number, bs: number) => nat().tilesLayout4bitBytes(N, K, bs, true);
+    if ((native().info() as { cudaCompiled: boolean }).cudaCompiled) {
+      expect(bytes(48, 64, 64)).toBeGreaterThan(48 * 32);
+      expect(() => bytes(48, 96, 32)).toThrow(/gemm4bitLayout: weight \[48, 96\] blocksize 32: K must be a multiple of 64/);
+      expect(() => bytes(48, 128, 32)).toThrow(/every row must be whole absmax blocks of at least 64/);
+      expect(() => bytes(48, 192, 128)).toThrow(/every row must be whole absmax blocks of at least 64/);
+    } else {
+      expect(() => bytes(48, 64, 64)).toThrow(/gemm4bitLayout: .*built without CUDA/);
+    }
+    expect(() => nat().tilesLayout4bit(pw, sw.absmax, sw.state2!.absmax, sw.state2!.code, sw.offset, Tensor.empty([7], 'uint8'),
+      48, 64, 64, 1)).toThrow(/gemm4bitLayout: 'layout'|gemm4bitLayout: .*(cpu|CUDA)/);
+    expect(() => matmul4bit(ramp(128, [2, 64]), pw, sw, null, { gemmLayout: Tensor.empty([7], 'float32') }))
+      .toThrow(/matmul4bit: 'gemmLayout' must be uint8/);
+    expect(() => matmul4bit(ramp(128, [2, 64]), pw, sw, null, { gemmLayout: Tensor.empty([7], 'uint8') }))
+      .toThrow(/matmul4bit: 'gemmLayout' must have \d+ elements, got uint8\[7\]/);
+    expect(() => nat().tilesLayout4bit(Tensor.empty([5], 'uint8'), sw.absmax, sw.state2!.absmax, sw.state2!.code, sw.offset,
+      Tensor.empty([7], 'uint8'), 48, 64, 64, 1)).toThrow(/gemm4bitLayout: 'packed' must have 1536 elements, got uint8\[5\]/);
+  });
+  it('Linear4bit with gemmLayout on a CPU weight computes as without it', () => {
+    const plain = new Linear4bit(pw, sw, null), tiles = new Linear4bit(pw, sw, null, { gemmLayout: true, computeDtype: 'float16' });
+    const x = ramp(3 * 64, [3, 64]);
+    const p16 = new Linear4bit(pw, sw, null, { computeDtype: 'float16' });
+    expect(Array.from(tiles.forward(x).toArray())).toEqual(Array.from(p16.forward(x).toArray()));
+    expect(plain.forward(x).shape).toEqual([3, 48]);
   });
   it('Linear4bit with gemvLayout on a CPU weight computes as without it', () => {
     const plain = new Linear4bit(pw, sw, null), rows = new Linear4bit(pw, sw, null, { gemvLayout: true });

@@ -1,7 +1,7 @@
 // Linear4bit: a Linear layer whose weight is stored 4-bit (NF4/FP4, bitsandbytes layout) and
 // used through the dequant-fused matmul4bit; y = x W^T + b computed in computeDtype and
 // returned in x's dtype, as bitsandbytes.nn.Linear4bit does.
-import { gemv4bitLayout, matmul4bit, quantize4bit, type Quantize4bitOptions } from '../functional.js';
+import { gemm4bitLayout, gemv4bitLayout, matmul4bit, quantize4bit, type Quantize4bitOptions } from '../functional.js';
 import { QuantState, type QuantStateValue } from '../quantization/quant-state.js';
 import { type DType, Tensor } from '../tensor.js';
 import { Module, type LinearLike } from './module.js';
@@ -15,6 +15,14 @@ export interface Linear4bitOptions {
    * weight's device memory again. Default false. Ignored for weights on the CPU.
    */
   gemvLayout?: boolean;
+  /**
+   * Keep a fragment-ordered copy of a CUDA weight (gemm4bitLayout), made at the first forward
+   * of several float16/bfloat16 rows, for such inputs: a tensor-core GEMM that beats the
+   * bitsandbytes-layout one 1.6-3x at M = 16..64 (bench/kernels), for the weight's device
+   * memory again. Default false. Ignored for weights on the CPU and weights it cannot take
+   * (K % 64, blocksize < 64).
+   */
+  gemmLayout?: boolean;
 }
 
 const COMPUTE_DTYPES: readonly DType[] = ['float32', 'float16', 'bfloat16'];
@@ -25,7 +33,9 @@ export class Linear4bit extends Module implements LinearLike {
   readonly outFeatures: number;
   computeDtype: DType | null;
   readonly useGemvLayout: boolean;
+  readonly useGemmLayout: boolean;
   private layout: Tensor | null = null;
+  private tiles: Tensor | null | undefined = undefined;  // undefined: not tried yet; null: the weight cannot take it
 
   /** weight: packed uint8 [(out*in+1)/2, 1]; quantState.shape = [out, in]. */
   constructor(readonly weight: Tensor, readonly quantState: QuantState, readonly bias: Tensor | null, opts: Linear4bitOptions = {}) {
@@ -38,6 +48,7 @@ export class Linear4bit extends Module implements LinearLike {
     if (bias && bias.numel !== this.outFeatures) throw new RangeError(`Linear4bit: bias has ${bias.numel} elements, expected ${this.outFeatures}`);
     this.computeDtype = opts.computeDtype ?? null;
     this.useGemvLayout = opts.gemvLayout ?? false;
+    this.useGemmLayout = opts.gemmLayout ?? false;
     if (this.computeDtype && !COMPUTE_DTYPES.includes(this.computeDtype))
       throw new TypeError(`Linear4bit: computeDtype must be float32, float16 or bfloat16, got ${this.computeDtype}`);
   }
@@ -54,7 +65,10 @@ export class Linear4bit extends Module implements LinearLike {
     const xc = x.dtype === dt ? x : x.to(dt);
     const oneRow = xc.numel === this.inFeatures;
     if (this.useGemvLayout && oneRow && this.weight.device !== 'cpu') this.layout ??= gemv4bitLayout(this.weight, this.quantState);
-    const out = matmul4bit(xc, this.weight, this.quantState, this.bias, { gemvLayout: oneRow ? this.layout : null });
+    const manyRows = !oneRow && (dt === 'float16' || dt === 'bfloat16') && this.weight.device !== 'cpu';
+    if (this.useGemmLayout && manyRows && this.tiles === undefined) this.tiles = this.makeTiles();
+    const out = matmul4bit(xc, this.weight, this.quantState, this.bias,
+      { gemvLayout: oneRow ? this.layout : null, gemmLayout: manyRows ? this.tiles ?? null : null });
     if (xc !== x) xc.dispose();
     if (out.dtype === x.dtype) return out;
     const cast = out.to(x.dtype);
@@ -62,10 +76,20 @@ export class Linear4bit extends Module implements LinearLike {
     return cast;
   }
 
+  // The fragment-ordered copy, or null when the weight's shape cannot take it (the bitsandbytes-
+  // layout kernels then serve it, as without the option).
+  private makeTiles(): Tensor | null {
+    const K = this.inFeatures;
+    if (K % 64 !== 0 || this.quantState.blocksize < 64 || K % this.quantState.blocksize !== 0) return null;
+    return gemm4bitLayout(this.weight, this.quantState);
+  }
+
   override dispose(): void {
     super.dispose();
     this.layout?.dispose();
     this.layout = null;
+    this.tiles?.dispose();
+    this.tiles = undefined;
   }
 
   tensors(): Record<string, Tensor> {

@@ -384,8 +384,11 @@ Weight4bitArgs weight4bit_args(const Napi::CallbackInfo& info, size_t i, const c
 }
 
 // matmul4bit(x [.., K], packed, absmax, nestedAbsmax | null, nestedCode | null, offset | null,
-//            bias | null, out [.., N], N, K, blocksize, quantType, ref?, gemvLayout u8 | null)
+//            bias | null, out [.., N], N, K, blocksize, quantType, ref?, gemvLayout u8 | null,
+//            gemmLayout u8 | null)
 // gemvLayout: the weight's row-interleaved copy (rowsLayout4bit), used for one row on CUDA.
+// gemmLayout: its fragment-ordered copy (tilesLayout4bit), used on CUDA for more than one
+// float16/bfloat16 row (float32 rows take the bitsandbytes-layout kernels).
 Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
   const char* op = "matmul4bit";
   auto x = tensor_arg(info, 0, "x");
@@ -397,6 +400,8 @@ Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
   QuantType qt = quant_type_arg(info, 11, op);
   bool ref = use_ref(info, 12);
   bool has_layout = optional_tensor_arg(info, 13, "gemvLayout", &layout);
+  TensorArg tiles;
+  bool has_tiles = optional_tensor_arg(info, 14, "gemmLayout", &tiles);
   const Weight4bitArgs wa = weight4bit_args(info, 1, op, N, K, bs);
   expect_float(op, "x", x);
   not_empty(op, "x", x);
@@ -415,6 +420,11 @@ Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
     expect_numel(op, "gemvLayout", layout, (int64_t)cuda::rows_layout_bytes(N, K, bs, wa.dq));
     all.push_back(&layout);
   }
+  if (has_tiles) {
+    expect_dtype(op, "gemmLayout", tiles, DType::U8);
+    expect_numel(op, "gemmLayout", tiles, (int64_t)cuda::tiles_layout_bytes(N, K, bs, wa.dq));
+    all.push_back(&tiles);
+  }
   for (auto* t : all) expect_same_device(op, x, *t);
   if (!x.on_cpu()) {
 #if defined(NIBBLE_WITH_CUDA)
@@ -422,6 +432,9 @@ Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
     if (has_layout && M == 1)
       cuda::gemv_4bit_rows(x.ptr(), x.dt, cuda::rows_layout_view(w, layout.ptr()), has_bias ? bias.ptr() : nullptr,
                            out.ptr(), stream_of(out));
+    else if (has_tiles && M > 1 && (x.dt == DType::F16 || x.dt == DType::BF16))
+      cuda::matmul_4bit_tiles(x.ptr(), x.dt, M, cuda::tiles_layout_view(w, tiles.ptr()), has_bias ? bias.ptr() : nullptr,
+                              out.ptr(), stream_of(out));
     else
       cuda::matmul_4bit(x.ptr(), x.dt, M, w, has_bias ? bias.ptr() : nullptr, out.ptr(), stream_of(out));
 #else
@@ -481,6 +494,43 @@ Napi::Value RowsLayout4bit(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 NIBBLE_BINDING("rowsLayout4bit", RowsLayout4bit);
+
+// tilesLayout4bitBytes(N, K, blocksize, doubleQuant) -> bytes of the fragment-ordered copy, or
+// throws with the reason the weight cannot have one (K % 64, blocksize < 64, size).
+Napi::Value TilesLayout4bitBytes(const Napi::CallbackInfo& info) {
+  const char* op = "gemm4bitLayout";
+  const int64_t N = int_arg(info, 0, "N"), K = int_arg(info, 1, "K");
+  int bs = blocksize_4bit(info, 2, op);
+  const bool dq = info.Length() > 3 && info[3].ToBoolean().Value();
+  const std::string why = cuda::tiles_layout_unsupported(N, K, bs);
+  if (!why.empty()) bad(std::string(op) + ": weight [" + std::to_string(N) + ", " + std::to_string(K) + "] blocksize " +
+                        std::to_string(bs) + ": " + why);
+  return Napi::Number::New(info.Env(), (double)cuda::tiles_layout_bytes(N, K, bs, dq));
+}
+NIBBLE_BINDING("tilesLayout4bitBytes", TilesLayout4bitBytes);
+
+// tilesLayout4bit(packed, absmax, nestedAbsmax | null, nestedCode | null, offset | null, layout u8,
+//                 N, K, blocksize, quantType): fills layout with the weight's fragment-ordered copy.
+Napi::Value TilesLayout4bit(const Napi::CallbackInfo& info) {
+  const char* op = "gemm4bitLayout";
+  auto layout = tensor_arg(info, 5, "layout");
+  const int64_t N = int_arg(info, 6, "N"), K = int_arg(info, 7, "K");
+  int bs = blocksize_4bit(info, 8, op);
+  QuantType qt = quant_type_arg(info, 9, op);
+  const Weight4bitArgs wa = weight4bit_args(info, 0, op, N, K, bs);
+  expect_dtype(op, "layout", layout, DType::U8);
+  expect_numel(op, "layout", layout, (int64_t)cuda::tiles_layout_bytes(N, K, bs, wa.dq));
+  for (auto* t : wa.all()) expect_same_device(op, layout, *t);
+  if (layout.on_cpu()) bad(std::string(op) + ": the tiles layout is for weights on a CUDA device; this weight is on cpu");
+#if defined(NIBBLE_WITH_CUDA)
+  cuda::make_tiles_layout(wa.cuda_view(N, K, bs, qt), layout.ptr(), stream_of(layout));
+#else
+  (void)qt;
+  on_cuda(op, {&layout});
+#endif
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("tilesLayout4bit", TilesLayout4bit);
 
 // int8OutlierMatmulAdd(out f16 [M, N], x [M, K] float, colMask u8[K], CB i8 [N, K], SCB f32[N]):
 // out += the outlier columns' 16-bit product (cpu::int8_outlier_matmul_add).

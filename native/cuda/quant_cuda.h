@@ -125,5 +125,38 @@ Weight4bitRows rows_layout_view(const Weight4bit& w, void* buffer);
 void gemv_4bit_rows(const void* x, DType x_dt, const Weight4bitRows& w, const void* bias, void* out,
                     cudaStream_t stream = 0);
 
+// ---- 4-bit GEMM over a fragment-ordered copy (quant_mma4_tiles.cu) --------------------------
+// A copy of a 4-bit weight laid out for the tensor-core GEMM with few activation rows: for each
+// group of 32 rows and each 64-column chunk, two 512-byte tiles in which lane l's 16 bytes are
+// its mma.m16n8k16 A fragments, then the 32 rows' absmax codes (double quantization, 32 bytes)
+// or absmax (128 bytes). Made once, when a weight is loaded; refers to the source's nested
+// absmax, nested code and offset, and holds split-K counters, so one copy serves one stream
+// at a time.
+struct Weight4bitTiles {
+  uint8_t* chunks = nullptr;  // [ceil(N/32)][K/64][1024 + 32 or 128 bytes]
+  bool double_quant = true;
+  const float* nested_absmax = nullptr;
+  const float* nested_code = nullptr;
+  const float* offset_ptr = nullptr;
+  float offset = 0.0f;
+  int* counters = nullptr;  // one per row group, zero between launches
+  int blocksize = 64;
+  QuantType qt = QuantType::NF4;
+  int64_t N = 0, K = 0;
+};
+// Why a weight cannot take the tiles layout ("" when it can): K % 64, blocksize < 64 or rows
+// not whole blocks, size (32-bit indexing), missing state.
+std::string tiles_layout_unsupported(int64_t N, int64_t K, int blocksize);
+std::string tiles_layout_unsupported(const Weight4bit& w);
+// Device bytes make_tiles_layout needs for its buffer.
+size_t tiles_layout_bytes(int64_t N, int64_t K, int blocksize, bool double_quant);
+// Fills `buffer` (device, tiles_layout_bytes) from w, queued on stream; the view refers to it.
+Weight4bitTiles make_tiles_layout(const Weight4bit& w, void* buffer, cudaStream_t stream = 0);
+// The view of a buffer that make_tiles_layout filled earlier for the same weight.
+Weight4bitTiles tiles_layout_view(const Weight4bit& w, void* buffer);
+// out[M, N] = x[M, K] @ Wdq^T + bias; x/bias/out float16 or bfloat16, float32 accumulation.
+void matmul_4bit_tiles(const void* x, DType x_dt, int64_t M, const Weight4bitTiles& w, const void* bias, void* out,
+                       cudaStream_t stream = 0);
+
 }  // namespace cuda
 }  // namespace nibble

@@ -64,6 +64,14 @@ Weight4bitRows rows_layout_view(const Weight4bit&, void*) { no_cuda("rows_layout
 void gemv_4bit_rows(const void*, DType, const Weight4bitRows&, const void*, void*, cudaStream_t) {
   no_cuda("gemv_4bit_rows");
 }
+std::string tiles_layout_unsupported(int64_t, int64_t, int) { return "built without CUDA"; }
+std::string tiles_layout_unsupported(const Weight4bit&) { return "built without CUDA"; }
+size_t tiles_layout_bytes(int64_t, int64_t, int, bool) { return 0; }
+Weight4bitTiles make_tiles_layout(const Weight4bit&, void*, cudaStream_t) { no_cuda("make_tiles_layout"); }
+Weight4bitTiles tiles_layout_view(const Weight4bit&, void*) { no_cuda("tiles_layout_view"); }
+void matmul_4bit_tiles(const void*, DType, int64_t, const Weight4bitTiles&, const void*, void*, cudaStream_t) {
+  no_cuda("matmul_4bit_tiles");
+}
 
 }  // namespace cuda
 }  // namespace nibble

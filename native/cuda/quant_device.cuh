@@ -128,7 +128,11 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, int src_
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+// The "memory" clobber keeps the compiler from moving shared-memory reads of the copied data
+// above the wait (kernels that read a ring without a barrier after the wait need it).
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 // Four 8x8 b16 matrices from shared memory, one row address per lane (lanes 8i..8i+7: matrix i).
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {

@@ -279,6 +279,18 @@ int main(int argc, char** argv) {
         const double want = M == 16 ? 3.0 : M == 64 ? 2.0 : 1.0;
         rows.push_back({"4-bit GEMM nf4+dq vs fp16", shape, "us", ">=" + fmt_g(want) + "x fp16",
                         ref > 0 ? (speedup >= want ? "met" : "missed") : "no baseline", ms * 1e3, speedup});
+        // The fragment-ordered copy (quant_mma4_tiles.cu), made once per weight as at load time.
+        std::vector<std::unique_ptr<DevBuf>> bufs;
+        std::vector<cuda::Weight4bitTiles> tws;
+        for (int i = 0; i < nc; i++) {
+          bufs.emplace_back(new DevBuf(cuda::tiles_layout_bytes(N, K, 64, true)));
+          tws.push_back(cuda::make_tiles_layout(ws[i]->view(), bufs.back()->p));
+        }
+        const double tms = time_ms([&](int i) { cuda::matmul_4bit_tiles(x.p, DType::F16, M, tws[i % nc], nullptr, y.p); });
+        raw["gemm4_tiles_" + shape + "_us"] = tms * 1e3;
+        const double tsp = ref > 0 ? ref / (tms * 1e3) : 0.0;
+        rows.push_back({"4-bit GEMM nf4+dq (tiles layout) vs fp16", shape, "us", ">=" + fmt_g(want) + "x fp16",
+                        ref > 0 ? (tsp >= want ? "met" : "missed") : "no baseline", tms * 1e3, tsp});
       }
     }
 

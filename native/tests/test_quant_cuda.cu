@@ -477,6 +477,72 @@ void test_gemv_rows(Table& t, std::mt19937_64& rng) {
       }
 }
 
+// The fragment-ordered GEMM (quant_mma4_tiles.cu) against the CPU reference: M across the
+// activation-row templates (n8 tiles 2/4/8) and past 64 (a launch per 64 rows), odd N (partial
+// row groups and bands), K from one chunk to 16384 (one to many split-K slices), blocksizes
+// 64..4096, bias or not; each case launched twice on the same copy (the split-K counters must
+// reset) with bit-identical results.
+void test_mma_tiles(Table& t, std::mt19937_64& rng) {
+  const int64_t Ms[] = {1, 2, 3, 8, 16, 17, 31, 33, 64, 65, 130};
+  const int64_t NK[][2] = {{24, 64}, {31, 128}, {33, 4096}, {257, 1536}, {520, 64}, {100, 16384}, {1024, 1024}};
+  const int bss[] = {64, 128, 256, 4096, 64};
+  for (DType dt : {DType::F16, DType::BF16})
+    for (QuantType qt : kQuantTypes)
+      for (bool dq : {false, true}) {
+        std::string name = std::string("matmul_4bit_tiles ") + dtype_name(dt) + " " + qtn(qt) + (dq ? " dq" : "");
+        run_guarded(t, name, [&](bool& pass) {
+          double worst = 0;
+          int cases = 0;
+          bool stable = true;
+          std::string worst_at;
+          for (size_t si = 0; si < sizeof(NK) / sizeof(NK[0]); si++) {
+            const int64_t N = NK[si][0], K = NK[si][1];
+            int bs = bss[(si + cases) % 5];
+            while (K % bs) bs /= 2;
+            auto wf = randn(rng, N * K, 0.05f);
+            QWeight q = make_weight(wf, N, K, bs, qt);
+            DevWeight dw(q);
+            const cuda::Weight4bit src = dw.view(q, dq);
+            if (!cuda::tiles_layout_unsupported(src).empty()) throw std::runtime_error("tiles layout refused " + name);
+            DevBuf buf(cuda::tiles_layout_bytes(N, K, bs, dq));
+            buf.poison(0xff);  // the copy must not depend on the buffer's old contents
+            const cuda::Weight4bitTiles tw = cuda::make_tiles_layout(src, buf.p);
+            for (int64_t M : Ms) {
+              if (M * N * K > (int64_t)2e8) continue;  // keep the double-precision reference quick
+              auto xf = randn(rng, M * K, 1.0f);
+              auto bf = randn(rng, N, 0.5f);
+              HostFloats xh(dt, xf), bh(dt, bf);
+              const bool with_bias = (M + si) % 2 == 0;
+              std::vector<uint8_t> rout(M * N * dtype_size(dt));
+              cpu::matmul_4bit_ref(xh.data(), dt, M, q.cpu_view(dq), with_bias ? bh.data() : nullptr, rout.data());
+              DevBuf dx(xh.data(), xh.size_bytes()), db(bh.data(), bh.size_bytes()), dout(rout.size());
+              std::vector<uint8_t> first;
+              for (int rep = 0; rep < 2; rep++) {
+                dout.poison(0xff);
+                cuda::matmul_4bit_tiles(dx.p, dt, M, tw, with_bias ? db.p : nullptr, dout.p);
+                auto got = dout.download<uint8_t>(rout.size());
+                if (rep == 0) first = got;
+                else if (got != first) stable = false;
+              }
+              std::vector<float> a(M * N), b(M * N);
+              for (int64_t i = 0; i < M * N; i++) a[i] = as_float(first.data(), dt, i), b[i] = as_float(rout.data(), dt, i);
+              double e = rel_l2(a, b);
+              if (!(e <= worst)) {
+                worst = e;
+                worst_at = "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                           " bs=" + std::to_string(bs);
+              }
+              cases++;
+            }
+          }
+          const double tol = tolerance(dt, cuda::Matmul4bitPath::Mma);
+          pass = cases > 0 && worst <= tol && stable;
+          return std::to_string(cases) + " cases x2 launches" + (stable ? "" : " (NOT bit-stable)") +
+                 "; worst rel L2 " + fmt_g(worst) + " (tol " + fmt_g(tol) + ") at " + worst_at;
+        });
+      }
+}
+
 // ---- bitsandbytes fixtures ------------------------------------------------------------------------------
 std::vector<float> to_floats(const std::vector<uint8_t>& raw, DType dt) {
   std::vector<float> v(raw.size() / dtype_size(dt));
@@ -652,6 +718,15 @@ void test_fixtures(Table& t, const std::string& path) {
           ok = ok && e <= 1e-3;
           detail += "rows GEMV rel L2 " + fmt_g(e);
         }
+        if (dt != DType::F32 && cuda::tiles_layout_unsupported(dw.view(q, true)).empty()) {  // the tiles GEMM
+          DevBuf buf(cuda::tiles_layout_bytes(N, K, 64, true));
+          const cuda::Weight4bitTiles tw = cuda::make_tiles_layout(dw.view(q, true), buf.p);
+          cuda::matmul_4bit_tiles(dx.p, dt, M, tw, db.p, dout.p);
+          auto got = to_floats(dout.download<uint8_t>(M * N * dtype_size(dt)), dt);
+          double e = rel_l2(got, st->get<float>(pre + "out_b64", "F32"));
+          ok = ok && e <= 1e-3;
+          detail += "  tiles GEMM M=" + std::to_string(M) + " rel L2 " + fmt_g(e);
+        }
         pass = ok;
         return detail;
       });
@@ -694,6 +769,21 @@ void test_errors(Table& t) {
       if (!cuda::rows_layout_unsupported(r).empty()) thrown++;
       expect_throw([&] { cuda::make_rows_layout(r, a.p); });
     }
+    // the tiles layout: K not a multiple of 64, blocksize 32, rows not whole blocks; x float32
+    for (auto kb : {std::make_pair((int64_t)96, 32), std::make_pair((int64_t)128, 32), std::make_pair((int64_t)192, 128)}) {
+      cuda::Weight4bit r = w;
+      r.K = kb.first, r.blocksize = kb.second;
+      expected++;
+      if (!cuda::tiles_layout_unsupported(r).empty()) thrown++;
+      expect_throw([&] { cuda::make_tiles_layout(r, a.p); });
+    }
+    {
+      cuda::Weight4bit r = w;
+      r.K = 64, r.blocksize = 64;
+      cuda::Weight4bitTiles tw = cuda::tiles_layout_view(r, a.p);
+      expect_throw([&] { cuda::matmul_4bit_tiles(x.p, DType::F32, 2, tw, nullptr, x.p); });
+      expect_throw([&] { cuda::matmul_4bit_tiles(x.p, DType::F16, 0, tw, nullptr, x.p); });
+    }
     NIBBLE_CUDA_CHECK(cudaDeviceSynchronize(), "after error checks");
     pass = thrown == expected;
     return std::to_string(thrown) + "/" + std::to_string(expected) + " bad calls threw";
@@ -731,6 +821,7 @@ int main(int argc, char** argv) {
   test_int8(t, rng);
   test_matmul4(t, rng);
   test_gemv_rows(t, rng);
+  test_mma_tiles(t, rng);
   t.summary();
   std::printf("seed %llu, %.1f s\n", (unsigned long long)seed,
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

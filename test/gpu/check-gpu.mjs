@@ -8,7 +8,7 @@
 // with flat GPU memory and host RSS. Prints a table last; exit status 1 on any failure.
 import { createRequire } from 'node:module';
 import {
-  AutoModelForCausalLM, BitsAndBytesConfig, Linear4bit, Tensor, gemv4bitLayout, matmul4bit, quantize4bit, readSafetensors,
+  AutoModelForCausalLM, BitsAndBytesConfig, Linear4bit, Tensor, gemm4bitLayout, gemv4bitLayout, matmul4bit, quantize4bit, readSafetensors,
 } from '../../dist/index.js';
 
 const args = process.argv.slice(2);
@@ -371,6 +371,46 @@ await attempt('gemv4bitLayout', async () => {
   record('Linear4bit gemvLayout: copy made by the one-row forward, freed by dispose', `${made ? copy.numel : 'none'} bytes, disposed ${copy?.disposed}`,
     'made and disposed', made && copy.disposed === true && l.layout === null);
   for (const t of [w, x1, x3]) t.dispose();
+});
+
+// The fragment-ordered GEMM through the public API: gemm4bitLayout + matmul4bit(..., { gemmLayout })
+// against the bitsandbytes-layout GEMM on the same weight, rows 2..130 (one to three launches
+// of 64), odd N, both quant types, float16/bfloat16; Linear4bit({ gemmLayout: true }) makes the
+// copy at its first many-row forward and frees it on dispose; a float32 input ignores it.
+await attempt('gemm4bitLayout', async () => {
+  let worst = 0, cases = 0;
+  for (const [N, K, bs] of [[1000, 4096, 64], [33, 1600, 64], [4097, 512, 128]])
+    for (const quantType of ['nf4', 'fp4'])
+      for (const dtype of ['float16', 'bfloat16'])
+        for (const M of [2, 17, 64, 130]) {
+          const w = Tensor.from(Float32Array.from({ length: N * K }, (_, i) => Math.sin(i * 0.37) * 0.05), [N, K]).to(dtype).toDevice('cuda:0');
+          const [packed, state] = quantize4bit(w, { quantType, blocksize: bs, compressStatistics: true });
+          const x = Tensor.from(Float32Array.from({ length: M * K }, (_, i) => Math.cos(i * 0.11)), [M, K]).to(dtype).toDevice('cuda:0');
+          const layout = gemm4bitLayout(packed, state);
+          const a = await matmul4bit(x, packed, state).toFloat32();
+          const b = await matmul4bit(x, packed, state, null, { gemmLayout: layout }).toFloat32();
+          let num = 0, den = 0;
+          for (let i = 0; i < M * N; i++) num += (a[i] - b[i]) ** 2, den += a[i] ** 2;
+          worst = Math.max(worst, Number.isFinite(num) ? Math.sqrt(num / den) : Infinity);
+          cases++;
+          for (const t of [w, packed, x, layout]) t.dispose();
+          state.dispose?.();
+        }
+  record(`gemm4bitLayout vs the bitsandbytes layout (${cases} cases), rel L2`, worst.toExponential(2), 1e-2, worst <= 1e-2);
+  const w = Tensor.from(Float32Array.from({ length: 1024 * 2048 }, (_, i) => Math.sin(i) * 0.05), [1024, 2048]).to('float16').toDevice('cuda:0');
+  const l = Linear4bit.fromFloat(w, null, { quantType: 'nf4', gemmLayout: true });
+  const x16 = Tensor.from(Float32Array.from({ length: 16 * 2048 }, (_, i) => Math.cos(i)), [16, 2048]).to('float16').toDevice('cuda:0');
+  const ya = await matmul4bit(x16, l.weight, l.quantState).toFloat32(), yb = await l.forward(x16).toFloat32();
+  let num = 0, den = 0;
+  for (let i = 0; i < ya.length; i++) num += (ya[i] - yb[i]) ** 2, den += ya[i] ** 2;
+  const rel = Math.sqrt(num / den);
+  record('Linear4bit gemmLayout: 16 rows = the bitsandbytes-layout GEMM (rel L2)', rel.toExponential(2), 2e-3, rel <= 2e-3);
+  const copy = l.tiles; // private in TypeScript, visible here
+  const made = copy instanceof Tensor && copy.device === 'cuda:0' && copy.numel >= 1024 * 1024;
+  l.dispose();
+  record('Linear4bit gemmLayout: copy made by the many-row forward, freed by dispose', `${made ? copy.numel : 'none'} bytes, disposed ${copy?.disposed}`,
+    'made and disposed', made && copy.disposed === true && l.tiles === undefined);
+  for (const t of [w, x16]) t.dispose();
 });
 
 console.log('\n| check | value | limit | result |\n|---|---|---|---|');
