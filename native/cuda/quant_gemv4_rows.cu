@@ -28,6 +28,7 @@
 #include <string>
 #include <utility>
 
+#include "cuda/pdl.cuh"
 #include "cuda/quant_cuda.h"
 #include "cuda/quant_device.cuh"
 
@@ -140,6 +141,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     s_code[threadIdx.x] = KIND == 1 ? dev::c_tables4.nf4_values[threadIdx.x] : dev::c_tables4.fp4_values[threadIdx.x];
   if (DQ) s_ncode[threadIdx.x] = __ldg(a.ncode + threadIdx.x);  // kThreads == 256
   const float off = DQ ? (a.offset_ptr ? __ldg(a.offset_ptr) : a.offset) : 0.0f;
+  // The loads above read only the weight; the activations (and the global writes at the end)
+  // may depend on the kernel before this one on the stream (programmatic dependent launch).
+  gpt2_cuda::pdl_wait();
+  gpt2_cuda::pdl_trigger();
   {
     // Four 16-byte loads a thread in flight, then converted (a loop of load-convert-store
     // waited on each load in turn: microseconds before the first chunk could be summed).
@@ -229,13 +234,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
         if (n < a.N) out[n] = dev::from_f32<T>(acc + (bias ? dev::to_f32(bias[n]) : 0.0f));
       } else {
         a.partial[(size_t)s * a.Npad + n] = acc;
-        __threadfence();  // the partial is visible device-wide before the count says so
+        // A release/acquire count by lane 0 after the warp's barrier publishes the warp's
+        // partials, and the last slice's warp sees everyone's (no sequentially consistent fence).
         __syncwarp();
         int done = 0;
-        if (lane == 0) done = atomicAdd(a.counters + g, 1);
+        if (lane == 0)
+          asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(done) : "l"(a.counters + g) : "memory");
         done = __shfl_sync(0xffffffffu, done, 0);
         if (done == a.S - 1) {  // the group's last slice: sum the partials in slice order
-          __threadfence();
           float v = 0.0f;
           for (int j = 0; j < a.S; j++) v += __ldcg(a.partial + (size_t)j * a.Npad + n);
           if (n < a.N) out[n] = dev::from_f32<T>(v + (bias ? dev::to_f32(bias[n]) : 0.0f));
@@ -319,8 +325,7 @@ void run_rows(const T* x, const Weight4bitRows& w, const T* bias, T* out, cudaSt
   a.nested_last = DQ ? (uint32_t)(((w.N * w.K / w.blocksize) - 1) >> 8) : 0u;
   const int64_t tasks = G * S;
   const unsigned grid = (unsigned)std::min<int64_t>((tasks + kWarps - 1) / kWarps, (int64_t)per_sm * sm_count());
-  kernel<<<grid, kThreads, smem, s>>>(x, a, bias, out);
-  NIBBLE_CUDA_CHECK_LAUNCH("gemv_4bit_rows");
+  gpt2_cuda::launch_pdl(kernel, dim3(grid), dim3(kThreads), smem, s, "launch gemv_4bit_rows", x, a, bias, out);
 }
 
 template <typename T>
@@ -400,6 +405,13 @@ Weight4bitRows make_rows_layout(const Weight4bit& w, void* buffer, cudaStream_t 
   else k_relayout<float><<<grid_for(ta), 256, 0, s>>>(w.absmax, r.absmax, w.N, NBr, ta);
   NIBBLE_CUDA_CHECK_LAUNCH("4-bit row layout");
   NIBBLE_CUDA_CHECK(cudaMemsetAsync(r.counters, 0, (size_t)G * 4, s), "4-bit row layout");
+  // The kernel that reads the copy starts early (programmatic dependent launch) and reads the
+  // weight before waiting on the kernel ahead of it: the copy must be complete by then. Made
+  // once per weight, so a synchronization here is cheap (not inside a graph capture, where the
+  // copy should be made before capturing).
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  NIBBLE_CUDA_CHECK(cudaStreamIsCapturing(s, &cap), "4-bit row layout");
+  if (cap == cudaStreamCaptureStatusNone) NIBBLE_CUDA_CHECK(cudaStreamSynchronize(s), "4-bit row layout");
   return r;
 }
 

@@ -40,6 +40,7 @@
 #include <string>
 #include <utility>
 
+#include "cuda/pdl.cuh"
 #include "cuda/quant_cuda.h"
 #include "cuda/quant_device.cuh"
 
@@ -181,7 +182,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       bulk_copy(ring + sl * kChunk, wsrc + (size_t)c * kChunk, kChunk, wbar + 8 * sl);
     }
   };
-  if (warp == 0) stage_x(0, c0);
 #pragma unroll
   for (int i = 0; i < kAhead; i++) issue(c0 + i, i);
 
@@ -209,6 +209,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   if (DQ && tid < 256) s_ncode[tid] = __ldg(a.ncode + tid);
   const float off = DQ ? (a.offset_ptr ? __ldg(a.offset_ptr) : a.offset) : 0.0f;
+  // Everything above reads only the weight; the activations (and every global write below) may
+  // depend on the kernel before this one on the stream (programmatic dependent launch).
+  gpt2_cuda::pdl_wait();
+  gpt2_cuda::pdl_trigger();
+  if (warp == 0) stage_x(0, c0);
   // Table entry of byte j of a word: one PRMT puts the byte above the lane's column (byte 0 =
   // lane * 4, byte 1 = the byte, the rest zero), and the load adds the table's base itself.
   const uint32_t lane4 = (uint32_t)lane * 4;
@@ -450,10 +455,14 @@ void run_tiles(const T* x, int M, const Weight4bitTiles& w, const T* bias, T* ou
   if (S > 1)
     NIBBLE_CUDA_CHECK(cudaMallocAsync((void**)&a.partial, sizeof(float) * S * NT * 8 * a.Npad, s),
                       "matmul_4bit_tiles: split-K workspace");
-  kernel<<<dim3((unsigned)bands, (unsigned)S), kThreads, smem, s>>>(x, a, bias, out);
-  const cudaError_t e = cudaGetLastError();
+  try {
+    gpt2_cuda::launch_pdl(kernel, dim3((unsigned)bands, (unsigned)S), dim3(kThreads), smem, s, "launch matmul_4bit_tiles",
+                          x, a, bias, out);
+  } catch (...) {
+    if (a.partial) cudaFreeAsync(a.partial, s);
+    throw;
+  }
   if (a.partial) cudaFreeAsync(a.partial, s);
-  NIBBLE_CUDA_CHECK(e, "launch matmul_4bit_tiles");
 }
 
 template <typename T, int KIND, bool DQ>
@@ -539,6 +548,13 @@ Weight4bitTiles make_tiles_layout(const Weight4bit& w, void* buffer, cudaStream_
   else k_tiles_absmax<float><<<grid_for(ta), 256, 0, s>>>(w.absmax, t.chunks, w.N, C, NBr, l2, chunk, ta);
   NIBBLE_CUDA_CHECK_LAUNCH("4-bit tiles layout");
   NIBBLE_CUDA_CHECK(cudaMemsetAsync(t.counters, 0, (size_t)G * 4, s), "4-bit tiles layout");
+  // The kernel that reads the copy starts early (programmatic dependent launch) and reads the
+  // weight before waiting on the kernel ahead of it: the copy must be complete by then. Made
+  // once per weight, so a synchronization here is cheap (not inside a graph capture, where the
+  // copy should be made before capturing).
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  NIBBLE_CUDA_CHECK(cudaStreamIsCapturing(s, &cap), "4-bit tiles layout");
+  if (cap == cudaStreamCaptureStatusNone) NIBBLE_CUDA_CHECK(cudaStreamSynchronize(s), "4-bit tiles layout");
   return t;
 }
 
