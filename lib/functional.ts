@@ -350,8 +350,8 @@ export function gemv4bitLayout(B: Tensor, quantState: QuantState): Tensor {
 /**
  * A fragment-ordered copy of a 4-bit CUDA weight for products of a few rows (prefill, small
  * batches): matmul4bit(x, B, quantState, bias, { gemmLayout }) then runs a tensor-core GEMM
- * whose loads are the mma fragments themselves (bench/kernels: M = 16 1.5-2.1x torch's fp16
- * matmul on the H100, against 0.65x for the bitsandbytes layout). Made once per weight (about
+ * whose loads are the mma fragments themselves (bench/kernels: M = 16 1.7-2.2x torch's fp16
+ * matmul on the H100, against 0.64x for the bitsandbytes layout). Made once per weight (about
  * B's device memory again, absmax codes included); B stays the bitsandbytes layout that is
  * saved. It refers to quantState's nested absmax, code and offset and holds split-K counters,
  * so use it from one stream at a time. Needs K % 64 == 0 and blocksize >= 64 with rows of

@@ -18,10 +18,11 @@
 // so the result does not depend on which warp finished first. Products use the exact float32
 // code values: per chunk sum(code * x), then times the block absmax, as the other paths do.
 //
-// Measured (H100, bench_quant_cuda): faster than the other GEMVs on large weights (28672x8192
-// 1.87 TB/s against 1.57 for the best bitsandbytes-layout path, 8192^2 1.45 against 1.30),
-// slower on small ones (4096^2 0.79 against 1.03 for the GPT-2 plan's decode GEMV): with one
-// short task a warp, the kernel's start and the split-K finish weigh more there.
+// Measured (H100, bench_quant_cuda, launched with programmatic dependent launch): faster than
+// the other GEMVs on large weights (28672x8192 1.98 TB/s against 1.56 for the best
+// bitsandbytes-layout path, 8192^2 1.66 against 1.30), slower on small ones (4096^2 0.94
+// against 1.03 for the GPT-2 plan's decode GEMV): with one short task a warp, the kernel's
+// start and the split-K finish weigh more there.
 #include <algorithm>
 #include <map>
 #include <mutex>

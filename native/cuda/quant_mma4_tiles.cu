@@ -30,10 +30,11 @@
 // columns 2t, 2t+1 or 2t+8, 2t+9, t = l % 4), the even column in the low nibble; then the 32
 // rows' absmax codes (double quant) or float absmax of the chunk's block.
 //
-// Measured (H100, bench_quant_cuda, nf4 + double quant, float16): M = 16 1.5x / 2.1x torch's
-// fp16 matmul at 8192^2 / 28672x8192 (the bitsandbytes-layout GEMM 0.65x); M = 64 0.7x /
-// 1.06x (0.45x / 0.53x). ncu on M = 16, 8192^2 (one wave, 16 chunks a warp): a fifth of the
-// time in the prologue and a quarter in the split-K epilogue, so short tasks bound it there.
+// Measured (H100, bench_quant_cuda, nf4 + double quant, float16): M = 16 29.1 / 76.0 us, 1.70x
+// / 2.16x torch's fp16 matmul at 8192^2 / 28672x8192 (the bitsandbytes-layout GEMM 0.64x);
+// M = 64 0.78x / 1.08x (0.45x / 0.53x). ncu on M = 16, 8192^2 (one wave, 16 chunks a warp):
+// a fifth of the warp samples in the prologue and a quarter in the split-K epilogue: with
+// tasks this short the fixed costs bound it (NOTES.md).
 #include <algorithm>
 #include <map>
 #include <mutex>
