@@ -76,12 +76,17 @@ export class Linear4bit extends Module implements LinearLike {
     return cast;
   }
 
-  // The fragment-ordered copy, or null when the weight's shape cannot take it (the bitsandbytes-
-  // layout kernels then serve it, as without the option).
+  // The fragment-ordered copy, or null when the weight's shape or GPU cannot take it (the
+  // bitsandbytes-layout kernels then serve it, as without the option).
   private makeTiles(): Tensor | null {
     const K = this.inFeatures;
     if (K % 64 !== 0 || this.quantState.blocksize < 64 || K % this.quantState.blocksize !== 0) return null;
-    return gemm4bitLayout(this.weight, this.quantState);
+    try {
+      return gemm4bitLayout(this.weight, this.quantState);
+    } catch (e) {
+      if (e instanceof Error && /needs a Hopper/.test(e.message)) return null;
+      throw e;
+    }
   }
 
   override dispose(): void {

@@ -7,9 +7,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "core/dtype.h"
 #include "cuda/cuda_check.h"
@@ -199,6 +203,30 @@ inline unsigned grid_1d(int64_t items, int64_t per_block, const char* op) {
   return (unsigned)(g < 1 ? 1 : g);
 }
 int sm_count();  // multiprocessors of the current device (cached per device)
+
+// Blocks of 256 threads for a grid-stride loop over `total` items: at most 16 an SM.
+inline unsigned grid_stride_blocks(int64_t total) {
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((total + 255) / 256, (int64_t)sm_count() * 16));
+}
+
+// Resident blocks an SM for a kernel at `threads` a block and `smem` bytes of dynamic shared
+// memory (at least 1), cached per kernel and size: the occupancy query is a host call that
+// would otherwise run on every launch. Allows more than 48 KB of dynamic shared memory first.
+inline int resident_blocks(const void* kernel, int threads, size_t smem, const char* op) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, size_t>, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find({kernel, smem});
+  if (it != cache.end()) return it->second;
+  if (smem > 48 * 1024)
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                      std::string(op) + ": shared memory");
+  int n = 0;
+  NIBBLE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem), op);
+  n = std::max(n, 1);
+  cache[{kernel, smem}] = n;
+  return n;
+}
 
 }  // namespace cuda
 }  // namespace nibble

@@ -24,10 +24,7 @@
 // against 1.03 for the GPT-2 plan's decode GEMV): with one short task a warp, the kernel's
 // start and the split-K finish weigh more there.
 #include <algorithm>
-#include <map>
-#include <mutex>
 #include <string>
-#include <utility>
 
 #include "cuda/pdl.cuh"
 #include "cuda/quant_cuda.h"
@@ -271,26 +268,6 @@ __global__ void k_relayout(const A* __restrict__ src, A* __restrict__ dst, int64
   }
 }
 
-unsigned grid_for(int64_t total) { return (unsigned)std::min<int64_t>((total + 255) / 256, (int64_t)sm_count() * 16); }
-
-// Resident blocks an SM for a kernel and dynamic shared memory size (cached: the query is a
-// host call on every launch otherwise).
-int blocks_per_sm(const void* kernel, size_t smem) {
-  static std::mutex mu;
-  static std::map<std::pair<const void*, size_t>, int> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find({kernel, smem});
-  if (it != cache.end()) return it->second;
-  int n = 0;
-  if (smem > 48 * 1024)
-    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-                      "gemv_4bit_rows: shared memory");
-  NIBBLE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem), "gemv_4bit_rows");
-  n = std::max(n, 1);
-  cache[{kernel, smem}] = n;
-  return n;
-}
-
 // Slices per row group: enough warp tasks to fill the grid's warps with the least idle tail
 // (tasks per warp rounded up), preferring fewer slices (less partial traffic) on near-ties,
 // and at least 4 units (8 chunks) a task (single chunks at 4096^2: 32 slices of 4 chunks
@@ -313,7 +290,7 @@ void run_rows(const T* x, const Weight4bitRows& w, const T* bias, T* out, cudaSt
   auto kernel = k_gemv4_rows<T, KIND, DQ>;
   const int64_t G = (w.N + 31) / 32, C = w.K / 32, U = (C + 1) / 2;
   const size_t smem = (size_t)U * 64 * 4;
-  const int per_sm = blocks_per_sm((const void*)kernel, smem);
+  const int per_sm = resident_blocks((const void*)kernel, kThreads, smem, "gemv_4bit_rows");
   const int S = choose_slices(G, U, (int64_t)per_sm * sm_count() * kWarps);  // <= kMaxSlices (the workspace)
   RowsArgs a;
   a.packed = reinterpret_cast<const uint4*>(w.packed);
@@ -400,10 +377,10 @@ Weight4bitRows make_rows_layout(const Weight4bit& w, void* buffer, cudaStream_t 
   const bool dq = w.absmax == nullptr;
   const int64_t Npad = (w.N + 31) / 32 * 32, C = w.K / 32, NBr = w.K / w.blocksize, G = Npad / 32;
   const int64_t tp = G * C * 32, ta = G * NBr * 32;
-  k_relayout<uint4><<<grid_for(tp), 256, 0, s>>>(reinterpret_cast<const uint4*>(w.packed),
+  k_relayout<uint4><<<grid_stride_blocks(tp), 256, 0, s>>>(reinterpret_cast<const uint4*>(w.packed),
                                                  reinterpret_cast<uint4*>(r.packed), w.N, C, tp);
-  if (dq) k_relayout<uint8_t><<<grid_for(ta), 256, 0, s>>>(w.qabsmax, r.qabsmax, w.N, NBr, ta);
-  else k_relayout<float><<<grid_for(ta), 256, 0, s>>>(w.absmax, r.absmax, w.N, NBr, ta);
+  if (dq) k_relayout<uint8_t><<<grid_stride_blocks(ta), 256, 0, s>>>(w.qabsmax, r.qabsmax, w.N, NBr, ta);
+  else k_relayout<float><<<grid_stride_blocks(ta), 256, 0, s>>>(w.absmax, r.absmax, w.N, NBr, ta);
   NIBBLE_CUDA_CHECK_LAUNCH("4-bit row layout");
   NIBBLE_CUDA_CHECK(cudaMemsetAsync(r.counters, 0, (size_t)G * 4, s), "4-bit row layout");
   // The kernel that reads the copy starts early (programmatic dependent launch) and reads the

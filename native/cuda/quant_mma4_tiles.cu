@@ -36,10 +36,8 @@
 // a fifth of the warp samples in the prologue and a quarter in the split-K epilogue: with
 // tasks this short the fixed costs bound it (NOTES.md).
 #include <algorithm>
-#include <map>
-#include <mutex>
+#include <atomic>
 #include <string>
-#include <utility>
 
 #include "cuda/pdl.cuh"
 #include "cuda/quant_cuda.h"
@@ -74,14 +72,26 @@ template <int NT, bool DQ> struct TilesCfg {
 };
 
 // ---- bulk copies and mbarriers (sm_90) ----
+// The code for older GPUs (the source build also targets sm_80..89) has empty bodies: the host
+// never launches the kernel there (tiles_layout_unsupported).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define NIBBLE_TILES_SM90 0
+#else
+#define NIBBLE_TILES_SM90 1
+#endif
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+#if NIBBLE_TILES_SM90
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+#endif
 }
 // One arrival that also expects `bytes` of copies to complete on the barrier's current phase.
 __device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
+#if NIBBLE_TILES_SM90
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+#endif
 }
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#if NIBBLE_TILES_SM90
   asm volatile(
       "{\n .reg .pred P1;\n"
       "WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
@@ -89,13 +99,16 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "DONE:\n}" ::"r"(bar),
       "r"(parity)
       : "memory");
+#endif
 }
 // bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared; completion
 // is counted on `bar`.
 __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+#if NIBBLE_TILES_SM90
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
                "l"(src), "r"(bytes), "r"(bar)
                : "memory");
+#endif
 }
 
 template <typename T> struct Pair2;
@@ -161,7 +174,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int per = (MP - a.M) * kRowStride / 16, b = i / per, o = i % per;
     reinterpret_cast<uint4*>(s_x + b * MP * kRowStride + a.M * kRowStride)[o] = make_uint4(0, 0, 0, 0);
   }
+#if NIBBLE_TILES_SM90
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#else
+  __trap();  // never launched below sm_90
+#endif
   __syncthreads();
 
   // Activations of chunks [p0, p0 + PC) of this slice into buffer b (warp 0): row m at
@@ -407,23 +424,6 @@ __global__ void k_tiles_absmax(const A* __restrict__ src, uint8_t* __restrict__ 
   }
 }
 
-unsigned grid_for(int64_t total) { return (unsigned)std::min<int64_t>((total + 255) / 256, (int64_t)sm_count() * 16); }
-
-int blocks_per_sm(const void* kernel, int smem) {
-  static std::mutex mu;
-  static std::map<const void*, int> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(kernel);
-  if (it != cache.end()) return it->second;
-  int n = 0;
-  NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-                    "matmul_4bit_tiles: shared memory");
-  NIBBLE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem), "matmul_4bit_tiles");
-  n = std::max(n, 1);
-  cache[kernel] = n;
-  return n;
-}
-
 // Slices: enough blocks to fill the resident slots with the least idle tail, preferring fewer
 // slices (less partial traffic) on near-ties, and at least two phases of chunks a slice.
 int choose_slices(int64_t bands, int64_t C, int64_t slots, int min_chunks) {
@@ -443,7 +443,7 @@ void run_tiles(const T* x, int M, const Weight4bitTiles& w, const T* bias, T* ou
   auto kernel = k_mma4_tiles<T, KIND, DQ, NT>;
   constexpr int smem = TilesCfg<NT, DQ>::kSmem;
   const int64_t G = (w.N + 31) / 32, C = w.K / 64, bands = (G + kWarps - 1) / kWarps;
-  const int per_sm = blocks_per_sm((const void*)kernel, smem);
+  const int per_sm = resident_blocks((const void*)kernel, kThreads, smem, "matmul_4bit_tiles");
   const int S = choose_slices(bands, C, (int64_t)per_sm * sm_count(), 2 * TilesCfg<NT, DQ>::PC);
   TilesArgs a;
   a.chunks = w.chunks;
@@ -504,6 +504,20 @@ struct TilesSections {
   }
 };
 
+// Whether the current device has compute capability 9 or more (cached per device).
+bool hopper_or_newer() {
+  static std::atomic<int> major[64];
+  int d = 0;
+  NIBBLE_CUDA_CHECK(cudaGetDevice(&d), "cudaGetDevice");
+  if (d < 0 || d >= 64) return false;
+  if (major[d].load() == 0) {
+    int m = 0;
+    NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, d), "cudaDeviceGetAttribute");
+    major[d].store(m);
+  }
+  return major[d].load() >= 9;
+}
+
 }  // namespace
 
 std::string tiles_layout_unsupported(int64_t N, int64_t K, int blocksize) {
@@ -516,6 +530,7 @@ std::string tiles_layout_unsupported(int64_t N, int64_t K, int blocksize) {
 std::string tiles_layout_unsupported(const Weight4bit& w) {
   if (!w.packed || !(w.absmax || (w.qabsmax && w.nested_absmax && w.nested_code)))
     return "missing packed weight or absmax";
+  if (!hopper_or_newer()) return "needs a Hopper (sm_90) or newer GPU (bulk copies)";
   return tiles_layout_unsupported(w.N, w.K, w.blocksize);
 }
 
@@ -544,9 +559,9 @@ Weight4bitTiles make_tiles_layout(const Weight4bit& w, void* buffer, cudaStream_
   const int64_t G = (w.N + 31) / 32, C = w.K / 64, NBr = w.K / w.blocksize;
   const int chunk = chunk_bytes(dq), l2 = __builtin_ctz((unsigned)(w.blocksize / 64));
   const int64_t words = G * C * 256, ta = G * C * 32;
-  k_tiles_weights<<<grid_for(words), 256, 0, s>>>(w.packed, t.chunks, w.N, w.K, chunk, words);
-  if (dq) k_tiles_absmax<uint8_t><<<grid_for(ta), 256, 0, s>>>(w.qabsmax, t.chunks, w.N, C, NBr, l2, chunk, ta);
-  else k_tiles_absmax<float><<<grid_for(ta), 256, 0, s>>>(w.absmax, t.chunks, w.N, C, NBr, l2, chunk, ta);
+  k_tiles_weights<<<grid_stride_blocks(words), 256, 0, s>>>(w.packed, t.chunks, w.N, w.K, chunk, words);
+  if (dq) k_tiles_absmax<uint8_t><<<grid_stride_blocks(ta), 256, 0, s>>>(w.qabsmax, t.chunks, w.N, C, NBr, l2, chunk, ta);
+  else k_tiles_absmax<float><<<grid_stride_blocks(ta), 256, 0, s>>>(w.absmax, t.chunks, w.N, C, NBr, l2, chunk, ta);
   NIBBLE_CUDA_CHECK_LAUNCH("4-bit tiles layout");
   NIBBLE_CUDA_CHECK(cudaMemsetAsync(t.counters, 0, (size_t)G * 4, s), "4-bit tiles layout");
   // The kernel that reads the copy starts early (programmatic dependent launch) and reads the
