@@ -329,22 +329,7 @@ export function matmul4bit(A: Tensor, B: Tensor, quantState: QuantState, bias: T
  * whole blocks (K % blocksize == 0) and K <= 16384.
  */
 export function gemv4bitLayout(B: Tensor, quantState: QuantState): Tensor {
-  const op = 'gemv4bitLayout';
-  checkTensor(op, 'B', B);
-  const state = check4bitState(op, quantState);
-  if (state.shape.length !== 2) throw new RangeError(`${op}: quantState.shape must be 2-D [N, K], got [${state.shape.join(', ')}]`);
-  const [N, K] = state.shape as [number, number];
-  if (B.device === 'cpu') throw new Error(`${op}: the row layout is for weights on a CUDA device; this weight is on cpu`);
-  const bytes = q().rowsLayout4bitBytes(N, K, state.blocksize, !!state.state2);
-  const layout = Tensor.empty([bytes], 'uint8', B.device);
-  try {
-    q().rowsLayout4bit(B, state.absmax, state.state2?.absmax ?? null, state.state2?.code ?? null, state.offset, layout, N, K,
-      state.blocksize, QT_CODE[state.quantType!]);
-  } catch (e) {
-    layout.dispose();
-    throw e;
-  }
-  return layout;
+  return makeLayout('gemv4bitLayout', 'row', B, quantState, 'rowsLayout4bitBytes', 'rowsLayout4bit');
 }
 
 /**
@@ -358,16 +343,21 @@ export function gemv4bitLayout(B: Tensor, quantState: QuantState): Tensor {
  * whole blocks; float16/bfloat16 inputs.
  */
 export function gemm4bitLayout(B: Tensor, quantState: QuantState): Tensor {
-  const op = 'gemm4bitLayout';
+  return makeLayout('gemm4bitLayout', 'tiles', B, quantState, 'tilesLayout4bitBytes', 'tilesLayout4bit');
+}
+
+// The two optional copies of a CUDA 4-bit weight: checked as matmul4bit checks the weight, sized
+// by the native call (which names what a weight lacks), filled on the weight's device.
+function makeLayout(op: string, name: string, B: Tensor, quantState: QuantState,
+  bytesOf: 'rowsLayout4bitBytes' | 'tilesLayout4bitBytes', fill: 'rowsLayout4bit' | 'tilesLayout4bit'): Tensor {
   checkTensor(op, 'B', B);
   const state = check4bitState(op, quantState);
   if (state.shape.length !== 2) throw new RangeError(`${op}: quantState.shape must be 2-D [N, K], got [${state.shape.join(', ')}]`);
   const [N, K] = state.shape as [number, number];
-  if (B.device === 'cpu') throw new Error(`${op}: the tiles layout is for weights on a CUDA device; this weight is on cpu`);
-  const bytes = q().tilesLayout4bitBytes(N, K, state.blocksize, !!state.state2);
-  const layout = Tensor.empty([bytes], 'uint8', B.device);
+  if (B.device === 'cpu') throw new Error(`${op}: the ${name} layout is for weights on a CUDA device; this weight is on cpu`);
+  const layout = Tensor.empty([q()[bytesOf](N, K, state.blocksize, !!state.state2)], 'uint8', B.device);
   try {
-    q().tilesLayout4bit(B, state.absmax, state.state2?.absmax ?? null, state.state2?.code ?? null, state.offset, layout, N, K,
+    q()[fill](B, state.absmax, state.state2?.absmax ?? null, state.state2?.code ?? null, state.offset, layout, N, K,
       state.blocksize, QT_CODE[state.quantType!]);
   } catch (e) {
     layout.dispose();

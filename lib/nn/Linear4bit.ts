@@ -77,14 +77,13 @@ export class Linear4bit extends Module implements LinearLike {
   }
 
   // The fragment-ordered copy, or null when the weight's shape or GPU cannot take it (the
-  // bitsandbytes-layout kernels then serve it, as without the option).
+  // bitsandbytes-layout kernels then serve it, as without the option). The rules live in the
+  // native layer; its refusals name the weight's shape or the GPU.
   private makeTiles(): Tensor | null {
-    const K = this.inFeatures;
-    if (K % 64 !== 0 || this.quantState.blocksize < 64 || K % this.quantState.blocksize !== 0) return null;
     try {
       return gemm4bitLayout(this.weight, this.quantState);
     } catch (e) {
-      if (e instanceof Error && /needs a Hopper/.test(e.message)) return null;
+      if (e instanceof Error && /gemm4bitLayout: weight \[|needs a Hopper/.test(e.message)) return null;
       throw e;
     }
   }

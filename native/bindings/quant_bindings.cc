@@ -458,78 +458,66 @@ Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
 }
 NIBBLE_BINDING("matmul4bit", Matmul4bit);
 
-// rowsLayout4bitBytes(N, K, blocksize, doubleQuant) -> bytes of the row-interleaved copy, or
-// throws with the reason the weight cannot have one (K % 32, rows of whole blocks, K limit).
-Napi::Value RowsLayout4bitBytes(const Napi::CallbackInfo& info) {
-  const char* op = "gemv4bitLayout";
+// The two optional CUDA copies of a 4-bit weight share their bindings: a size query that says
+// why a weight cannot have the copy, and a fill that checks the weight as matmul4bit does.
+struct LayoutKind {
+  const char* op;    // the TS function named in errors
+  const char* name;  // "row" / "tiles"
+  std::string (*unsupported)(int64_t, int64_t, int);
+  size_t (*bytes)(int64_t, int64_t, int, bool);
+  void (*make)(const cuda::Weight4bit&, void*, cudaStream_t);
+};
+const LayoutKind kRowsLayout{"gemv4bitLayout", "row", cuda::rows_layout_unsupported, cuda::rows_layout_bytes,
+                             [](const cuda::Weight4bit& w, void* p, cudaStream_t s) { cuda::make_rows_layout(w, p, s); }};
+const LayoutKind kTilesLayout{"gemm4bitLayout", "tiles", cuda::tiles_layout_unsupported, cuda::tiles_layout_bytes,
+                              [](const cuda::Weight4bit& w, void* p, cudaStream_t s) { cuda::make_tiles_layout(w, p, s); }};
+
+// (N, K, blocksize, doubleQuant) -> bytes of the copy, or throws with the shape's reason (the
+// data's alignment and the GPU are checked when the copy is made).
+Napi::Value layout_bytes(const LayoutKind& kind, const Napi::CallbackInfo& info) {
+  const char* op = kind.op;
   const int64_t N = int_arg(info, 0, "N"), K = int_arg(info, 1, "K");
   int bs = blocksize_4bit(info, 2, op);
   const bool dq = info.Length() > 3 && info[3].ToBoolean().Value();
-  const std::string why = cuda::rows_layout_unsupported(N, K, bs);  // alignment: on the real weight
+  const std::string why = kind.unsupported(N, K, bs);
   if (!why.empty()) bad(std::string(op) + ": weight [" + std::to_string(N) + ", " + std::to_string(K) + "] blocksize " +
                         std::to_string(bs) + ": " + why);
-  return Napi::Number::New(info.Env(), (double)cuda::rows_layout_bytes(N, K, bs, dq));
+  return Napi::Number::New(info.Env(), (double)kind.bytes(N, K, bs, dq));
 }
+
+// (packed, absmax, nestedAbsmax | null, nestedCode | null, offset | null, layout u8, N, K,
+//  blocksize, quantType): fills layout with the weight's copy.
+Napi::Value layout_fill(const LayoutKind& kind, const Napi::CallbackInfo& info) {
+  const char* op = kind.op;
+  auto layout = tensor_arg(info, 5, "layout");
+  const int64_t N = int_arg(info, 6, "N"), K = int_arg(info, 7, "K");
+  int bs = blocksize_4bit(info, 8, op);
+  QuantType qt = quant_type_arg(info, 9, op);
+  const Weight4bitArgs wa = weight4bit_args(info, 0, op, N, K, bs);
+  expect_dtype(op, "layout", layout, DType::U8);
+  expect_numel(op, "layout", layout, (int64_t)kind.bytes(N, K, bs, wa.dq));
+  for (auto* t : wa.all()) expect_same_device(op, layout, *t);
+  if (layout.on_cpu())
+    bad(std::string(op) + ": the " + kind.name + " layout is for weights on a CUDA device; this weight is on cpu");
+#if defined(NIBBLE_WITH_CUDA)
+  kind.make(wa.cuda_view(N, K, bs, qt), layout.ptr(), stream_of(layout));
+#else
+  (void)qt;
+  on_cuda(op, {&layout});
+#endif
+  return info.Env().Undefined();
+}
+
+// rowsLayout4bitBytes / rowsLayout4bit: the row-interleaved copy (one-row GEMV; K % 32, rows of
+// whole blocks, K limit). tilesLayout4bitBytes / tilesLayout4bit: the fragment-ordered copy
+// (few-row GEMM; K % 64, blocksize >= 64, a Hopper GPU).
+Napi::Value RowsLayout4bitBytes(const Napi::CallbackInfo& info) { return layout_bytes(kRowsLayout, info); }
 NIBBLE_BINDING("rowsLayout4bitBytes", RowsLayout4bitBytes);
-
-// rowsLayout4bit(packed, absmax, nestedAbsmax | null, nestedCode | null, offset | null, layout u8,
-//                N, K, blocksize, quantType): fills layout with the weight's row-interleaved copy.
-Napi::Value RowsLayout4bit(const Napi::CallbackInfo& info) {
-  const char* op = "gemv4bitLayout";
-  auto layout = tensor_arg(info, 5, "layout");
-  const int64_t N = int_arg(info, 6, "N"), K = int_arg(info, 7, "K");
-  int bs = blocksize_4bit(info, 8, op);
-  QuantType qt = quant_type_arg(info, 9, op);
-  const Weight4bitArgs wa = weight4bit_args(info, 0, op, N, K, bs);
-  expect_dtype(op, "layout", layout, DType::U8);
-  expect_numel(op, "layout", layout, (int64_t)cuda::rows_layout_bytes(N, K, bs, wa.dq));
-  for (auto* t : wa.all()) expect_same_device(op, layout, *t);
-  if (layout.on_cpu()) bad(std::string(op) + ": the row layout is for weights on a CUDA device; this weight is on cpu");
-#if defined(NIBBLE_WITH_CUDA)
-  cuda::make_rows_layout(wa.cuda_view(N, K, bs, qt), layout.ptr(), stream_of(layout));
-#else
-  (void)qt;
-  on_cuda(op, {&layout});
-#endif
-  return info.Env().Undefined();
-}
+Napi::Value RowsLayout4bit(const Napi::CallbackInfo& info) { return layout_fill(kRowsLayout, info); }
 NIBBLE_BINDING("rowsLayout4bit", RowsLayout4bit);
-
-// tilesLayout4bitBytes(N, K, blocksize, doubleQuant) -> bytes of the fragment-ordered copy, or
-// throws with the reason the weight cannot have one (K % 64, blocksize < 64, size).
-Napi::Value TilesLayout4bitBytes(const Napi::CallbackInfo& info) {
-  const char* op = "gemm4bitLayout";
-  const int64_t N = int_arg(info, 0, "N"), K = int_arg(info, 1, "K");
-  int bs = blocksize_4bit(info, 2, op);
-  const bool dq = info.Length() > 3 && info[3].ToBoolean().Value();
-  const std::string why = cuda::tiles_layout_unsupported(N, K, bs);
-  if (!why.empty()) bad(std::string(op) + ": weight [" + std::to_string(N) + ", " + std::to_string(K) + "] blocksize " +
-                        std::to_string(bs) + ": " + why);
-  return Napi::Number::New(info.Env(), (double)cuda::tiles_layout_bytes(N, K, bs, dq));
-}
+Napi::Value TilesLayout4bitBytes(const Napi::CallbackInfo& info) { return layout_bytes(kTilesLayout, info); }
 NIBBLE_BINDING("tilesLayout4bitBytes", TilesLayout4bitBytes);
-
-// tilesLayout4bit(packed, absmax, nestedAbsmax | null, nestedCode | null, offset | null, layout u8,
-//                 N, K, blocksize, quantType): fills layout with the weight's fragment-ordered copy.
-Napi::Value TilesLayout4bit(const Napi::CallbackInfo& info) {
-  const char* op = "gemm4bitLayout";
-  auto layout = tensor_arg(info, 5, "layout");
-  const int64_t N = int_arg(info, 6, "N"), K = int_arg(info, 7, "K");
-  int bs = blocksize_4bit(info, 8, op);
-  QuantType qt = quant_type_arg(info, 9, op);
-  const Weight4bitArgs wa = weight4bit_args(info, 0, op, N, K, bs);
-  expect_dtype(op, "layout", layout, DType::U8);
-  expect_numel(op, "layout", layout, (int64_t)cuda::tiles_layout_bytes(N, K, bs, wa.dq));
-  for (auto* t : wa.all()) expect_same_device(op, layout, *t);
-  if (layout.on_cpu()) bad(std::string(op) + ": the tiles layout is for weights on a CUDA device; this weight is on cpu");
-#if defined(NIBBLE_WITH_CUDA)
-  cuda::make_tiles_layout(wa.cuda_view(N, K, bs, qt), layout.ptr(), stream_of(layout));
-#else
-  (void)qt;
-  on_cuda(op, {&layout});
-#endif
-  return info.Env().Undefined();
-}
+Napi::Value TilesLayout4bit(const Napi::CallbackInfo& info) { return layout_fill(kTilesLayout, info); }
 NIBBLE_BINDING("tilesLayout4bit", TilesLayout4bit);
 
 // int8OutlierMatmulAdd(out f16 [M, N], x [M, K] float, colMask u8[K], CB i8 [N, K], SCB f32[N]):

@@ -34,6 +34,20 @@ template <> __device__ __forceinline__ float from_f32<float>(float v) { return v
 template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// A pair of 16-bit values of type T (__half2 / __nv_bfloat162): build, splat, raw 32 bits.
+template <typename T> struct Pair;
+template <> struct Pair<__half> {
+  using type = __half2;
+  static __device__ __forceinline__ __half2 make(float a, float b) { return __floats2half2_rn(a, b); }
+  static __device__ __forceinline__ __half2 splat(float a) { return __float2half2_rn(a); }
+};
+template <> struct Pair<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+  static __device__ __forceinline__ __nv_bfloat162 make(float a, float b) { return __floats2bfloat162_rn(a, b); }
+  static __device__ __forceinline__ __nv_bfloat162 splat(float a) { return __float2bfloat162_rn(a); }
+};
+template <typename T2> __device__ __forceinline__ uint32_t bits_of(T2 v) { return *reinterpret_cast<uint32_t*>(&v); }
+
 // ---- 4-bit code search ----------------------------------------------------------------------
 // Shared-memory table layout used by the quantize kernels: [0..14] NF4 thresholds, [16..22]
 // FP4 thresholds, [24..31] FP4 code by rank (as floats), [32..47] NF4 values, [48..63] FP4
@@ -207,6 +221,16 @@ int sm_count();  // multiprocessors of the current device (cached per device)
 // Blocks of 256 threads for a grid-stride loop over `total` items: at most 16 an SM.
 inline unsigned grid_stride_blocks(int64_t total) {
   return (unsigned)std::max<int64_t>(1, std::min<int64_t>((total + 255) / 256, (int64_t)sm_count() * 16));
+}
+
+// Waits for `stream` unless it is being captured into a graph. The layout builders use it: the
+// kernels that read a layout copy start early (programmatic dependent launch) and read the
+// weight before waiting on the kernel ahead of them, so the copy must be complete by then;
+// inside a capture the copy should have been made before capturing.
+inline void sync_unless_capturing(cudaStream_t stream, const char* op) {
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  NIBBLE_CUDA_CHECK(cudaStreamIsCapturing(stream, &cap), op);
+  if (cap == cudaStreamCaptureStatusNone) NIBBLE_CUDA_CHECK(cudaStreamSynchronize(stream), op);
 }
 
 // Resident blocks an SM for a kernel at `threads` a block and `smem` bytes of dynamic shared

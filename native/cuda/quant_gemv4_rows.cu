@@ -383,13 +383,7 @@ Weight4bitRows make_rows_layout(const Weight4bit& w, void* buffer, cudaStream_t 
   else k_relayout<float><<<grid_stride_blocks(ta), 256, 0, s>>>(w.absmax, r.absmax, w.N, NBr, ta);
   NIBBLE_CUDA_CHECK_LAUNCH("4-bit row layout");
   NIBBLE_CUDA_CHECK(cudaMemsetAsync(r.counters, 0, (size_t)G * 4, s), "4-bit row layout");
-  // The kernel that reads the copy starts early (programmatic dependent launch) and reads the
-  // weight before waiting on the kernel ahead of it: the copy must be complete by then. Made
-  // once per weight, so a synchronization here is cheap (not inside a graph capture, where the
-  // copy should be made before capturing).
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  NIBBLE_CUDA_CHECK(cudaStreamIsCapturing(s, &cap), "4-bit row layout");
-  if (cap == cudaStreamCaptureStatusNone) NIBBLE_CUDA_CHECK(cudaStreamSynchronize(s), "4-bit row layout");
+  sync_unless_capturing(s, "4-bit row layout");  // made once per weight: cheap
   return r;
 }
 

@@ -302,17 +302,7 @@ __global__ void __launch_bounds__(256)
 // ---- tensor-core GEMM ---------------------------------------------------------------------------------
 constexpr int kBN = 128, kBK = 64;
 
-template <typename T> struct Pair;
-template <> struct Pair<__half> {
-  using type = __half2;
-  static __device__ __forceinline__ __half2 make(float a, float b) { return __floats2half2_rn(a, b); }
-  static __device__ __forceinline__ __half2 splat(float a) { return __float2half2_rn(a); }
-};
-template <> struct Pair<__nv_bfloat16> {
-  using type = __nv_bfloat162;
-  static __device__ __forceinline__ __nv_bfloat162 make(float a, float b) { return __floats2bfloat162_rn(a, b); }
-  static __device__ __forceinline__ __nv_bfloat162 splat(float a) { return __float2bfloat162_rn(a); }
-};
+using dev::Pair;
 
 template <int BM>
 struct MmaCfg {

@@ -111,28 +111,6 @@ __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_
 #endif
 }
 
-template <typename T> struct Pair2;
-template <> struct Pair2<__half> {
-  static __device__ __forceinline__ uint32_t make(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  static __device__ __forceinline__ uint32_t mul(uint32_t a, float s) {
-    __half2 h = __hmul2(*reinterpret_cast<__half2*>(&a), __float2half2_rn(s));
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-};
-template <> struct Pair2<__nv_bfloat16> {
-  static __device__ __forceinline__ uint32_t make(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  static __device__ __forceinline__ uint32_t mul(uint32_t a, float s) {
-    __nv_bfloat162 h = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&a), __float2bfloat162_rn(s));
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-};
-
 struct TilesArgs {
   const uint8_t* chunks;  // [G][C] chunks of chunk_bytes(DQ)
   const float* nested;     // flat, [nblocks / 256]
@@ -223,7 +201,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float* vals = KIND == 1 ? dev::c_tables4.nf4_values : dev::c_tables4.fp4_values;
     const float mine = vals[lane & 15], hi = vals[warp];
 #pragma unroll
-    for (int i = 0; i < 16; i++) s_lut[(warp * 16 + i) * 64 + lane] = Pair2<T>::make(__shfl_sync(0xffffffffu, mine, i), hi);
+    for (int i = 0; i < 16; i++)
+      s_lut[(warp * 16 + i) * 64 + lane] = dev::bits_of(dev::Pair<T>::make(__shfl_sync(0xffffffffu, mine, i), hi));
   }
   if (DQ && tid < 256) s_ncode[tid] = __ldg(a.ncode + tid);
   const float off = DQ ? (a.offset_ptr ? __ldg(a.offset_ptr) : a.offset) : 0.0f;
@@ -312,7 +291,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int j = 0; j < 4; j++) {
           af[j] = look(wv[r][s], j);
-          if (!kScaleAcc) af[j] = Pair2<T>::mul(af[j], sr[r][j & 1]);
+          if (!kScaleAcc) {
+            using T2 = typename dev::Pair<T>::type;
+            af[j] = dev::bits_of(__hmul2(*reinterpret_cast<const T2*>(&af[j]), dev::Pair<T>::splat(sr[r][j & 1])));
+          }
         }
 #pragma unroll
         for (int j = 0; j < NT; j++) dev::mma_16816<T>(kScaleAcc ? tmp[r][j] : acc[r][j], af, b[j]);
@@ -564,13 +546,7 @@ Weight4bitTiles make_tiles_layout(const Weight4bit& w, void* buffer, cudaStream_
   else k_tiles_absmax<float><<<grid_stride_blocks(ta), 256, 0, s>>>(w.absmax, t.chunks, w.N, C, NBr, l2, chunk, ta);
   NIBBLE_CUDA_CHECK_LAUNCH("4-bit tiles layout");
   NIBBLE_CUDA_CHECK(cudaMemsetAsync(t.counters, 0, (size_t)G * 4, s), "4-bit tiles layout");
-  // The kernel that reads the copy starts early (programmatic dependent launch) and reads the
-  // weight before waiting on the kernel ahead of it: the copy must be complete by then. Made
-  // once per weight, so a synchronization here is cheap (not inside a graph capture, where the
-  // copy should be made before capturing).
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  NIBBLE_CUDA_CHECK(cudaStreamIsCapturing(s, &cap), "4-bit tiles layout");
-  if (cap == cudaStreamCaptureStatusNone) NIBBLE_CUDA_CHECK(cudaStreamSynchronize(s), "4-bit tiles layout");
+  sync_unless_capturing(s, "4-bit tiles layout");  // made once per weight: cheap
   return t;
 }
 

@@ -410,7 +410,17 @@ await attempt('gemm4bitLayout', async () => {
   l.dispose();
   record('Linear4bit gemmLayout: copy made by the many-row forward, freed by dispose', `${made ? copy.numel : 'none'} bytes, disposed ${copy?.disposed}`,
     'made and disposed', made && copy.disposed === true && l.tiles === undefined);
-  for (const t of [w, x16]) t.dispose();
+  // A weight the copy cannot take (K % 64, blocksize 32): the native refusal is caught and the
+  // layer keeps the bitsandbytes-layout GEMM, with the same result.
+  const wo = Tensor.from(Float32Array.from({ length: 40 * 96 }, (_, i) => Math.sin(i) * 0.05), [40, 96]).to('float16').toDevice('cuda:0');
+  const lo = Linear4bit.fromFloat(wo, null, { quantType: 'nf4', blocksize: 32, gemmLayout: true });
+  const xo = Tensor.from(Float32Array.from({ length: 5 * 96 }, (_, i) => Math.cos(i)), [5, 96]).to('float16').toDevice('cuda:0');
+  const yo = await lo.forward(xo).toFloat32(), yr = await matmul4bit(xo, lo.weight, lo.quantState).toFloat32();
+  const same = yo.length === yr.length && yo.every((v, i) => v === yr[i]);
+  record('Linear4bit gemmLayout: a weight it cannot take (K 96, blocksize 32) keeps the bitsandbytes layout',
+    `copy ${lo.tiles === null ? 'none' : 'made'}, outputs ${same ? 'identical' : 'differ'}`, 'none, identical', lo.tiles === null && same);
+  lo.dispose();
+  for (const t of [w, x16, wo, xo]) t.dispose();
 });
 
 console.log('\n| check | value | limit | result |\n|---|---|---|---|');
