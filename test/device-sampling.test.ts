@@ -309,11 +309,18 @@ describe('decoding ahead (stand-in GPU): step t+1 queued before step t\'s ids re
     binding.sampleTokens = fakeSampleTokens([], () => false);
     const m = new FakeAheadLM(lm());
     const ac = new AbortController();
+    // Abort as the third step returns (a step is then queued ahead): deterministic, where a
+    // timer's third tick could come after the 20 stand-in steps had all finished.
+    const forward = m.forward.bind(m);
     let n = 0;
+    m.forward = async (ids, o) => {
+      const out = await forward(ids, o);
+      if (++n === 3) ac.abort(new Error('stop'));
+      return out;
+    };
     const run = generate(m, prompts, { maxNewTokens: 20, signal: ac.signal, doSample: false });
-    const timer = setInterval(() => ++n >= 3 && ac.abort(new Error('stop')), 0);
     await expect(run).rejects.toThrow('stop');
-    clearInterval(timer);
+    expect(n).toBeLessThan(20);
     allDisposed(m);
   });
 
