@@ -217,6 +217,7 @@ inline unsigned grid_1d(int64_t items, int64_t per_block, const char* op) {
   return (unsigned)(g < 1 ? 1 : g);
 }
 int sm_count();  // multiprocessors of the current device (cached per device)
+int smem_optin_bytes();  // the most shared memory a block may opt in to on the current device (cached)
 
 // Blocks of 256 threads for a grid-stride loop over `total` items: at most 16 an SM.
 inline unsigned grid_stride_blocks(int64_t total) {

@@ -4,6 +4,9 @@
 // Arithmetic follows cpu::*_ref in native/cpu/quant_ops.h: scale = __fdividef(127, absmax)
 // (the approximate reciprocal bitsandbytes uses, which cpu::rcp_approx emulates), codes by
 // round-half-even, and the dequant formula fp16(fmaf(C * rs * cs, 1/127^2, bias)).
+#include <cstdlib>
+#include <string>
+
 #include "cuda/quant_cuda.h"
 #include "cuda/quant_device.cuh"
 
@@ -188,6 +191,138 @@ __global__ void __launch_bounds__(kGemmThreads)
       }
 }
 
+// ---- int8 GEMM for large products: 128x256 CTA tile ---------------------------------------------
+// The same instructions with more reuse per shared-memory read and per barrier: k-tile 128
+// bytes (four k32 steps between barriers instead of two), warp tile 64x64 (8 ldmatrix.x4 for
+// 32 mma instead of 6 for 16), 3 or 4 stages in dynamic shared memory (48 KB a stage), one
+// CTA of 8 warps an SM. Rows are 128 bytes (eight 16-byte chunks); chunk c of row r sits at
+// c ^ (r & 7), so the eight rows an ldmatrix reads fall in distinct banks. Taken when the
+// product fills at least two waves of such tiles and the device grants the shared memory.
+constexpr int kLBM = 128, kLBN = 256, kLBK = 128;
+constexpr size_t kLStageBytes = (size_t)(kLBM + kLBN) * kLBK;
+
+__device__ __forceinline__ int lswz(int r, int c) { return r * kLBK + ((c ^ (r & 7)) << 4); }
+
+// Two horizontally adjacent results (n, n + 1); one vector store when both exist and the
+// address allows it.
+__device__ __forceinline__ void store_pair(const Epilogue& ep, int64_t m, int64_t n, int64_t N, int32_t v0, int32_t v1) {
+  if (n + 1 < N && (N & 1) == 0) {
+    if (ep.C) {
+      *reinterpret_cast<int2*>(ep.C + m * N + n) = make_int2(v0, v1);
+    } else {
+      const float rs = ep.rs[m];
+      const __half a = mm_dequant_value(v0, rs, ep.cs[n], ep.bias ? __half2float(ep.bias[n]) : 0.0f);
+      const __half b = mm_dequant_value(v1, rs, ep.cs[n + 1], ep.bias ? __half2float(ep.bias[n + 1]) : 0.0f);
+      *reinterpret_cast<__half2*>(ep.out + m * N + n) = __halves2half2(a, b);
+    }
+    return;
+  }
+  if (n < N) store_result(ep, m, n, N, v0);
+  if (n + 1 < N) store_result(ep, m, n + 1, N, v1);
+}
+
+template <int STAGES>
+__global__ void __launch_bounds__(kGemmThreads, 1)
+    k_int8_gemm_large(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int M, int N, int K, Epilogue ep) {
+  extern __shared__ __align__(128) int8_t s_dyn8[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 2, wn = warp & 3;
+  const int m0 = blockIdx.y * kLBM, n0 = blockIdx.x * kLBN;
+  const int ktiles = (K + kLBK - 1) / kLBK;
+  auto sA = [&](int stage) { return s_dyn8 + stage * kLStageBytes; };
+  auto sB = [&](int stage) { return s_dyn8 + stage * kLStageBytes + kLBM * kLBK; };
+
+  auto load_tile = [&](int stage, int kt) {
+    const int k0 = kt * kLBK;
+    int8_t* a_s = sA(stage);
+    int8_t* b_s = sB(stage);
+    // A: 128 rows x 8 chunks (4 a thread); B: 256 rows x 8 chunks (8 a thread).
+#pragma unroll
+    for (int h = 0; h < 4; h++) {
+      const int idx = tid + h * kGemmThreads, r = idx >> 3, c = idx & 7, k = k0 + c * 16, gm = m0 + r;
+      const bool ok = gm < M && k < K;
+      dev::cp_async16(a_s + lswz(r, c), ok ? A + (int64_t)gm * K + k : A, ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int h = 0; h < 8; h++) {
+      const int idx = tid + h * kGemmThreads, r = idx >> 3, c = idx & 7, k = k0 + c * 16, gn = n0 + r;
+      const bool ok = gn < N && k < K;
+      dev::cp_async16(b_s + lswz(r, c), ok ? B + (int64_t)gn * K + k : B, ok ? 16 : 0);
+    }
+  };
+
+  int acc[4][8][4];
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int q = 0; q < 4; q++) acc[i][j][q] = 0;
+
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; st++) {
+    if (st < ktiles) load_tile(st, st);
+    dev::cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; kt++) {
+    dev::cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    {
+      const int nk = kt + STAGES - 1;
+      if (nk < ktiles) load_tile(nk % STAGES, nk);
+      dev::cp_async_commit();
+    }
+    const int8_t* a_s = sA(kt % STAGES);
+    const int8_t* b_s = sB(kt % STAGES);
+#pragma unroll
+    for (int ks = 0; ks < kLBK / 32; ks++) {
+      uint32_t af[4][4], bf[8][2];
+      const int mat = lane >> 3;
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+        dev::ldmatrix_x4(af[i], a_s + lswz(wm * 64 + i * 16 + (mat & 1) * 8 + (lane & 7), ks * 2 + (mat >> 1)));
+#pragma unroll
+      for (int j = 0; j < 8; j += 2) {
+        uint32_t t[4];
+        dev::ldmatrix_x4(t, b_s + lswz(wn * 64 + j * 8 + (mat >> 1) * 8 + (lane & 7), ks * 2 + (mat & 1)));
+        bf[j][0] = t[0], bf[j][1] = t[1], bf[j + 1][0] = t[2], bf[j + 1][1] = t[3];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) dev::mma_16832_s8(acc[i][j], af[i], bf[j]);
+    }
+  }
+  dev::cp_async_wait<0>();
+
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int m = m0 + wm * 64 + i * 16 + g + h * 8;
+        const int n = n0 + wn * 64 + j * 8 + t * 2;
+        if (m < M) store_pair(ep, m, n, N, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+      }
+}
+
+// NIBBLE_CUDA_INT8_GEMM=small keeps every product on the 128x128 kernel (for same-run A/Bs).
+bool large_gemm_off() {
+  static const bool off = [] {
+    const char* v = std::getenv("NIBBLE_CUDA_INT8_GEMM");
+    return v && std::string(v) == "small";
+  }();
+  return off;
+}
+
+// Stages of the large-tile GEMM the current device can hold (0: it cannot).
+int large_gemm_stages() {
+  const size_t optin = (size_t)smem_optin_bytes();
+  return optin >= 4 * kLStageBytes ? 4 : optin >= 3 * kLStageBytes ? 3 : 0;
+}
+
 // ---- int8 GEMV for a few rows: dp4a over 16-byte chunks ------------------------------------------
 // One warp per output column n (a row of B); the MR rows of A live in shared memory.
 constexpr int kGemvThreads = 256, kGemvMaxRows = 4;
@@ -293,6 +428,18 @@ void launch_int8_matmul(const int8_t* A, const int8_t* B, int64_t M, int64_t N, 
       }
       NIBBLE_CUDA_CHECK_LAUNCH(op);
     }
+    return;
+  }
+  const int64_t large_tiles = ((M + kLBM - 1) / kLBM) * ((N + kLBN - 1) / kLBN);
+  const int stages = large_tiles >= 2 * (int64_t)sm_count() && !large_gemm_off() ? large_gemm_stages() : 0;
+  if (stages) {
+    dim3 grid((unsigned)((N + kLBN - 1) / kLBN), (unsigned)((M + kLBM - 1) / kLBM));
+    if (grid.y > 65535) throw std::runtime_error(std::string(op) + ": too many rows for one launch");
+    const size_t smem = stages * kLStageBytes;
+    auto kernel = stages == 4 ? k_int8_gemm_large<4> : k_int8_gemm_large<3>;
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), op);
+    kernel<<<grid, kGemmThreads, smem, s>>>(A, B, (int)M, (int)N, (int)K, ep);
+    NIBBLE_CUDA_CHECK_LAUNCH(op);
     return;
   }
   dim3 grid((unsigned)((N + kBN - 1) / kBN), (unsigned)((M + kBM - 1) / kBM));

@@ -229,7 +229,10 @@ void test_int8(Table& t, std::mt19937_64& rng) {
 
   const int64_t mm[][3] = {{1, 1, 1},     {1, 300, 512},  {2, 77, 64},    {3, 256, 4096}, {4, 130, 80},
                            {5, 64, 512},  {16, 256, 512}, {17, 129, 96},  {64, 256, 512}, {130, 250, 320},
-                           {1024, 384, 256}, {33, 65, 77}, {300, 70, 1000}, {9, 40, 8200}};
+                           {1024, 384, 256}, {33, 65, 77}, {300, 70, 1000}, {9, 40, 8200},
+                           // two+ waves of 128x256 tiles on an H100: the large-tile kernel, with a
+                           // partial k-tile, odd N (scalar stores), and more k-tiles than stages
+                           {2085, 4358, 272}, {2100, 4357, 144}, {1300, 6146, 656}};
   run_guarded(t, "int8_linear_matmul + int8_mm_dequant (+fused)", [&](bool& pass) {
     size_t bad_c = 0, bad_d = 0, bad_f = 0;
     std::uniform_int_distribution<int> q(-127, 127);
