@@ -192,7 +192,8 @@ void test_blockwise(Table& t, std::mt19937_64& rng) {
 
 // ---- LLM.int8() ------------------------------------------------------------------------------------
 void test_int8(Table& t, std::mt19937_64& rng) {
-  const int64_t shapes[][2] = {{1, 1}, {1, 77}, {3, 512}, {64, 512}, {130, 4095}, {1024, 1000}, {7, 8192}};
+  const int64_t shapes[][2] = {{1, 1},      {1, 77},   {3, 512},  {64, 512},   {130, 4095},
+                               {1024, 1000}, {7, 8192}, {9, 12296}, {2, 16392}, {5, 2056}};
   for (DType dt : kFloatTypes)
     for (float th : {0.0f, 6.0f}) {
       std::string name = std::string("int8_vectorwise_quant ") + dtype_name(dt) + " th" + fmt_g(th);
