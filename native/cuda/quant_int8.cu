@@ -1,5 +1,6 @@
 // LLM.int8() on the GPU: row-wise int8 quantization with outlier columns, the int8 x int8
-// -> int32 product (mma.sync m16n8k32 tensor cores; a dp4a GEMV for a few rows) and the
+// -> int32 product (mma.sync m16n8k32 tensor cores; a dp4a GEMV for a few rows; on Hopper the
+// large products go to the TMA + wgmma kernel of sm90a/quant_int8_wgmma.cu) and the
 // row x column dequantization, optionally fused into the product's epilogue.
 // Arithmetic follows cpu::*_ref in native/cpu/quant_ops.h: scale = __fdividef(127, absmax)
 // (the approximate reciprocal bitsandbytes uses, which cpu::rcp_approx emulates), codes by
@@ -9,6 +10,10 @@
 
 #include "cuda/quant_cuda.h"
 #include "cuda/quant_device.cuh"
+#include "cuda/quant_int8_epilogue.cuh"
+#if NIBBLE_HAS_SM90A
+#include "cuda/sm90a/quant_int8_wgmma.h"
+#endif
 
 namespace nibble {
 namespace cuda {
@@ -135,33 +140,12 @@ void launch_rowquant(const T* x, int64_t rows, int64_t cols, float th, bool spar
 }
 
 // ---- int8_mm_dequant ------------------------------------------------------------------------
-__device__ __forceinline__ __half mm_dequant_value(int32_t c, float rs, float cs, float bias) {
-  const float p = __fmul_rn(__fmul_rn((float)c, rs), cs);
-  return __float2half_rn(fmaf(p, fmt::kMmDequantScale, bias));
-}
-
 __global__ void k_mm_dequant(const int32_t* __restrict__ C, const float* __restrict__ rs, const float* __restrict__ cs,
                              const __half* __restrict__ bias, int64_t M, int64_t N, __half* __restrict__ out) {
   const int64_t total = M * N;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t m = i / N, n = i % N;
     out[i] = mm_dequant_value(C[i], rs[m], cs[n], bias ? __half2float(bias[n]) : 0.0f);
-  }
-}
-
-struct Epilogue {
-  int32_t* C = nullptr;  // int32 output, or
-  __half* out = nullptr;  // fused dequant output (float16)
-  const float* rs = nullptr;
-  const float* cs = nullptr;
-  const __half* bias = nullptr;
-};
-
-__device__ __forceinline__ void store_result(const Epilogue& ep, int64_t m, int64_t n, int64_t N, int32_t v) {
-  if (ep.C) {
-    ep.C[m * N + n] = v;
-  } else {
-    ep.out[m * N + n] = mm_dequant_value(v, ep.rs[m], ep.cs[n], ep.bias ? __half2float(ep.bias[n]) : 0.0f);
   }
 }
 
@@ -174,7 +158,7 @@ constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 3, kGemmThreads = 256;
 __device__ __forceinline__ int swz(int r, int c) { return r * kBK + ((c ^ ((r >> 1) & 3)) << 4); }
 
 __global__ void __launch_bounds__(kGemmThreads)
-    k_int8_gemm(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int M, int N, int K, Epilogue ep) {
+    k_int8_gemm(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int M, int N, int K, Int8Epilogue ep) {
   __shared__ __align__(128) int8_t sA[kStages][kBM * kBK];
   __shared__ __align__(128) int8_t sB[kStages][kBN * kBK];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -278,33 +262,17 @@ __global__ void __launch_bounds__(kGemmThreads)
 // 32 mma instead of 6 for 16), 3 or 4 stages in dynamic shared memory (48 KB a stage), one
 // CTA of 8 warps an SM. Rows are 128 bytes (eight 16-byte chunks); chunk c of row r sits at
 // c ^ (r & 7), so the eight rows an ldmatrix reads fall in distinct banks. Taken when the
-// product fills at least two waves of such tiles and the device grants the shared memory.
+// product fills at least two waves of such tiles and the device grants the shared memory,
+// unless the Hopper kernel takes it (H100, 2048x8192x8192 with the fused dequantization: this
+// kernel 726 TOPS, the 128x128 one 590, the wgmma one 870).
 constexpr int kLBM = 128, kLBN = 256, kLBK = 128;
 constexpr size_t kLStageBytes = (size_t)(kLBM + kLBN) * kLBK;
 
 __device__ __forceinline__ int lswz(int r, int c) { return r * kLBK + ((c ^ (r & 7)) << 4); }
 
-// Two horizontally adjacent results (n, n + 1); one vector store when both exist and the
-// address allows it.
-__device__ __forceinline__ void store_pair(const Epilogue& ep, int64_t m, int64_t n, int64_t N, int32_t v0, int32_t v1) {
-  if (n + 1 < N && (N & 1) == 0) {
-    if (ep.C) {
-      *reinterpret_cast<int2*>(ep.C + m * N + n) = make_int2(v0, v1);
-    } else {
-      const float rs = ep.rs[m];
-      const __half a = mm_dequant_value(v0, rs, ep.cs[n], ep.bias ? __half2float(ep.bias[n]) : 0.0f);
-      const __half b = mm_dequant_value(v1, rs, ep.cs[n + 1], ep.bias ? __half2float(ep.bias[n + 1]) : 0.0f);
-      *reinterpret_cast<__half2*>(ep.out + m * N + n) = __halves2half2(a, b);
-    }
-    return;
-  }
-  if (n < N) store_result(ep, m, n, N, v0);
-  if (n + 1 < N) store_result(ep, m, n + 1, N, v1);
-}
-
 template <int STAGES>
 __global__ void __launch_bounds__(kGemmThreads, 1)
-    k_int8_gemm_large(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int M, int N, int K, Epilogue ep) {
+    k_int8_gemm_large(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int M, int N, int K, Int8Epilogue ep) {
   extern __shared__ __align__(128) int8_t s_dyn8[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp >> 2, wn = warp & 3;
@@ -389,13 +357,17 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
       }
 }
 
-// NIBBLE_CUDA_INT8_GEMM=small keeps every product on the 128x128 kernel (for same-run A/Bs).
-bool large_gemm_off() {
-  static const bool off = [] {
+// Which kernel takes the large products: Auto = the Hopper wgmma kernel where the device runs
+// it, else the 128x256 mma.sync one. NIBBLE_CUDA_INT8_GEMM=mma skips the wgmma kernel and
+// =small keeps the 128x128 kernel too (for same-run A/Bs).
+enum class LargeGemm { Auto, Mma, Off };
+LargeGemm large_gemm_mode() {
+  static const LargeGemm mode = [] {
     const char* v = std::getenv("NIBBLE_CUDA_INT8_GEMM");
-    return v && std::string(v) == "small";
+    const std::string m = v ? v : "";
+    return m == "small" ? LargeGemm::Off : m == "mma" ? LargeGemm::Mma : LargeGemm::Auto;
   }();
-  return off;
+  return mode;
 }
 
 // Stages of the large-tile GEMM the current device can hold (0: it cannot).
@@ -410,7 +382,7 @@ constexpr int kGemvThreads = 256, kGemvMaxRows = 4;
 
 template <int MR>
 __global__ void __launch_bounds__(kGemvThreads)
-    k_int8_gemv(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int N, int K, bool vec, Epilogue ep) {
+    k_int8_gemv(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int N, int K, bool vec, Int8Epilogue ep) {
   extern __shared__ __align__(16) int8_t sA_rows[];
   for (int i = threadIdx.x; i < MR * K; i += kGemvThreads) sA_rows[i] = A[i];
   __syncthreads();
@@ -472,7 +444,7 @@ void check_dims(const char* op, int64_t M, int64_t N, int64_t K) {
     throw std::runtime_error(std::string(op) + ": operand too large");
 }
 
-void launch_int8_matmul(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, const Epilogue& ep,
+void launch_int8_matmul(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, const Int8Epilogue& ep,
                         cudaStream_t s, const char* op) {
   check_dims(op, M, N, K);
   const bool vec = (K % 16 == 0) && aligned16(A) && aligned16(B);
@@ -494,7 +466,7 @@ void launch_int8_matmul(const int8_t* A, const int8_t* B, int64_t M, int64_t N, 
     for (int64_t m0 = 0; m0 < M; m0 += kGemvMaxRows) {
       const int64_t mr = std::min<int64_t>(kGemvMaxRows, M - m0);
       if (mr * K > 48 * 1024) throw std::runtime_error(std::string(op) + ": K too large for an unaligned operand");
-      Epilogue e = ep;
+      Int8Epilogue e = ep;
       if (e.C) e.C += m0 * N;
       if (e.out) e.out += m0 * N;
       if (e.rs) e.rs += m0;
@@ -512,7 +484,11 @@ void launch_int8_matmul(const int8_t* A, const int8_t* B, int64_t M, int64_t N, 
     return;
   }
   const int64_t large_tiles = ((M + kLBM - 1) / kLBM) * ((N + kLBN - 1) / kLBN);
-  const int stages = large_tiles >= 2 * (int64_t)sm_count() && !large_gemm_off() ? large_gemm_stages() : 0;
+  const bool large = large_tiles >= 2 * (int64_t)sm_count() && large_gemm_mode() != LargeGemm::Off;
+#if NIBBLE_HAS_SM90A
+  if (large && large_gemm_mode() == LargeGemm::Auto && int8_gemm_wgmma(A, B, M, N, K, ep, s, op)) return;
+#endif
+  const int stages = large ? large_gemm_stages() : 0;
   if (stages) {
     dim3 grid((unsigned)((N + kLBN - 1) / kLBN), (unsigned)((M + kLBM - 1) / kLBM));
     if (grid.y > 65535) throw std::runtime_error(std::string(op) + ": too many rows for one launch");
@@ -563,7 +539,7 @@ void int8_vectorwise_quant(const void* x, DType dt, int64_t rows, int64_t cols, 
 
 void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C,
                         cudaStream_t s) {
-  Epilogue ep;
+  Int8Epilogue ep;
   ep.C = C;
   launch_int8_matmul(A, B, M, N, K, ep, s, "int8_linear_matmul");
 }
@@ -580,7 +556,7 @@ void int8_mm_dequant(const int32_t* C, const float* row_stats, const float* col_
 void int8_linear_matmul_dequant(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K,
                                 const float* row_stats, const float* col_stats, const uint16_t* bias, uint16_t* out,
                                 cudaStream_t s) {
-  Epilogue ep;
+  Int8Epilogue ep;
   ep.out = reinterpret_cast<__half*>(out);
   ep.rs = row_stats;
   ep.cs = col_stats;

@@ -330,7 +330,7 @@ int main(int argc, char** argv) {
                                            scb.as<float>(), nullptr, y.as<uint16_t>());
         });
         raw["int8_mm_" + shape + "_tops"] = 2.0 * M * N * K / (mm * 1e-3) / 1e12;
-        rows.push_back({"int8 mma.sync GEMM (+dequant)", shape, "TOPS", "-", "-", 2.0 * M * N * K / (mm * 1e-3) / 1e12,
+        rows.push_back({"int8 tensor-core GEMM (+dequant)", shape, "TOPS", "-", "-", 2.0 * M * N * K / (mm * 1e-3) / 1e12,
                         0.0});
       }
     }

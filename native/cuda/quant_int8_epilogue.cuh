@@ -1,0 +1,54 @@
+// The int8 GEMM kernels' output stage, shared by the mma.sync kernels (quant_int8.cu) and the
+// Hopper wgmma kernel (sm90a/quant_int8_wgmma.cu): int32 results, or int8_mm_dequant fused
+// (float16(fmaf(C * rs * cs, 1/127^2, bias)), the CPU reference's formula).
+#pragma once
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "formats.h"
+
+namespace nibble {
+namespace cuda {
+
+__device__ __forceinline__ __half mm_dequant_value(int32_t c, float rs, float cs, float bias) {
+  const float p = __fmul_rn(__fmul_rn((float)c, rs), cs);
+  return __float2half_rn(fmaf(p, fmt::kMmDequantScale, bias));
+}
+
+struct Int8Epilogue {
+  int32_t* C = nullptr;  // int32 output, or
+  __half* out = nullptr;  // fused dequant output (float16)
+  const float* rs = nullptr;
+  const float* cs = nullptr;
+  const __half* bias = nullptr;
+};
+
+__device__ __forceinline__ void store_result(const Int8Epilogue& ep, int64_t m, int64_t n, int64_t N, int32_t v) {
+  if (ep.C) {
+    ep.C[m * N + n] = v;
+  } else {
+    ep.out[m * N + n] = mm_dequant_value(v, ep.rs[m], ep.cs[n], ep.bias ? __half2float(ep.bias[n]) : 0.0f);
+  }
+}
+
+// Two horizontally adjacent results (n, n + 1); one vector store when both exist and the
+// address allows it.
+__device__ __forceinline__ void store_pair(const Int8Epilogue& ep, int64_t m, int64_t n, int64_t N, int32_t v0, int32_t v1) {
+  if (n + 1 < N && (N & 1) == 0) {
+    if (ep.C) {
+      *reinterpret_cast<int2*>(ep.C + m * N + n) = make_int2(v0, v1);
+    } else {
+      const float rs = ep.rs[m];
+      const __half a = mm_dequant_value(v0, rs, ep.cs[n], ep.bias ? __half2float(ep.bias[n]) : 0.0f);
+      const __half b = mm_dequant_value(v1, rs, ep.cs[n + 1], ep.bias ? __half2float(ep.bias[n + 1]) : 0.0f);
+      *reinterpret_cast<__half2*>(ep.out + m * N + n) = __halves2half2(a, b);
+    }
+    return;
+  }
+  if (n < N) store_result(ep, m, n, N, v0);
+  if (n + 1 < N) store_result(ep, m, n + 1, N, v1);
+}
+
+}  // namespace cuda
+}  // namespace nibble
