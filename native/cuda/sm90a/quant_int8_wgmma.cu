@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
@@ -102,14 +103,20 @@ __device__ __forceinline__ void wgmma_m64n256k32_s8(int (&d)[128], uint64_t da, 
 
 __global__ void __launch_bounds__(kThreads, 1)
     k_int8_gemm_wgmma(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, int M, int N,
-                      int K, Int8Epilogue ep) {
+                      int K, int group_rows, Int8Epilogue ep) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ int8_t s_raw[];
   __shared__ __align__(8) uint64_t s_full[kStages], s_empty[kStages];
   int8_t* smem = reinterpret_cast<int8_t*>((reinterpret_cast<uintptr_t>(s_raw) + 1023) & ~(uintptr_t)1023);
   const uint32_t base = dev::smem_u32(smem);
   const int tid = threadIdx.x;
-  const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
+  // Tiles in groups of group_rows row tiles, column by column within a group: a wave of CTAs
+  // then covers a few row tiles x many column tiles whose operands share L2 (in plain row
+  // order a wave spans every column tile: all of B, which comes from DRAM once a wave).
+  const int tiles_m = (M + kBM - 1) / kBM, tiles_n = (N + kBN - 1) / kBN;
+  const int per_group = group_rows * tiles_n, group = blockIdx.x / per_group, first_m = group * group_rows;
+  const int group_m = min(tiles_m - first_m, group_rows), in_group = blockIdx.x % per_group;
+  const int m0 = (first_m + in_group % group_m) * kBM, n0 = (in_group / group_m) * kBN;
   const int ktiles = (K + kBK - 1) / kBK;
   auto full = [&](int st) { return dev::smem_u32(&s_full[st]); };
   auto empty = [&](int st) { return dev::smem_u32(&s_empty[st]); };
@@ -216,16 +223,29 @@ bool make_map(CUtensorMap* map, const int8_t* p, int64_t rows, int64_t K, int bo
                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// Row tiles a group (NIBBLE_CUDA_INT8_WGMMA_GROUP, default 4; 1 = plain row order, for A/Bs).
+// H100, 2048x8192x8192 + dequant, two alternations: groups of 1 / 4 / 8 / 16 row tiles
+// 844-845 / 878-880 / 858-865 / 851-863 TOPS.
+int group_rows() {
+  static const int g = [] {
+    const char* v = std::getenv("NIBBLE_CUDA_INT8_WGMMA_GROUP");
+    const int n = v ? std::atoi(v) : 4;
+    return n >= 1 && n <= 64 ? n : 4;
+  }();
+  return g;
+}
+
 }  // namespace
 
 bool int8_gemm_wgmma(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, const Int8Epilogue& ep,
                      cudaStream_t s, const char* op) {
   if (!device_has_kernel()) return false;
-  dim3 grid((unsigned)((N + kBN - 1) / kBN), (unsigned)((M + kBM - 1) / kBM));
-  if (grid.y > 65535) return false;
+  const int64_t tiles = ((M + kBM - 1) / kBM) * ((N + kBN - 1) / kBN);
+  if (tiles > 0x7fffffff) return false;
+  const dim3 grid((unsigned)tiles);
   CUtensorMap map_a, map_b;
   if (!make_map(&map_a, A, M, K, kBM) || !make_map(&map_b, B, N, K, kBN)) return false;
-  k_int8_gemm_wgmma<<<grid, kThreads, kSmemBytes, s>>>(map_a, map_b, (int)M, (int)N, (int)K, ep);
+  k_int8_gemm_wgmma<<<grid, kThreads, kSmemBytes, s>>>(map_a, map_b, (int)M, (int)N, (int)K, group_rows(), ep);
   NIBBLE_CUDA_CHECK_LAUNCH(op);
   return true;
 }
