@@ -98,6 +98,33 @@ describe(`8-bit blockwise and LLM.int8 ops: fast == reference (seed ${SEED})`, (
       }
     });
   }
+  it('int8LinearMatmul is exact over the whole int8 range (-128 included) and long rows', () => {
+    // The AVX-512 VNNI kernel (2+ rows of A) offsets A to unsigned and subtracts 128 * sum(B):
+    // extremes, masked tails (K % 64) and partial tiles of 4 weight rows must all come out exact.
+    for (const [M, N, K] of [[1, 7, 3072], [2, 5, 4097], [5, 9, 129], [3, 3, 63], [16, 6, 640]] as const) {
+      const fill = (n: number, seed: number) => {
+        const v = new Int8Array(n);
+        let x = seed;
+        for (let i = 0; i < n; i++) {
+          x = (x * 1103515245 + 12345) >>> 0;
+          const r = x >>> 24;
+          v[i] = r < 40 ? -128 : r < 80 ? 127 : (r % 256) - 128;
+        }
+        return v;
+      };
+      const A = fill(M * K, ++s), B = fill(N * K, ++s);
+      const a = Tensor.from(A, [M, K], 'int8'), b = Tensor.from(B, [N, K], 'int8');
+      const cf = int8LinearMatmul(a, b), cr = int8LinearMatmul(a, b, { ref: true });
+      const C = cf.dataSync() as Int32Array;
+      for (let m = 0; m < M; m++)
+        for (let n = 0; n < N; n++) {
+          let acc = 0;
+          for (let k = 0; k < K; k++) acc += A[m * K + k]! * B[n * K + k]!;
+          expect(C[m * N + n], `C[${m}, ${n}] ${M}x${N}x${K}`).toBe(acc);
+        }
+      expect(firstDiff(bytes(cf), bytes(cr)), `C ${M}x${N}x${K} fast vs ref`).toBe(-1);
+    }
+  });
   it('int8LinearMatmul and int8MmDequant, odd shapes (K not a multiple of 16)', () => {
     for (const [M, N, K] of [[1, 1, 1], [3, 17, 33], [17, 64, 130], [64, 130, 515]] as const) {
       const a = int8VectorwiseQuant(tensorOf(randn(M * K, ++s), [M, K], 'float16'))[0];

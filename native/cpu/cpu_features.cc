@@ -17,6 +17,8 @@ static Features detect() {
   f.avx512f = __builtin_cpu_supports("avx512f");
   f.avx512bw = __builtin_cpu_supports("avx512bw");
   f.avx512vnni = __builtin_cpu_supports("avx512vnni");
+  // NIBBLE_SIMD=avx2: the AVX2 kernels even where AVX-512 exists (same-run comparisons).
+  if (e && std::strcmp(e, "avx2") == 0) f.avx512f = f.avx512bw = f.avx512vnni = false;
 #endif
   return f;
 }
