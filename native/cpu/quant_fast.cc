@@ -19,6 +19,7 @@ namespace cpu {
 namespace {
 
 bool use_avx2() { return features().avx2_fma; }
+bool use_avx512() { return features().avx2_fma && features().avx512f && features().avx512bw; }
 
 // Blocks per parallel task: enough work per task (~16K elements) to amortise the pool.
 int64_t block_grain(int blocksize) { return std::max<int64_t>(1, 16384 / blocksize); }
@@ -223,6 +224,59 @@ NIBBLE_AVX2 void gemv_rows_strided_avx2(const Weight4bit& w, const float* xp, in
   int64_t n = n0;
   for (; n + 2 <= n1; n += 2) strided_rows<2>(w, lut, n, xp, acc + (n - n0));
   for (; n < n1; n++) strided_rows<1>(w, lut, n, xp, acc + (n - n0));
+}
+
+// The same GEMV with AVX-512 (rows of whole 128-code groups, blocksizes that are multiples of
+// 64): one 512-bit load covers 128 codes, lane j holding elements 8j..8j+7, and vpermps on a
+// zmm is a 16-entry lookup in one instruction (the AVX2 kernel needs two permutes, a blend and
+// a second shift for 8), so a step is shift, lookup, FMA for 16 weights. x is pre-permuted to
+// xp[128g + 16s + j] = x[128g + 8j + (s^1)]. A group spans two 64-code blocks when the blocksize
+// is 64: lanes 0-7 take the first block's absmax, 8-15 the second's.
+NIBBLE_AVX512 void permute_x128(const float* x, int64_t K, float* xp) {
+  for (int64_t g = 0; g < K; g += 128)
+    for (int s = 0; s < 8; s++)
+      for (int j = 0; j < 16; j++) xp[g + 16 * s + j] = x[g + 8 * j + (s ^ 1)];
+}
+
+template <int R>
+NIBBLE_AVX512 inline void strided_rows512(const Weight4bit& w, __m512 table, int64_t n, const float* xp, float* acc) {
+  const int64_t K = w.K, bs = w.blocksize;
+  const uint8_t* p[R];
+  __m512 total[R];
+  for (int r = 0; r < R; r++) p[r] = w.packed + (n + r) * K / 2, total[r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < K; g += 128) {
+    __m512i v[R];
+    __m512 a[R][2];
+    for (int r = 0; r < R; r++) {
+      v[r] = _mm512_loadu_si512(p[r] + g / 2);
+      a[r][0] = a[r][1] = _mm512_setzero_ps();
+    }
+#pragma GCC unroll 8
+    for (int S = 0; S < 8; S++) {
+      const __m512 xv = _mm512_loadu_ps(xp + g + 16 * S);
+      for (int r = 0; r < R; r++) {
+        const __m512i idx = S == 0 ? v[r] : _mm512_srli_epi32(v[r], 4 * S);
+        a[r][S & 1] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, table), xv, a[r][S & 1]);
+      }
+    }
+    for (int r = 0; r < R; r++) {
+      const int64_t e = (n + r) * K + g;
+      const float s0 = weight_block_absmax(w, e / bs);
+      const __m512 s = bs % 128 == 0 ? _mm512_set1_ps(s0)
+                                      : _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(s0), _mm512_set1_ps(weight_block_absmax(w, (e + 64) / bs)));
+      total[r] = _mm512_fmadd_ps(_mm512_add_ps(a[r][0], a[r][1]), s, total[r]);
+    }
+  }
+  for (int r = 0; r < R; r++) acc[r] = _mm512_reduce_add_ps(total[r]);
+}
+
+NIBBLE_AVX512 void gemv_rows_strided_avx512(const Weight4bit& w, const float* xp, int64_t n0, int64_t n1, float* acc) {
+  alignas(64) float v[16];
+  for (int i = 0; i < 16; i++) v[i] = fmt::code4_value((uint8_t)i, w.qt);
+  const __m512 table = _mm512_load_ps(v);
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) strided_rows512<4>(w, table, n, xp, acc + (n - n0));
+  for (; n < n1; n++) strided_rows512<1>(w, table, n, xp, acc + (n - n0));
 }
 
 // GEMV rows [n0, n1) for weights whose rows are whole blocks.
@@ -530,14 +584,20 @@ void matmul_4bit(const void* x, DType x_dt, int64_t M, const Weight4bit& w, cons
   if (M == 1) {
     // GEMV: one pass over the packed weight, each row decoded straight into an FMA.
     const bool strided = avx && aligned && w.blocksize % 64 == 0;
+    const bool strided512 = strided && use_avx512() && K % 128 == 0;
     std::vector<float> xp;
-    if (strided) {
+    if (strided512) {
+      xp.resize((size_t)K);
+      permute_x128(xf.data(), K, xp.data());
+    } else if (strided) {
       xp.resize((size_t)K);
       permute_x64(xf.data(), K, xp.data());
     }
     parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
       std::vector<float> row, acc((size_t)(n1 - n0));
-      if (strided) {
+      if (strided512) {
+        gemv_rows_strided_avx512(w, xp.data(), n0, n1, acc.data());
+      } else if (strided) {
         gemv_rows_strided_avx2(w, xp.data(), n0, n1, acc.data());
       } else if (avx && aligned) {
         gemv_rows_avx2(w, xf.data(), n0, n1, acc.data());

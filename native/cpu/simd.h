@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #define NIBBLE_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define NIBBLE_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw")))
 #define NIBBLE_AVX512VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vnni")))
 
 namespace nibble {
