@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -468,13 +469,19 @@ NIBBLE_AVX512VNNI inline void vnni_step4(__m512i (&acc)[4], __m512i (&sum)[4], _
 }
 
 template <bool kWithSum>
-NIBBLE_AVX512VNNI void dot4_i8_vnni(const uint8_t* au, const int8_t* const* b, int rows, int64_t K, int32_t* bsum,
-                                    int32_t* out) {
+NIBBLE_AVX512VNNI void dot4_i8_vnni(const uint8_t* au, const int8_t* const* b, int rows, int64_t next_rows, int64_t K,
+                                    int32_t* bsum, int32_t* out) {
   __m512i acc[4], sum[4];
 #pragma GCC unroll 4
   for (int r = 0; r < 4; r++) acc[r] = _mm512_setzero_si512(), sum[r] = _mm512_setzero_si512();
+  // The next tile's rows (contiguous after these four) prefetched as fast as these are read:
+  // four interleaved row streams leave the hardware prefetcher behind.
+  const int8_t* next = b[0] + 4 * K;
+  const int64_t next_bytes = next_rows * K;
+  int64_t pf = 0;
   int64_t k = 0;
   for (; k + 64 <= K; k += 64) {
+    for (int l = 0; l < 4 && pf < next_bytes; l++, pf += 64) _mm_prefetch((const char*)next + pf, _MM_HINT_T0);
     const __m512i w[4] = {_mm512_loadu_si512(b[0] + k), _mm512_loadu_si512(b[1] + k), _mm512_loadu_si512(b[2] + k),
                           _mm512_loadu_si512(b[3] + k)};
     vnni_step4<kWithSum>(acc, sum, _mm512_loadu_si512(au + k), w);
@@ -505,8 +512,9 @@ void int8_linear_matmul_vnni(const int8_t* A, const int8_t* B, int64_t M, int64_
       for (int r = 0; r < 4; r++) b[r] = B + std::min(n0 + r, N - 1) * K;
       int32_t bsum[4], out[4];
       for (int64_t m = 0; m < M; m++) {
-        if (m == 0) dot4_i8_vnni<true>(au.data(), b, rows, K, bsum, out);
-        else dot4_i8_vnni<false>(au.data() + m * K, b, rows, K, bsum, out);
+        const int64_t next_rows = m == 0 ? std::max<int64_t>(0, std::min<int64_t>(4, N - n0 - 4)) : 0;
+        if (m == 0) dot4_i8_vnni<true>(au.data(), b, rows, next_rows, K, bsum, out);
+        else dot4_i8_vnni<false>(au.data() + m * K, b, rows, 0, K, bsum, out);
         for (int r = 0; r < rows; r++) C[m * N + n0 + r] = out[r];
       }
     }
@@ -515,12 +523,12 @@ void int8_linear_matmul_vnni(const int8_t* A, const int8_t* B, int64_t M, int64_
 }  // namespace
 
 void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C) {
-  // The VNNI kernel for 2+ activation rows: on this project's AVX-512 host (2 cores) it took
-  // 16x4096x4096 from 4.2-7.3 ms to 1.0-2.0 ms, but one row (the decode step) came out slower
-  // end to end (GPT-2 124M int8 decode 92-104 vs 115-120 tokens/s, same run), so M = 1 keeps
-  // the AVX2 kernel.
+  // On the 2-core AVX-512 host, alternated with NIBBLE_SIMD=avx2: GPT-2 124M int8 prefill
+  // 409-466 -> 705-827 tokens/s; decode over six alternations 94-117 (mean 106) -> 94-134
+  // (mean 118), a noisy host. Without the next tile's prefetch one row ran slower than the
+  // AVX2 kernel (92-104 vs 115-120).
   const Features& f = features();
-  if (f.avx512vnni && f.avx512bw && K > 0 && M >= 2) return int8_linear_matmul_vnni(A, B, M, N, K, C);
+  if (f.avx512vnni && f.avx512bw && K > 0) return int8_linear_matmul_vnni(A, B, M, N, K, C);
   bool avx = use_avx2();
   // Tiles of 4 weight rows x all activation rows keep the weight rows in L1 while reused.
   parallel_for((N + 3) / 4, 1, [&](int64_t t0, int64_t t1) {
