@@ -34,6 +34,7 @@ interface QuantBinding {
   tilesLayout4bit(packed: Tensor, absmax: Tensor, nested: Tensor | null, nestedCode: Tensor | null, offset: Tensor | null,
     layout: Tensor, N: number, K: number, blocksize: number, qt: number): void;
   int8OutlierMatmulAdd(out: Tensor, x: Tensor, colMask: Tensor, CB: Tensor, SCB: Tensor): void;
+  int8LinearCpu(x: Tensor, CB: Tensor, SCB: Tensor, bias: Tensor | null, out: Tensor, threshold: number): void;
 }
 const q = () => native() as unknown as QuantBinding;
 
@@ -272,6 +273,22 @@ export function int8MmDequant(A: Tensor, rowStats: Tensor, colStats: Tensor, opt
 /** @internal the 16-bit outlier part of LLM.int8(): out += x[:, mask] @ (CB[:, mask] * SCB / 127)^T */
 export function int8OutlierMatmulAdd(out: Tensor, x: Tensor, colMask: Tensor, CB: Tensor, SCB: Tensor): void {
   q().int8OutlierMatmulAdd(out, x, colMask, CB, SCB);
+}
+
+/**
+ * @internal Linear8bitLt's forward for CPU tensors as one native task (quantize x with the
+ * outlier mask, int8 product, dequantization with bias, outlier product): the same kernels as
+ * the op-by-op path, hence the same float16 result. x is float16 [.., K].
+ */
+export function int8LinearCpu(x: Tensor, CB: Tensor, SCB: Tensor, bias: Tensor | null, threshold: number): Tensor {
+  const out = Tensor.empty([...x.shape.slice(0, -1), CB.shape[0]!], 'float16', x.device);
+  try {
+    q().int8LinearCpu(x, CB, SCB, bias, out, threshold);
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return out;
 }
 
 // ---- 4-bit matmul ------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 // deterministic, stated tolerances where summation order differs.
 import { describe, expect, it } from 'vitest';
 import {
-  dequantize4bit, dequantizeBlockwise, int8LinearMatmul, int8MmDequant, int8VectorwiseQuant,
+  dequantize4bit, dequantizeBlockwise, int8LinearCpu, int8LinearMatmul, int8MmDequant, int8OutlierMatmulAdd, int8VectorwiseQuant,
+  int8VectorwiseQuantMask,
   quantize4bit, quantizeBlockwise, QuantState, quantMap,
 } from '../lib/functional.js';
 import { readSafetensors } from '../lib/io/safetensors.js';
@@ -137,6 +138,27 @@ describe('nn layers vs bitsandbytes', () => {
       expect(relL2(out.toFloat32Sync(), get(`lin8.th${th}.0.out`).toFloat32Sync())).toBeLessThan(1e-3);
     });
   }
+  it('Linear8bitLt on the CPU (one fused native task) equals the op-by-op kernels bit for bit', () => {
+    // float16 and float32 x, with and without bias, threshold 0 and 6 (outlier columns present
+    // in i8.x at 6), one row and many: the fused task runs the same four kernels.
+    for (const th of [0, 6])
+      for (const withBias of [true, false])
+        for (const xdt of ['float16', 'float32'] as const) {
+          const layer = Linear8bitLt.fromFloat(get('i8.w'), withBias ? get('i8.bias') : null, { threshold: th });
+          for (const x of [get('i8.x'), get('i8.x').narrow(0, 1)]) {
+            const xin = x.to(xdt);
+            const got = layer.forward(xin);
+            const xh = xin.to('float16');
+            const [CA, SCA, mask] = int8VectorwiseQuantMask(xh, th);
+            const want = int8MmDequant(int8LinearMatmul(CA, layer.CB), SCA, layer.SCB, { bias: withBias ? get('i8.bias') : null });
+            if (th > 0) int8OutlierMatmulAdd(want, xh, mask, layer.CB, layer.SCB);
+            expect(got.dtype).toBe(xdt);
+            expect(firstDiff(bytes(got), bytes(want.to(xdt))), `th ${th} bias ${withBias} ${xdt} rows ${x.shape[0]}`).toBe(-1);
+          }
+        }
+    expect(() => int8LinearCpu(Tensor.empty([2, 7], 'float16'), get('i8.CB'), get('i8.SCB'), null, 0)).toThrow(/int8LinearCpu: shape mismatch: x float16\[2, 7\]/);
+    expect(() => int8LinearCpu(get('i8.x'), get('i8.CB'), get('i8.SCB'), null, -1)).toThrow(/threshold must be a finite number >= 0/);
+  });
   it('Linear8bitLt with threshold 6 differs from threshold 0 (the outlier path is exercised)', () => {
     const a = get('lin8.th0.0.out').toFloat32Sync(), b = get('lin8.th6.0.out').toFloat32Sync();
     const outA = Linear8bitLt.fromFloat(get('i8.w'), get('i8.bias'), { threshold: 0 }).forward(get('i8.x')).toFloat32Sync();

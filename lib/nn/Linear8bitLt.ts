@@ -2,7 +2,7 @@
 // (CB, SCB); activations are quantized per row; columns with an |x| >= threshold outlier
 // go through a 16-bit matmul instead (the mixed decomposition). Output in x's dtype after
 // float16 rounding, as bitsandbytes.nn.Linear8bitLt(has_fp16_weights=False).
-import { int8LinearMatmul, int8MmDequant, int8OutlierMatmulAdd, int8VectorwiseQuant, int8VectorwiseQuantMask } from '../functional.js';
+import { int8LinearCpu, int8LinearMatmul, int8MmDequant, int8OutlierMatmulAdd, int8VectorwiseQuant, int8VectorwiseQuantMask } from '../functional.js';
 import { Tensor } from '../tensor.js';
 import { Module, type LinearLike } from './module.js';
 
@@ -42,6 +42,7 @@ export class Linear8bitLt extends Module implements LinearLike {
     if (x.shape[x.ndim - 1] !== this.inFeatures)
       throw new RangeError(`Linear8bitLt: shape mismatch: x [${x.shape.join(', ')}] has ${x.shape[x.ndim - 1]} features, the layer expects ${this.inFeatures}`);
     const xh = x.dtype === 'float16' ? x : x.to('float16');
+    if (xh.device === 'cpu' && this.CB.device === 'cpu') return this.finish(x, xh, int8LinearCpu(xh, this.CB, this.SCB, this.bias, this.threshold));
     // The outlier columns stay a device-side mask: nothing here waits for a kernel.
     const [CA, SCA, mask] = int8VectorwiseQuantMask(xh, this.threshold);
     const C = int8LinearMatmul(CA, this.CB);
@@ -61,6 +62,11 @@ export class Linear8bitLt extends Module implements LinearLike {
       }
     }
     for (const t of [CA, SCA, C, mask]) t.dispose();
+    return this.finish(x, xh, result);
+  }
+
+  /** The float16 result in x's dtype; frees the float16 copy of x when one was made. */
+  private finish(x: Tensor, xh: Tensor, result: Tensor): Tensor {
     if (xh !== x) xh.dispose();
     if (x.dtype === 'float16') return result;
     const cast = result.to(x.dtype);

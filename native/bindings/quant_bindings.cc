@@ -544,6 +544,50 @@ Napi::Value Int8OutlierMatmulAdd(const Napi::CallbackInfo& info) {
 }
 NIBBLE_BINDING("int8OutlierMatmulAdd", Int8OutlierMatmulAdd);
 
+// int8LinearCpu(x float [.., K], CB i8 [N, K], SCB f32[N], bias f16[N] | null, out f16 [.., N], threshold):
+// Linear8bitLt's forward on the CPU as one queued task: int8_vectorwise_quant (outlier mask),
+// int8_linear_matmul, int8_mm_dequant (bias), then the outlier columns' 16-bit product: the same
+// four kernels Linear8bitLt would queue one op at a time, so the same bits, without three
+// round trips through the queue and their intermediate tensors (a decode step has 48 of these).
+Napi::Value Int8LinearCpu(const Napi::CallbackInfo& info) {
+  const char* op = "int8LinearCpu";
+  auto x = tensor_arg(info, 0, "x"), CB = tensor_arg(info, 1, "CB"), SCB = tensor_arg(info, 2, "SCB");
+  TensorArg bias;
+  const bool has_bias = optional_tensor_arg(info, 3, "bias", &bias);
+  auto out = tensor_arg(info, 4, "out");
+  const double th = num_arg(info, 5, "threshold");
+  if (!(th >= 0.0) || std::isinf(th)) bad(std::string(op) + ": threshold must be a finite number >= 0, got " + std::to_string(th));
+  expect_float(op, "x", x);
+  not_empty(op, "x", x);
+  expect_dtype(op, "CB", CB, DType::I8), expect_rank(op, "CB", CB, 2);
+  const int64_t N = CB.dim(0), K = CB.dim(1);
+  if (x.shape.empty() || x.dim(-1) != K)
+    bad(std::string(op) + ": shape mismatch: x " + x.describe() + " vs CB " + CB.describe());
+  const int64_t M = x.numel() / K;
+  expect_dtype(op, "SCB", SCB, DType::F32), expect_numel(op, "SCB", SCB, N);
+  if (has_bias) expect_dtype(op, "bias", bias, DType::F16), expect_numel(op, "bias", bias, N);
+  expect_dtype(op, "out", out, DType::F16), expect_numel(op, "out", out, M * N);
+  for (auto* t : {&x, &CB, &SCB}) expect_same_device(op, out, *t);
+  if (has_bias) expect_same_device(op, out, bias);
+  if (!out.on_cpu()) bad(std::string(op) + ": for CPU tensors; got " + out.describe());
+  const float thf = (float)th;
+  CpuStream::instance().enqueue([=] {
+    std::vector<int8_t> CA((size_t)(M * K));
+    std::vector<float> SCA((size_t)M);
+    std::vector<uint8_t> mask((size_t)K, 0);
+    std::vector<int32_t> C((size_t)(M * N));
+    cpu::int8_vectorwise_quant(x.ptr(), x.dt, M, K, thf, CA.data(), SCA.data(), mask.data());
+    cpu::int8_linear_matmul(CA.data(), CB.ptr<int8_t>(), M, N, K, C.data());
+    cpu::int8_mm_dequant(C.data(), SCA.data(), SCB.ptr<float>(), has_bias ? bias.ptr<uint16_t>() : nullptr, M, N,
+                         out.ptr<uint16_t>());
+    if (thf > 0.0f)
+      cpu::int8_outlier_matmul_add(out.ptr<uint16_t>(), x.ptr(), x.dt, mask.data(), CB.ptr<int8_t>(), SCB.ptr<float>(), M,
+                                   N, K);
+  });
+  return info.Env().Undefined();
+}
+NIBBLE_BINDING("int8LinearCpu", Int8LinearCpu);
+
 // Codebooks for QuantState.code / quant_map: quantMap(kind) with kind 'nf4' | 'fp4' |
 // 'dynamic' | 'dynamic_unsigned' -> Float32Array.
 Napi::Value QuantMap(const Napi::CallbackInfo& info) {
