@@ -60,6 +60,10 @@ NIBBLE_AVX2 void linear_tile_avx2(float* out, const float* x, const void* w, con
     }
 }
 
+// (GCC 12 warns inside its own avx512fintrin.h, in _mm512_reduce_add_ps: a false positive.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // The same tile with AVX-512: sixteen weights a step (a zmm of float32, or a ymm of halves
 // widened by vcvtph2ps), half the instructions of the AVX2 tile per weight (see linear()).
 template <DType WT>
@@ -104,6 +108,8 @@ NIBBLE_AVX512 void linear_tile_avx512(float* out, const float* x, const void* w,
       out[(m0 + i) * N + n0 + j] = s + (bias ? load_as_float(bias, WT, n0 + j) : 0.f);
     }
 }
+
+#pragma GCC diagnostic pop
 
 using TileFn = void (*)(float*, const float*, const void*, const void*, int64_t, int64_t, int64_t, int64_t);
 template <bool W512, int MB, DType WT>

@@ -227,6 +227,10 @@ NIBBLE_AVX2 void gemv_rows_strided_avx2(const Weight4bit& w, const float* xp, in
   for (; n < n1; n++) strided_rows<1>(w, lut, n, xp, acc + (n - n0));
 }
 
+// (GCC 12 warns inside its own avx512fintrin.h, in _mm512_reduce_add_ps: a false positive.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // The same GEMV with AVX-512 (rows of whole 128-code groups, blocksizes that are multiples of
 // 64): one 512-bit load covers 128 codes, lane j holding elements 8j..8j+7, and vpermps on a
 // zmm is a 16-entry lookup in one instruction (the AVX2 kernel needs two permutes, a blend and
@@ -280,6 +284,8 @@ NIBBLE_AVX512 void gemv_rows_strided_avx512(const Weight4bit& w, const float* xp
   for (; n < n1; n++) strided_rows512<1>(w, table, n, xp, acc + (n - n0));
 }
 
+#pragma GCC diagnostic pop
+
 // GEMV rows [n0, n1) for weights whose rows are whole blocks.
 NIBBLE_AVX2 void gemv_rows_avx2(const Weight4bit& w, const float* xf, int64_t n0, int64_t n1, float* acc) {
   Lut16 lut = make_lut(w.qt);
@@ -312,6 +318,50 @@ NIBBLE_AVX2 void dequant_span_avx2(const Weight4bit& w, int64_t start, int64_t c
     _mm256_storeu_ps(dst + j, _mm256_mul_ps(lookup8(lut, load_u32(w.packed + i / 2)), s));
   }
 }
+
+// (GCC 12 warns inside its own avx512fintrin.h, in _mm512_reduce_add_ps: a false positive.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// AVX-512 versions of the two GEMM helpers below (same values: code * absmax as one float32
+// product; the dot products in another order): 16 codes a step, the byte's high nibble first,
+// looked up with one vpermps; four 16-wide dot products sharing the x loads.
+NIBBLE_AVX512 void dequant_span_avx512(const Weight4bit& w, int64_t start, int64_t count, float* dst) {
+  alignas(64) float v[16];
+  for (int i = 0; i < 16; i++) v[i] = fmt::code4_value((uint8_t)i, w.qt);
+  const __m512 table = _mm512_load_ps(v);
+  const __m128i low = _mm_set1_epi8(0x0f);
+  int64_t j = 0;
+  for (; j + 16 <= count; j += 16) {
+    const int64_t i = start + j;
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.packed + i / 2));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low), lo = _mm_and_si128(b, low);
+    const __m512i idx = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo));
+    // Spans start on 16-element boundaries inside rows of whole blocks (blocksizes >= 32): a
+    // step never crosses a block.
+    const __m512 s = _mm512_set1_ps(weight_block_absmax(w, i / w.blocksize));
+    _mm512_storeu_ps(dst + j, _mm512_mul_ps(_mm512_permutexvar_ps(idx, table), s));
+  }
+  if (j < count) dequant_span_avx2(w, start + j, count - j, dst + j);
+}
+
+NIBBLE_AVX512 void dot4_avx512(const float* t, int64_t ld, const float* x, int64_t n, float* acc) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + k);
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(t + k), xv, a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(t + ld + k), xv, a1);
+    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(t + 2 * ld + k), xv, a2);
+    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(t + 3 * ld + k), xv, a3);
+  }
+  float r[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)};
+  for (; k < n; k++)
+    for (int j = 0; j < 4; j++) r[j] += t[j * ld + k] * x[k];
+  for (int j = 0; j < 4; j++) acc[j] += r[j];
+}
+
+#pragma GCC diagnostic pop
 
 // Four dot products of tile rows with one x chunk, sharing the x loads.
 NIBBLE_AVX2 void dot4_avx2(const float* t, int64_t ld, const float* x, int64_t n, float* acc) {
@@ -622,6 +672,7 @@ void matmul_4bit(const void* x, DType x_dt, int64_t M, const Weight4bit& w, cons
   }
   // GEMM: decode a tile of 4 weight rows x 512 inputs into an L1-resident buffer, then use it
   // for every activation row; partial sums live in acc until the row tile is done.
+  const bool avx512 = avx && use_avx512() && K % 16 == 0;
   constexpr int64_t kRows = 4, kChunk = 512;
   parallel_for((N + kRows - 1) / kRows, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> tile((size_t)(kRows * kChunk));
@@ -633,14 +684,16 @@ void matmul_4bit(const void* x, DType x_dt, int64_t M, const Weight4bit& w, cons
         int64_t kc = std::min(kChunk, K - k0);
         for (int64_t j = 0; j < nr; j++) {
           // K % blocksize == 0 makes every row and chunk start on an 8-element boundary.
-          if (avx && aligned)
+          if (avx512 && aligned)
+            dequant_span_avx512(w, (n0 + j) * K + k0, kc, tile.data() + j * kChunk);
+          else if (avx && aligned)
             dequant_span_avx2(w, (n0 + j) * K + k0, kc, tile.data() + j * kChunk);
           else
             dequant_span(w, (n0 + j) * K + k0, kc, tile.data() + j * kChunk);
         }
         for (int64_t m = 0; m < M; m++) {
           if (avx && nr == kRows) {
-            dot4_avx2(tile.data(), kChunk, xf.data() + m * K + k0, kc, &acc[m * kRows]);
+            (avx512 ? dot4_avx512 : dot4_avx2)(tile.data(), kChunk, xf.data() + m * K + k0, kc, &acc[m * kRows]);
             continue;
           }
           for (int64_t j = 0; j < nr; j++)
