@@ -132,7 +132,7 @@ struct Weight4bit {
 // Block absmax b of a Weight4bit, decoded exactly as decompress_absmax would.
 inline float weight_block_absmax(const Weight4bit& w, int64_t b) {
   if (w.absmax) return w.absmax[b];
-  float v = w.nested_code[w.qabsmax[b]] * w.nested_absmax[b / fmt::kNestedBlocksize];
+  float v = w.nested_code[w.qabsmax[b]] * w.nested_absmax[(uint64_t)b / fmt::kNestedBlocksize];  // b >= 0: a shift
   return v + w.offset;
 }
 
