@@ -237,6 +237,13 @@ NIBBLE_AVX2 void gemv_rows_strided_avx2(const Weight4bit& w, const float* xp, in
 // a second shift for 8), so a step is shift, lookup, FMA for 16 weights. x is pre-permuted to
 // xp[128g + 16s + j] = x[128g + 8j + (s^1)]. A group spans two 64-code blocks when the blocksize
 // is 64: lanes 0-7 take the first block's absmax, 8-15 the second's.
+// The 16 code values in one zmm: vpermps with a lane's low 4 bits is the whole lookup.
+NIBBLE_AVX512 inline __m512 make_lut512(QuantType qt) {
+  alignas(64) float v[16];
+  for (int i = 0; i < 16; i++) v[i] = fmt::code4_value((uint8_t)i, qt);
+  return _mm512_load_ps(v);
+}
+
 NIBBLE_AVX512 void permute_x128(const float* x, int64_t K, float* xp) {
   for (int64_t g = 0; g < K; g += 128)
     for (int s = 0; s < 8; s++)
@@ -279,9 +286,7 @@ NIBBLE_AVX512 inline void strided_rows512(const Weight4bit& w, __m512 table, int
 }
 
 NIBBLE_AVX512 void gemv_rows_strided_avx512(const Weight4bit& w, const float* xp, int64_t n0, int64_t n1, float* acc) {
-  alignas(64) float v[16];
-  for (int i = 0; i < 16; i++) v[i] = fmt::code4_value((uint8_t)i, w.qt);
-  const __m512 table = _mm512_load_ps(v);
+  const __m512 table = make_lut512(w.qt);
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) strided_rows512<4>(w, table, n, xp, acc + (n - n0));
   for (; n < n1; n++) strided_rows512<1>(w, table, n, xp, acc + (n - n0));
@@ -330,9 +335,7 @@ NIBBLE_AVX2 void dequant_span_avx2(const Weight4bit& w, int64_t start, int64_t c
 // product; the dot products in another order): 16 codes a step, the byte's high nibble first,
 // looked up with one vpermps; four 16-wide dot products sharing the x loads.
 NIBBLE_AVX512 void dequant_span_avx512(const Weight4bit& w, int64_t start, int64_t count, float* dst) {
-  alignas(64) float v[16];
-  for (int i = 0; i < 16; i++) v[i] = fmt::code4_value((uint8_t)i, w.qt);
-  const __m512 table = _mm512_load_ps(v);
+  const __m512 table = make_lut512(w.qt);
   const __m128i low = _mm_set1_epi8(0x0f);
   int64_t j = 0;
   for (; j + 16 <= count; j += 16) {

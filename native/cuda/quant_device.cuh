@@ -194,6 +194,42 @@ __device__ __forceinline__ void mma_16832_s8(int (&d)[4], const uint32_t (&a)[4]
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// ---- mbarriers (sm_90): completion of bulk / TMA copies and stage hand-over --------------------
+// NIBBLE_DEV_SM90 is 0 in device code for GPUs below sm_90, where these bodies are empty: the
+// kernels that use them are never launched there (the source build also compiles sm_80..89).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define NIBBLE_DEV_SM90 0
+#else
+#define NIBBLE_DEV_SM90 1
+#endif
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+#if NIBBLE_DEV_SM90
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+// One arrival that also expects `bytes` of copies to complete on the barrier's current phase.
+__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
+#if NIBBLE_DEV_SM90
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#if NIBBLE_DEV_SM90
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#if NIBBLE_DEV_SM90
+  asm volatile(
+      "{\n .reg .pred P1;\n"
+      "WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+      " @P1 bra DONE;\n bra WAIT;\n"
+      "DONE:\n}" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+#endif
+}
+
 // cpu::rcp_approx on the device: the reciprocal bitsandbytes' __fdividef(127, absmax) uses,
 // modelled as the exact reciprocal biased up by 0.14 ulp and rounded to nearest. Computing
 // the same model here (rather than calling __fdividef) keeps CUDA and CPU bit-identical;

@@ -71,40 +71,13 @@ template <int NT, bool DQ> struct TilesCfg {
   static constexpr int kSmem = kLutBytes + kXBytes + kRingBytes + 1024 + kBars * 8;
 };
 
-// ---- bulk copies and mbarriers (sm_90) ----
-// The code for older GPUs (the source build also targets sm_80..89) has empty bodies: the host
-// never launches the kernel there (tiles_layout_unsupported).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-#define NIBBLE_TILES_SM90 0
-#else
-#define NIBBLE_TILES_SM90 1
-#endif
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-#if NIBBLE_TILES_SM90
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-#endif
-}
-// One arrival that also expects `bytes` of copies to complete on the barrier's current phase.
-__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
-#if NIBBLE_TILES_SM90
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-#if NIBBLE_TILES_SM90
-  asm volatile(
-      "{\n .reg .pred P1;\n"
-      "WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
-      " @P1 bra DONE;\n bra WAIT;\n"
-      "DONE:\n}" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-#endif
-}
+// ---- bulk copies (sm_90; the mbarriers are dev::mbar_* in quant_device.cuh) ----
+// The code for older GPUs (the source build also targets sm_80..89) has empty bodies
+// (NIBBLE_DEV_SM90): the host never launches the kernel there (tiles_layout_unsupported).
 // bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared; completion
 // is counted on `bar`.
 __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
-#if NIBBLE_TILES_SM90
+#if NIBBLE_DEV_SM90
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
                "l"(src), "r"(bytes), "r"(bar)
                : "memory");
@@ -144,15 +117,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int c0 = slice * a.C / a.S, c1 = (slice + 1) * a.C / a.S;
 
   const uint32_t xbar = bars, wbar = bars + 16 + warp * kSlots * 8;
-  if (tid == 0) mbar_init(xbar, 1), mbar_init(xbar + 8, 1);
+  if (tid == 0) dev::mbar_init(xbar, 1), dev::mbar_init(xbar + 8, 1);
   if (lane == 0)
-    for (int i = 0; i < kSlots; i++) mbar_init(wbar + 8 * i, 1);
+    for (int i = 0; i < kSlots; i++) dev::mbar_init(wbar + 8 * i, 1);
   // Activation rows past M are zero in both buffers (never copied over).
   for (int i = tid; i < 2 * (MP - a.M) * kRowStride / 16; i += kThreads) {
     const int per = (MP - a.M) * kRowStride / 16, b = i / per, o = i % per;
     reinterpret_cast<uint4*>(s_x + b * MP * kRowStride + a.M * kRowStride)[o] = make_uint4(0, 0, 0, 0);
   }
-#if NIBBLE_TILES_SM90
+#if NIBBLE_DEV_SM90
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 #else
   __trap();  // never launched below sm_90
@@ -163,7 +136,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // m * kRowStride, one bulk copy a row.
   auto stage_x = [&](int b, int p0) {
     const uint32_t bytes = (uint32_t)min(PC, c1 - p0) * 128;
-    if (lane == 0) mbar_expect(xbar + 8 * b, bytes * (uint32_t)a.M);
+    if (lane == 0) dev::mbar_expect(xbar + 8 * b, bytes * (uint32_t)a.M);
     __syncwarp();
     const uint32_t dst = dev::smem_u32(s_x) + b * MP * kRowStride;
     for (int m = lane; m < a.M; m += 32) bulk_copy(dst + m * kRowStride, x + (size_t)m * a.K + (size_t)p0 * 64, bytes, xbar + 8 * b);
@@ -174,7 +147,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t ring = dev::smem_u32(s_ring) + warp * kSlots * kChunk;
   auto issue = [&](int c, int sl) {
     if (lane == 0 && active && c < c1) {
-      mbar_expect(wbar + 8 * sl, kChunk);
+      dev::mbar_expect(wbar + 8 * sl, kChunk);
       bulk_copy(ring + sl * kChunk, wsrc + (size_t)c * kChunk, kChunk, wbar + 8 * sl);
     }
   };
@@ -234,14 +207,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   int slot = 0, wraps = 0, cl = 0, phase = 0;
   for (int c = c0; c < c1; c++) {
     if (cl == 0) {  // a phase starts: its activations landed, and every warp is done with the other buffer
-      mbar_wait(xbar + 8 * (phase & 1), (phase >> 1) & 1);
+      dev::mbar_wait(xbar + 8 * (phase & 1), (phase >> 1) & 1);
       __syncthreads();
       if (warp == 0 && c + PC < c1) stage_x((phase + 1) & 1, c + PC);
     }
     uint4 w0 = make_uint4(0, 0, 0, 0), w1 = w0;
     float sc = 0.0f;  // the block absmax of row `lane`
     if (active) {
-      mbar_wait(wbar + 8 * slot, wraps & 1);
+      dev::mbar_wait(wbar + 8 * slot, wraps & 1);
       const uint8_t* ch = s_ring + (warp * kSlots + slot) * kChunk;
       w0 = *reinterpret_cast<const uint4*>(ch + lane * 16);
       w1 = *reinterpret_cast<const uint4*>(ch + 512 + lane * 16);

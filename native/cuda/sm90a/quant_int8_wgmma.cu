@@ -41,24 +41,6 @@ constexpr size_t kSmemBytes = (size_t)kStages * kStageBytes + 1024;  // + alignm
 __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
   return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
 }
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n .reg .pred P1;\n"
-      "WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
-      " @P1 bra DONE;\n bra WAIT;\n"
-      "DONE:\n}" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
 // A box of the 2-D tensor map at (x = byte along K, y = row) into shared memory at dst.
 __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, int x, int y, uint32_t bar) {
   asm volatile(
@@ -121,7 +103,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto full = [&](int st) { return dev::smem_u32(&s_full[st]); };
   auto empty = [&](int st) { return dev::smem_u32(&s_empty[st]); };
   if (tid == 0) {
-    for (int st = 0; st < kStages; st++) mbar_init(full(st), 1), mbar_init(empty(st), kConsumers / 32);
+    for (int st = 0; st < kStages; st++) dev::mbar_init(full(st), 1), dev::mbar_init(empty(st), kConsumers / 32);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
@@ -130,8 +112,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid == kConsumers) {
       for (int kt = 0; kt < ktiles; kt++) {
         const int st = kt % kStages, use = kt / kStages;
-        if (use > 0) mbar_wait(empty(st), (use - 1) & 1);
-        mbar_expect(full(st), kStageBytes);  // out-of-bounds parts of a box arrive as zeros, counted
+        if (use > 0) dev::mbar_wait(empty(st), (use - 1) & 1);
+        dev::mbar_expect(full(st), kStageBytes);  // out-of-bounds parts of a box arrive as zeros, counted
         tma_load(base + st * kStageBytes, &map_a, kt * kBK, m0, full(st));
         tma_load(base + st * kStageBytes + kBM * kBK, &map_b, kt * kBK, n0, full(st));
       }
@@ -145,7 +127,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int i = 0; i < 128; i++) acc[i] = 0;
   for (int kt = 0; kt < ktiles; kt++) {
     const int st = kt % kStages;
-    mbar_wait(full(st), (kt / kStages) & 1);
+    dev::mbar_wait(full(st), (kt / kStages) & 1);
     const uint32_t a_addr = base + st * kStageBytes + wg * 64 * kBK;
     const uint32_t b_addr = base + st * kStageBytes + kBM * kBK;
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -154,7 +136,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     // One k-tile's wgmmas stay in flight; the tile before is done, so its stage goes back.
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-    if (kt > 0 && lane == 0) mbar_arrive(empty((kt - 1) % kStages));
+    if (kt > 0 && lane == 0) dev::mbar_arrive(empty((kt - 1) % kStages));
   }
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 
