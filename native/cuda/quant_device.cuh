@@ -230,6 +230,12 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #endif
 }
 
+// Barrier `id` (1..15) for the first `threads` threads of the block, so a subset (the consumer
+// warps of a warp-specialized kernel) can synchronize without the others.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
 // cpu::rcp_approx on the device: the reciprocal bitsandbytes' __fdividef(127, absmax) uses,
 // modelled as the exact reciprocal biased up by 0.14 ulp and rounded to nearest. Computing
 // the same model here (rather than calling __fdividef) keeps CUDA and CPU bit-identical;

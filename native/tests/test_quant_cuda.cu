@@ -233,7 +233,10 @@ void test_int8(Table& t, std::mt19937_64& rng) {
                            {1024, 384, 256}, {33, 65, 77}, {300, 70, 1000}, {9, 40, 8200},
                            // two+ waves of 128x256 tiles on an H100: the large-tile kernel, with a
                            // partial k-tile, odd N (scalar stores), and more k-tiles than stages
-                           {2085, 4358, 272}, {2100, 4357, 144}, {1300, 6146, 656}};
+                           {2085, 4358, 272}, {2100, 4357, 144}, {1300, 6146, 656},
+                           // an odd count of row tiles (a cluster's second CTA past M) and N < 256
+                           // (the second half of B's tile past N)
+                           {40001, 130, 48}};
   run_guarded(t, "int8_linear_matmul + int8_mm_dequant (+fused)", [&](bool& pass) {
     size_t bad_c = 0, bad_d = 0, bad_f = 0;
     std::uniform_int_distribution<int> q(-127, 127);

@@ -1,7 +1,7 @@
 // LLM.int8()'s large int8 products on Hopper: wgmma (warpgroup MMA, sm_90a only) fed by the
 // tensor memory accelerator (TMA), the way cuBLAS's float16 GEMM runs there. Same results bit
-// for bit as the mma.sync kernels (quant_int8.cu): exact int32 sums, and the shared output
-// stage (quant_int8_epilogue.cuh).
+// for bit as the mma.sync kernels (quant_int8.cu): exact int32 sums, and the same dequant
+// formula (quant_int8_epilogue.cuh).
 //
 // CTA tile 128x256: two consumer warpgroups of 64x256 each and one producer warp whose lane 0
 // issues the TMA copies, k-tile 128 bytes, 4 stages (48 KB each) handed over by mbarriers
@@ -9,7 +9,12 @@
 // no block-wide barrier in the loop. Operands stay K-major as in memory (A rows x K, B the
 // weight's N x K rows), which wgmma takes for 8-bit types; TMA writes them with the 128-byte
 // swizzle that the shared-memory descriptors name (16-byte chunk c of row r at c ^ (r & 7),
-// 8-row groups 1024 bytes apart, stages 1024-byte aligned).
+// 8-row groups 1024 bytes apart, stages 1024-byte aligned). Persistent: one CTA an SM walks
+// the tiles, so the producer fetches the next tile's first stages while the consumers store.
+//
+// Tried and dropped (H100, same-run A/Bs in bench/kernels/NOTES.md): clusters of two CTAs
+// sharing B's tile by TMA multicast (L2 was not the limit: no gain, and the cross-CTA stage
+// hand-over cost 5%).
 //
 // Compiled for sm_90a alone (its own library in CMakeLists.txt); int8_gemm_wgmma() says
 // whether the current device runs it, so other GPUs keep the mma.sync kernels.
@@ -19,6 +24,7 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -89,16 +95,22 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ int8_t s_raw[];
   __shared__ __align__(8) uint64_t s_full[kStages], s_empty[kStages];
+  // The tile's column scales and bias, read once per tile for the fused dequantization.
+  __shared__ float s_cs[kBN], s_bias[kBN];
   int8_t* smem = reinterpret_cast<int8_t*>((reinterpret_cast<uintptr_t>(s_raw) + 1023) & ~(uintptr_t)1023);
   const uint32_t base = dev::smem_u32(smem);
   const int tid = threadIdx.x;
   // Tiles in groups of group_rows row tiles, column by column within a group: a wave of CTAs
   // then covers a few row tiles x many column tiles whose operands share L2 (in plain row
-  // order a wave spans every column tile: all of B, which comes from DRAM once a wave).
-  const int tiles_m = (M + kBM - 1) / kBM, tiles_n = (N + kBN - 1) / kBN;
-  const int per_group = group_rows * tiles_n, group = blockIdx.x / per_group, first_m = group * group_rows;
-  const int group_m = min(tiles_m - first_m, group_rows), in_group = blockIdx.x % per_group;
-  const int m0 = (first_m + in_group % group_m) * kBM, n0 = (in_group / group_m) * kBN;
+  // order a wave spans every column tile: all of B, which comes from DRAM once a wave). A
+  // grid smaller than the tile count (persistent) walks the tiles with the grid's stride.
+  const int tiles_m = (M + kBM - 1) / kBM, tiles_n = (N + kBN - 1) / kBN, tiles = tiles_m * tiles_n;
+  const int per_group = group_rows * tiles_n;
+  auto tile_of = [&](int tile, int& m0, int& n0) {
+    const int group = tile / per_group, first_m = group * group_rows;
+    const int group_m = min(tiles_m - first_m, group_rows), in_group = tile % per_group;
+    m0 = (first_m + in_group % group_m) * kBM, n0 = (in_group / group_m) * kBN;
+  };
   const int ktiles = (K + kBK - 1) / kBK;
   auto full = [&](int st) { return dev::smem_u32(&s_full[st]); };
   auto empty = [&](int st) { return dev::smem_u32(&s_empty[st]); };
@@ -108,48 +120,90 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
+  // it counts k-tiles over all of this CTA's tiles: stage it % kStages, its use it / kStages.
   if (tid >= kConsumers) {  // the producer warp: lane 0 streams the k-tiles
     if (tid == kConsumers) {
-      for (int kt = 0; kt < ktiles; kt++) {
-        const int st = kt % kStages, use = kt / kStages;
-        if (use > 0) dev::mbar_wait(empty(st), (use - 1) & 1);
-        dev::mbar_expect(full(st), kStageBytes);  // out-of-bounds parts of a box arrive as zeros, counted
-        tma_load(base + st * kStageBytes, &map_a, kt * kBK, m0, full(st));
-        tma_load(base + st * kStageBytes + kBM * kBK, &map_b, kt * kBK, n0, full(st));
+      int it = 0;
+      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int m0, n0;
+        tile_of(tile, m0, n0);
+        for (int kt = 0; kt < ktiles; kt++, it++) {
+          const int st = it % kStages, use = it / kStages;
+          if (use > 0) dev::mbar_wait(empty(st), (use - 1) & 1);
+          dev::mbar_expect(full(st), kStageBytes);  // out-of-bounds parts of a box arrive as zeros, counted
+          tma_load(base + st * kStageBytes, &map_a, kt * kBK, m0, full(st));
+          tma_load(base + st * kStageBytes + kBM * kBK, &map_b, kt * kBK, n0, full(st));
+        }
       }
     }
     return;
   }
 
-  const int wg = tid >> 7, lane = tid & 31;
-  int acc[128];
-#pragma unroll
-  for (int i = 0; i < 128; i++) acc[i] = 0;
-  for (int kt = 0; kt < ktiles; kt++) {
-    const int st = kt % kStages;
-    dev::mbar_wait(full(st), (kt / kStages) & 1);
-    const uint32_t a_addr = base + st * kStageBytes + wg * 64 * kBK;
-    const uint32_t b_addr = base + st * kStageBytes + kBM * kBK;
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-    for (int ks = 0; ks < kBK / 32; ks++) wgmma_m64n256k32_s8(acc, smem_desc(a_addr + 32 * ks), smem_desc(b_addr + 32 * ks));
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    // One k-tile's wgmmas stay in flight; the tile before is done, so its stage goes back.
-    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-    if (kt > 0 && lane == 0) dev::mbar_arrive(empty((kt - 1) % kStages));
-  }
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-
-  // Accumulator layout: warp w of the warpgroup holds rows 16w..16w+15; within a warp, as
-  // mma.sync's m16n8 fragment, repeated for each of the 32 n8 blocks.
-  const int w = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int j = 0; j < 32; j++)
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int m = m0 + wg * 64 + w * 16 + g + h * 8, n = n0 + j * 8 + t * 2;
-      if (m < M) store_pair(ep, m, n, N, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+  const int wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const bool dequant = ep.out != nullptr;
+  int it = 0;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int m0, n0;
+    tile_of(tile, m0, n0);
+    // The output stage's inputs are requested now and used after the main loop: the scales
+    // of this thread's two rows in registers, the tile's column scales and bias in shared
+    // memory (one column a thread). Read inside the store loop (as store_pair does), each
+    // load waits on memory right before its use, and with plain loads behind the previous
+    // store too; H100, 2048x8192x8192: loads in the loop 700 TOPS, through __ldg 1150,
+    // staged here 1280, with no stores at all 1330.
+    const int row = m0 + wg * 64 + w * 16 + g;
+    float rs[2] = {0.0f, 0.0f};
+    if (dequant) {
+      for (int h = 0; h < 2; h++)
+        if (row + h * 8 < M) rs[h] = __ldg(ep.rs + row + h * 8);
+      const int n = n0 + tid;
+      s_cs[tid] = n < N ? __ldg(ep.cs + n) : 0.0f;
+      s_bias[tid] = n < N && ep.bias ? __half2float(__ldg(ep.bias + n)) : 0.0f;
     }
+    int acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0;
+    for (int kt = 0; kt < ktiles; kt++, it++) {
+      const int st = it % kStages;
+      dev::mbar_wait(full(st), (it / kStages) & 1);
+      const uint32_t a_addr = base + st * kStageBytes + wg * 64 * kBK;
+      const uint32_t b_addr = base + st * kStageBytes + kBM * kBK;
+      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+      for (int ks = 0; ks < kBK / 32; ks++)
+        wgmma_m64n256k32_s8(acc, smem_desc(a_addr + 32 * ks), smem_desc(b_addr + 32 * ks));
+      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+      // One k-tile's wgmmas stay in flight; the tile before is done, so its stage goes back.
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+      if (kt > 0 && lane == 0) dev::mbar_arrive(empty((it - 1) % kStages));
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    if (ktiles > 0 && lane == 0) dev::mbar_arrive(empty((it - 1) % kStages));
+
+    // Accumulator layout: warp w of the warpgroup holds rows 16w..16w+15; within a warp, as
+    // mma.sync's m16n8 fragment, repeated for each of the 32 n8 blocks.
+    if (dequant) {
+      dev::named_barrier_sync(1, kConsumers);  // s_cs / s_bias written by all consumer threads
+#pragma unroll
+      for (int j = 0; j < 32; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int m = row + h * 8, c = j * 8 + t * 2;
+          if (m < M)
+            store_dequant_pair(ep.out, m, n0 + c, N, rs[h], s_cs[c], s_cs[c + 1], s_bias[c], s_bias[c + 1],
+                               acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+        }
+      dev::named_barrier_sync(1, kConsumers);  // the next tile may overwrite s_cs / s_bias
+    } else {
+#pragma unroll
+      for (int j = 0; j < 32; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int m = row + h * 8, n = n0 + j * 8 + t * 2;
+          if (m < M) store_pair(ep, m, n, N, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+        }
+    }
+  }
 #else
   __trap();  // int8_gemm_wgmma() does not launch it where no sm_90a code was loaded
 #endif
@@ -217,6 +271,17 @@ int group_rows() {
   return g;
 }
 
+// One CTA an SM walking the tiles (default) or one CTA a tile (NIBBLE_CUDA_INT8_WGMMA_PERSIST=0,
+// for A/Bs). H100, 2048x8192x8192, two alternations: GEMM + dequant 1276-1279 vs 1272-1287
+// TOPS, Linear8bitLt (quantize + product) 214 vs 225 us.
+bool persistent() {
+  static const bool p = [] {
+    const char* v = std::getenv("NIBBLE_CUDA_INT8_WGMMA_PERSIST");
+    return !(v && std::atoi(v) == 0);
+  }();
+  return p;
+}
+
 }  // namespace
 
 bool int8_gemm_wgmma(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, const Int8Epilogue& ep,
@@ -224,7 +289,7 @@ bool int8_gemm_wgmma(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int
   if (!device_has_kernel()) return false;
   const int64_t tiles = ((M + kBM - 1) / kBM) * ((N + kBN - 1) / kBN);
   if (tiles > 0x7fffffff) return false;
-  const dim3 grid((unsigned)tiles);
+  const dim3 grid((unsigned)(persistent() ? std::min<int64_t>(tiles, sm_count()) : tiles));
   CUtensorMap map_a, map_b;
   if (!make_map(&map_a, A, M, K, kBM) || !make_map(&map_b, B, N, K, kBN)) return false;
   k_int8_gemm_wgmma<<<grid, kThreads, kSmemBytes, s>>>(map_a, map_b, (int)M, (int)N, (int)K, group_rows(), ep);
