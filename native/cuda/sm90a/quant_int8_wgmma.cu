@@ -31,6 +31,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/quant_device.cuh"
+#include "cuda/sm90a/tma.cuh"
 
 namespace nibble {
 namespace cuda {
@@ -42,18 +43,8 @@ constexpr int kStageBytes = (kBM + kBN) * kBK;
 constexpr size_t kSmemBytes = (size_t)kStages * kStageBytes + 1024;  // + alignment slack
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// Shared-memory matrix descriptor: start address, leading-dimension offset (unused by swizzled
-// K-major operands: 1), stride between 8-row groups (1024 bytes), 128-byte swizzle (mode 1).
-__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
-  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
-}
-// A box of the 2-D tensor map at (x = byte along K, y = row) into shared memory at dst.
-__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, int x, int y, uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
-      : "memory");
-}
+using sm90a::smem_desc;
+using sm90a::tma_load;
 // D += A . B over one k32 step: A 64x32 and B 256x32 bytes from shared memory (descriptors),
 // D the warpgroup's 64x256 int32 accumulators, 128 a thread (scale-d true: accumulate).
 __device__ __forceinline__ void wgmma_m64n256k32_s8(int (&d)[128], uint64_t da, uint64_t db) {
@@ -209,20 +200,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();
-      p = nullptr;
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
-  }();
-  return fn;
-}
-
 // Whether the current device runs the sm_90a code (an H100/H200 does; other GPUs find no
 // image of this kernel) and the driver encodes tensor maps, cached per device; the kernel's
 // shared-memory opt-in is set then.
@@ -236,7 +213,7 @@ bool device_has_kernel() {
     cudaFuncAttributes attr;
     const cudaError_t e = cudaFuncGetAttributes(&attr, k_int8_gemm_wgmma);
     if (e != cudaSuccess) cudaGetLastError();  // "no kernel image": not an error of the caller's
-    bool ok = e == cudaSuccess && encode_fn() != nullptr;
+    bool ok = e == cudaSuccess && sm90a::encode_fn() != nullptr;
     int optin = 0;
     if (ok)
       ok = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess &&
@@ -250,13 +227,7 @@ bool device_has_kernel() {
 
 // rows x K int8, row-major, boxes of box_rows x 128 bytes with the 128-byte swizzle.
 bool make_map(CUtensorMap* map, const int8_t* p, int64_t rows, int64_t K, int box_rows) {
-  const cuuint64_t dims[2] = {(cuuint64_t)K, (cuuint64_t)rows};
-  const cuuint64_t strides[1] = {(cuuint64_t)K};
-  const cuuint32_t box[2] = {(cuuint32_t)kBK, (cuuint32_t)box_rows};
-  const cuuint32_t elem[2] = {1, 1};
-  return encode_fn()(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t*>(p), dims, strides, box, elem,
-                     CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return sm90a::make_map_2d(map, p, CU_TENSOR_MAP_DATA_TYPE_UINT8, rows, K, K, box_rows, kBK, true);
 }
 
 // Row tiles a group (NIBBLE_CUDA_INT8_WGMMA_GROUP, default 4; 1 = plain row order, for A/Bs).
