@@ -22,12 +22,10 @@
 
 #include <cuda.h>
 #include <cuda_runtime.h>
-#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
-#include <string>
 
 #include "cuda/cuda_check.h"
 #include "cuda/quant_device.cuh"
