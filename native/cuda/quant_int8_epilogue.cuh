@@ -39,25 +39,8 @@ __device__ __forceinline__ void store_result(const Int8Epilogue& ep, int64_t m, 
   }
 }
 
-// Two horizontally adjacent results (n, n + 1); one vector store when both exist and the
-// address allows it.
-__device__ __forceinline__ void store_pair(const Int8Epilogue& ep, int64_t m, int64_t n, int64_t N, int32_t v0, int32_t v1) {
-  if (n + 1 < N && (N & 1) == 0) {
-    if (ep.C) {
-      *reinterpret_cast<int2*>(ep.C + m * N + n) = make_int2(v0, v1);
-    } else {
-      const float rs = __ldg(ep.rs + m);
-      const __half a = mm_dequant_value(v0, rs, __ldg(ep.cs + n), bias_value(ep, n));
-      const __half b = mm_dequant_value(v1, rs, __ldg(ep.cs + n + 1), bias_value(ep, n + 1));
-      *reinterpret_cast<__half2*>(ep.out + m * N + n) = __halves2half2(a, b);
-    }
-    return;
-  }
-  if (n < N) store_result(ep, m, n, N, v0);
-  if (n + 1 < N) store_result(ep, m, n + 1, N, v1);
-}
-
-// Two horizontally adjacent dequantized results of row m, scales and bias already in hand.
+// Two horizontally adjacent dequantized results of row m, scales and bias already in hand; one
+// vector store when both exist and the address allows it.
 __device__ __forceinline__ void store_dequant_pair(__half* out, int64_t m, int64_t n, int64_t N, float rs, float cs0,
                                                    float cs1, float b0, float b1, int32_t v0, int32_t v1) {
   const __half a = mm_dequant_value(v0, rs, cs0, b0), b = mm_dequant_value(v1, rs, cs1, b1);
@@ -67,6 +50,24 @@ __device__ __forceinline__ void store_dequant_pair(__half* out, int64_t m, int64
   }
   if (n < N) out[m * N + n] = a;
   if (n + 1 < N) out[m * N + n + 1] = b;
+}
+
+// Two horizontally adjacent results (n, n + 1): int32, or dequantized with the scales and bias
+// read here (columns past N read nothing and store nothing).
+__device__ __forceinline__ void store_pair(const Int8Epilogue& ep, int64_t m, int64_t n, int64_t N, int32_t v0, int32_t v1) {
+  if (ep.C) {
+    if (n + 1 < N && (N & 1) == 0) {
+      *reinterpret_cast<int2*>(ep.C + m * N + n) = make_int2(v0, v1);
+      return;
+    }
+    if (n < N) ep.C[m * N + n] = v0;
+    if (n + 1 < N) ep.C[m * N + n + 1] = v1;
+    return;
+  }
+  const bool has0 = n < N, has1 = n + 1 < N;
+  store_dequant_pair(ep.out, m, n, N, __ldg(ep.rs + m), has0 ? __ldg(ep.cs + n) : 0.0f,
+                     has1 ? __ldg(ep.cs + n + 1) : 0.0f, has0 ? bias_value(ep, n) : 0.0f,
+                     has1 ? bias_value(ep, n + 1) : 0.0f, v0, v1);
 }
 
 }  // namespace cuda
