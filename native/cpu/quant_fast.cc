@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/parallel.h"
@@ -174,6 +175,20 @@ NIBBLE_AVX2 float row_dot_avx2(const Weight4bit& w, const Lut16& lut, int64_t st
   return hsum256(total);
 }
 
+// The one-row 4-bit GEMVs stream R weight rows at once. Each row's cache line of the next
+// pass (R rows on) is requested into the L2 as the current pass reads its own: R interleaved
+// row streams outrun the hardware prefetcher (as the int8 product's did, session 10), and with
+// it the GEMV on this project's AVX-512 host went from 19-21 to 35-44 GB/s at 8192^2 and the
+// GPT-2-124M nf4 decode from a median 97 to 131 tokens/s (bench/kernels/NOTES.md, session 12).
+// NIBBLE_CPU_GEMV_PREFETCH=0 turns it off (comparisons).
+bool gemv_prefetch() {
+  static const bool on = [] {
+    const char* e = std::getenv("NIBBLE_CPU_GEMV_PREFETCH");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
 // GEMV for blocksizes that are multiples of 64: one 256-bit load covers 64 codes; lane j
 // holds elements 8j..8j+7, and shifting every lane right by 4s exposes element 8j + (s^1)
 // (the high nibble of each byte comes first). x is pre-permuted once per call to that
@@ -186,8 +201,10 @@ NIBBLE_AVX2 void permute_x64(const float* x, int64_t K, float* xp) {
 }
 
 template <int R>
-NIBBLE_AVX2 inline void strided_rows(const Weight4bit& w, const Lut16& lut, int64_t n, const float* xp, float* acc) {
+NIBBLE_AVX2 inline void strided_rows(const Weight4bit& w, const Lut16& lut, int64_t n, const float* xp, float* acc,
+                                     bool prefetch) {
   const int64_t K = w.K, bs = w.blocksize;
+  prefetch = prefetch && n + 2 * R <= w.N;  // the next pass exists (see gemv_prefetch)
   const uint8_t* p[R];
   __m256 total[R];
   for (int r = 0; r < R; r++) p[r] = w.packed + (n + r) * K / 2, total[r] = _mm256_setzero_ps();
@@ -196,7 +213,10 @@ NIBBLE_AVX2 inline void strided_rows(const Weight4bit& w, const Lut16& lut, int6
     for (int r = 0; r < R; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
     for (int64_t g = k0; g < k0 + bs; g += 64) {
       __m256i v[R];
-      for (int r = 0; r < R; r++) v[r] = _mm256_loadu_si256((const __m256i*)(p[r] + g / 2));
+      for (int r = 0; r < R; r++) {
+        v[r] = _mm256_loadu_si256((const __m256i*)(p[r] + g / 2));
+        if (prefetch) _mm_prefetch((const char*)(p[r] + R * K / 2 + g / 2), _MM_HINT_T1);
+      }
 #define NIBBLE_STEP(S)                                                                                    \
   {                                                                                                      \
     __m256 xv = _mm256_loadu_ps(xp + g + 8 * (S));                                                       \
@@ -223,8 +243,9 @@ NIBBLE_AVX2 inline void strided_rows(const Weight4bit& w, const Lut16& lut, int6
 NIBBLE_AVX2 void gemv_rows_strided_avx2(const Weight4bit& w, const float* xp, int64_t n0, int64_t n1, float* acc) {
   Lut16 lut = make_lut(w.qt);
   int64_t n = n0;
-  for (; n + 2 <= n1; n += 2) strided_rows<2>(w, lut, n, xp, acc + (n - n0));
-  for (; n < n1; n++) strided_rows<1>(w, lut, n, xp, acc + (n - n0));
+  const bool prefetch = gemv_prefetch();
+  for (; n + 2 <= n1; n += 2) strided_rows<2>(w, lut, n, xp, acc + (n - n0), prefetch);
+  for (; n < n1; n++) strided_rows<1>(w, lut, n, xp, acc + (n - n0), false);
 }
 
 // (GCC 12 warns inside its own avx512fintrin.h, in _mm512_reduce_add_ps: a false positive.)
@@ -251,8 +272,10 @@ NIBBLE_AVX512 void permute_x128(const float* x, int64_t K, float* xp) {
 }
 
 template <int R>
-NIBBLE_AVX512 inline void strided_rows512(const Weight4bit& w, __m512 table, int64_t n, const float* xp, float* acc) {
+NIBBLE_AVX512 inline void strided_rows512(const Weight4bit& w, __m512 table, int64_t n, const float* xp, float* acc,
+                                          bool prefetch) {
   const int64_t K = w.K, bs = w.blocksize;
+  prefetch = prefetch && n + 2 * R <= w.N;  // the next pass exists
   const int sh = __builtin_ctzll((unsigned long long)bs);  // blocksizes are powers of two
   const uint8_t* p[R];
   int64_t blk0[R];  // each row's first block (rows are whole blocks)
@@ -264,6 +287,7 @@ NIBBLE_AVX512 inline void strided_rows512(const Weight4bit& w, __m512 table, int
     for (int r = 0; r < R; r++) {
       v[r] = _mm512_loadu_si512(p[r] + g / 2);
       a[r][0] = a[r][1] = _mm512_setzero_ps();
+      if (prefetch) _mm_prefetch((const char*)(p[r] + R * K / 2 + g / 2), _MM_HINT_T1);
     }
 #pragma GCC unroll 8
     for (int S = 0; S < 8; S++) {
@@ -288,8 +312,9 @@ NIBBLE_AVX512 inline void strided_rows512(const Weight4bit& w, __m512 table, int
 NIBBLE_AVX512 void gemv_rows_strided_avx512(const Weight4bit& w, const float* xp, int64_t n0, int64_t n1, float* acc) {
   const __m512 table = make_lut512(w.qt);
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) strided_rows512<4>(w, table, n, xp, acc + (n - n0));
-  for (; n < n1; n++) strided_rows512<1>(w, table, n, xp, acc + (n - n0));
+  const bool prefetch = gemv_prefetch();
+  for (; n + 4 <= n1; n += 4) strided_rows512<4>(w, table, n, xp, acc + (n - n0), prefetch);
+  for (; n < n1; n++) strided_rows512<1>(w, table, n, xp, acc + (n - n0), false);
 }
 
 #pragma GCC diagnostic pop
