@@ -705,6 +705,7 @@ void matmul_4bit(const void* x, DType x_dt, int64_t M, const Weight4bit& w, cons
   // for every activation row; partial sums live in acc until the row tile is done.
   const bool avx512 = avx && use_avx512() && K % 16 == 0;
   constexpr int64_t kRows = 4, kChunk = 512;
+  const bool prefetch = avx && gemv_prefetch();
   parallel_for((N + kRows - 1) / kRows, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> tile((size_t)(kRows * kChunk));
     std::vector<float> acc((size_t)(M * kRows));
@@ -714,6 +715,11 @@ void matmul_4bit(const void* x, DType x_dt, int64_t M, const Weight4bit& w, cons
       for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
         int64_t kc = std::min(kChunk, K - k0);
         for (int64_t j = 0; j < nr; j++) {
+          // The next row tile's lines of this chunk into the L2 (see gemv_prefetch).
+          if (prefetch && n0 + kRows + j < N) {
+            const uint8_t* q = w.packed + ((n0 + kRows + j) * K + k0) / 2;
+            for (int64_t o = 0; o < kc / 2; o += 64) _mm_prefetch((const char*)(q + o), _MM_HINT_T1);
+          }
           // K % blocksize == 0 makes every row and chunk start on an 8-element boundary.
           if (avx512 && aligned)
             dequant_span_avx512(w, (n0 + j) * K + k0, kc, tile.data() + j * kChunk);
