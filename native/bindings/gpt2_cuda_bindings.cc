@@ -44,29 +44,6 @@ void same_dtype(const char* op, const TensorArg& a, const TensorArg& b) {
                                 b.describe());
 }
 
-
-// tensor_arg for a Tensor held in an array rather than passed as an argument.
-TensorArg tensor_from_object(Napi::Env env, Napi::Value v, const char* name) {
-  if (!v.IsObject()) throw Napi::TypeError::New(env, std::string("'") + name + "' must be a Tensor");
-  Napi::Object o = v.As<Napi::Object>();
-  Napi::Value h = o.Get("_h");
-  if (!h.IsObject() || !h.As<Napi::Object>().InstanceOf(env.GetInstanceData<Napi::FunctionReference>()->Value()))
-    throw Napi::TypeError::New(env, std::string("'") + name + "' must be a Tensor");
-  StorageRef* ref = StorageRef::Unwrap(h.As<Napi::Object>());
-  if (!ref->storage) throw Napi::Error::New(env, std::string("Tensor '") + name + "' was used after dispose()");
-  TensorArg t;
-  t.st = ref->storage;
-  t.off = (size_t)o.Get("_off").As<Napi::Number>().Int64Value();
-  const int dt = o.Get("_dt").As<Napi::Number>().Int32Value();
-  if (dt < 0 || dt >= kNumDTypes) throw Napi::TypeError::New(env, std::string("Tensor '") + name + "' has a bad dtype code");
-  t.dt = (DType)dt;
-  Napi::Array shape = o.Get("shape").As<Napi::Array>();
-  t.shape.resize(shape.Length());
-  for (uint32_t k = 0; k < shape.Length(); k++) t.shape[k] = shape.Get(k).As<Napi::Number>().Int64Value();
-  if (t.off + t.nbytes() > t.st->nbytes) throw Napi::RangeError::New(env, std::string("Tensor '") + name + "' extends past its storage");
-  return t;
-}
-
 }  // namespace
 
 bool on_cuda(const Napi::CallbackInfo& info) {
@@ -224,7 +201,7 @@ Napi::Value CreatePlan(const Napi::CallbackInfo& info) {
   auto plan = std::make_unique<Plan>();
   Napi::Env env = info.Env();
   auto get = [&](uint32_t i, const char* name) {
-    return tensor_from_object(env, arr.Get(i), name);
+    return tensor_from_value(env, arr.Get(i), name);
   };
   TensorArg wte = get(0, "wte");
   const int dev = wte.device();
@@ -253,7 +230,7 @@ Napi::Value CreatePlan(const Napi::CallbackInfo& info) {
       return nullptr;
     }
     const std::string name = std::string(layer) + "." + key;
-    TensorArg t = tensor_from_object(env, v, name.c_str());
+    TensorArg t = tensor_from_value(env, v, name.c_str());
     on_device(op, name.c_str(), t, dev);
     if (t.dt != want || t.numel() != numel)
       throw std::invalid_argument(std::string(op) + ": '" + name + "' is " + t.describe() + ", expected " +
@@ -365,7 +342,7 @@ Napi::Value BindCache(const Napi::CallbackInfo& info) {
   std::vector<int64_t> shape;
   for (uint32_t l = 0; l < L; l++)
     for (int kv = 0; kv < 2; kv++) {
-      TensorArg t = tensor_from_object(info.Env(), (kv ? va : ka).Get(l), kv ? "vCache" : "kCache");
+      TensorArg t = tensor_from_value(info.Env(), (kv ? va : ka).Get(l), kv ? "vCache" : "kCache");
       act(op, kv ? "vCache" : "kCache", t, plan.device);
       expect_rank(op, "cache", t, 4);
       if (shape.empty()) shape = t.shape;

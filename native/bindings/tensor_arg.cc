@@ -12,6 +12,13 @@ namespace nibble {
 
 namespace {
 std::shared_ptr<Storage>* g_pending = nullptr;      // handoff from Wrap() to the constructor
+
+// The StorageRef constructor, kept for Wrap(). StorageRef objects carry a type tag, which
+// tensor_from_value checks instead of walking the prototype chain with instanceof.
+struct AddonData {
+  Napi::FunctionReference ctor;
+};
+constexpr napi_type_tag kStorageTag = {0x6e6962626c652d73ull, 0x746f726167657265ull};
 }  // namespace
 
 void StorageRef::Define(Napi::Env env, Napi::Object exports) {
@@ -23,16 +30,17 @@ void StorageRef::Define(Napi::Env env, Napi::Object exports) {
                                      InstanceAccessor("device", &StorageRef::GetDevice, nullptr),
                                      InstanceAccessor("alive", &StorageRef::GetAlive, nullptr),
                                      InstanceAccessor("kind", &StorageRef::GetKind, nullptr)});
-  auto* ref = new Napi::FunctionReference(Napi::Persistent(ctor));
-  env.SetInstanceData<Napi::FunctionReference>(ref);
+  auto* data = new AddonData;
+  data->ctor = Napi::Persistent(ctor);
+  env.SetInstanceData<AddonData>(data);
   exports.Set("StorageRef", ctor);
 }
 NIBBLE_INIT_HOOK(StorageRef::Define);
 
 Napi::Object StorageRef::Wrap(Napi::Env env, std::shared_ptr<Storage> s) {
-  auto* ctor = env.GetInstanceData<Napi::FunctionReference>();
+  auto* data = env.GetInstanceData<AddonData>();
   g_pending = &s;
-  Napi::Object o = ctor->New({});
+  Napi::Object o = data->ctor.New({});
   g_pending = nullptr;
   return o;
 }
@@ -40,6 +48,7 @@ Napi::Object StorageRef::Wrap(Napi::Env env, std::shared_ptr<Storage> s) {
 StorageRef::StorageRef(const Napi::CallbackInfo& info) : Napi::ObjectWrap<StorageRef>(info) {
   if (!g_pending) throw Napi::TypeError::New(info.Env(), "StorageRef cannot be constructed from JavaScript");
   storage = *g_pending;
+  info.This().As<Napi::Object>().TypeTag(&kStorageTag);
   // Tell V8 how much memory this handle keeps alive so GC runs the finalizer in time.
   if (storage && storage->kind == StorageKind::Host) {
     accounted_ = (int64_t)storage->nbytes;
@@ -101,13 +110,11 @@ std::string TensorArg::describe() const {
   return o.str();
 }
 
-TensorArg tensor_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  Napi::Env env = info.Env();
-  if (i >= info.Length() || !info[i].IsObject())
-    throw Napi::TypeError::New(env, std::string("argument '") + name + "' must be a Tensor");
-  Napi::Object o = info[i].As<Napi::Object>();
+TensorArg tensor_from_value(Napi::Env env, Napi::Value v, const char* name) {
+  if (!v.IsObject()) throw Napi::TypeError::New(env, std::string("argument '") + name + "' must be a Tensor");
+  Napi::Object o = v.As<Napi::Object>();
   Napi::Value h = o.Get("_h");
-  if (!h.IsObject() || !h.As<Napi::Object>().InstanceOf(env.GetInstanceData<Napi::FunctionReference>()->Value()))
+  if (!h.IsObject() || !h.As<Napi::Object>().CheckTypeTag(&kStorageTag))
     throw Napi::TypeError::New(env, std::string("argument '") + name + "' must be a Tensor");
   StorageRef* ref = StorageRef::Unwrap(h.As<Napi::Object>());
   if (!ref->storage) throw Napi::Error::New(env, std::string("Tensor '") + name + "' was used after dispose()");
@@ -118,12 +125,18 @@ TensorArg tensor_arg(const Napi::CallbackInfo& info, size_t i, const char* name)
   if (dt < 0 || dt >= kNumDTypes) throw Napi::TypeError::New(env, std::string("Tensor '") + name + "' has a bad dtype code");
   t.dt = (DType)dt;
   Napi::Array shape = o.Get("shape").As<Napi::Array>();
-  t.shape.resize(shape.Length());
-  for (uint32_t k = 0; k < shape.Length(); k++) t.shape[k] = shape.Get(k).As<Napi::Number>().Int64Value();
+  const uint32_t rank = shape.Length();
+  t.shape.resize(rank);
+  for (uint32_t k = 0; k < rank; k++) t.shape[k] = shape.Get(k).As<Napi::Number>().Int64Value();
   if (t.off + t.nbytes() > t.st->nbytes)
     throw Napi::RangeError::New(env, std::string("Tensor '") + name + "' view " + t.describe() +
                                          " extends past its storage (" + std::to_string(t.st->nbytes) + " bytes)");
   return t;
+}
+
+TensorArg tensor_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (i >= info.Length()) throw Napi::TypeError::New(info.Env(), std::string("argument '") + name + "' must be a Tensor");
+  return tensor_from_value(info.Env(), info[i], name);
 }
 
 bool optional_tensor_arg(const Napi::CallbackInfo& info, size_t i, const char* name, TensorArg* out) {

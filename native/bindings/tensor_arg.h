@@ -57,6 +57,8 @@ struct TensorArg {
 
 // Reads argument i as a Tensor; `name` is used in error messages.
 TensorArg tensor_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
+// The same for any JS value (a Tensor held in an array or object).
+TensorArg tensor_from_value(Napi::Env env, Napi::Value v, const char* name);
 // Same, or an empty optional when the argument is null/undefined.
 bool optional_tensor_arg(const Napi::CallbackInfo& info, size_t i, const char* name, TensorArg* out);
 
