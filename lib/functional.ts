@@ -282,11 +282,15 @@ export function int8OutlierMatmulAdd(out: Tensor, x: Tensor, colMask: Tensor, CB
  */
 export function int8LinearCpu(x: Tensor, CB: Tensor, SCB: Tensor, bias: Tensor | null, threshold: number): Tensor {
   const out = Tensor.empty([...x.shape.slice(0, -1), CB.shape[0]!], 'float16', x.device);
+  // The dequantization adds a float16 bias, as int8MmDequant converts it (a float32 model's).
+  const converted = bias && bias.dtype !== 'float16' ? bias.to('float16') : null;
   try {
-    q().int8LinearCpu(x, CB, SCB, bias, out, threshold);
+    q().int8LinearCpu(x, CB, SCB, converted ?? bias, out, threshold);
   } catch (e) {
     out.dispose();
     throw e;
+  } finally {
+    converted?.dispose();
   }
   return out;
 }

@@ -11,7 +11,7 @@ import { generate, type GenerateInput, type GenerateOptions } from '../generatio
 import type { GenerationOptions } from '../generation/generation-config.js';
 import { stream, type StreamChunk, type StreamOptions, type StreamTokenizer } from '../generation/stream.js';
 import type { GPT2Config } from './gpt2-config.js';
-import { GPT2CudaPlan } from './gpt2-cuda.js';
+import { GPT2Plan } from './gpt2-plan.js';
 import type { CausalLM, ForwardOptions, ForwardOutput, KVCache } from './types.js';
 
 export interface GPT2Block {
@@ -136,10 +136,10 @@ export class GPT2LMHeadModel implements CausalLM {
         }
       }
     }
-    const plan = this.device === 'cpu' ? null : this.cudaPlan();
+    const plan = this.wholePlan();
     const deviceIds = options.deviceInputIds;
     if (deviceIds) {
-      if (!plan) throw new ForwardError('forward: deviceInputIds needs the whole-forward CUDA path (see forwardFromDevice)');
+      if (!plan || this.device === 'cpu') throw new ForwardError('forward: deviceInputIds needs the whole-forward CUDA path (see forwardFromDevice)');
       if (deviceIds.dtype !== 'int32' || deviceIds.device !== this.device || deviceIds.numel !== B * T)
         throw new ForwardError(`forward: deviceInputIds must be int32 [${B * T}] on ${this.device}, got ${deviceIds.dtype} [${deviceIds.shape.join(', ')}] on ${deviceIds.device}`);
     }
@@ -250,7 +250,7 @@ export class GPT2LMHeadModel implements CausalLM {
    * never waits for the host between steps. null when the whole-forward CUDA path is off.
    */
   forwardFromDevice(ids: Tensor, options: ForwardOptions): Promise<ForwardOutput> | null {
-    if (this.device === 'cpu' || !this.cudaPlan()) return null;
+    if (this.device === 'cpu' || !this.wholePlan()) return null;
     const placeholder = Array.from({ length: ids.numel }, () => [0]);
     return this.forward(placeholder, { ...options, deviceInputIds: ids });
   }
@@ -258,11 +258,11 @@ export class GPT2LMHeadModel implements CausalLM {
   /** config.json's quantization_config when the model is quantized (set by the loader). */
   quantizationConfig?: Record<string, unknown>;
 
-  private plan: GPT2CudaPlan | null | undefined;
-  /** The whole-forward CUDA plan, made on first use; null when the model has quantized linears. */
-  private cudaPlan(): GPT2CudaPlan | null {
+  private plan: GPT2Plan | null | undefined;
+  /** The whole-forward plan (CUDA or CPU), made on first use; null when the model does not qualify. */
+  private wholePlan(): GPT2Plan | null {
     if (this.plan === undefined)
-      this.plan = GPT2CudaPlan.tryCreate(this, {
+      this.plan = GPT2Plan.tryCreate(this, {
         wte: this.wte.weight, wpe: this.wpe.weight, blocks: this.blocks, lnF: this.lnF, lmHead: this.lmHead,
         nHead: this.config.nHead, eps: this.config.layerNormEpsilon,
       });

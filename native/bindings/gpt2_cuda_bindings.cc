@@ -14,6 +14,8 @@
 
 #include "bindings/registry.h"
 #include "bindings/tensor_arg.h"
+#include "core/stream.h"
+#include "cpu/gpt2_forward_cpu.h"
 #include "cuda/gpt2_cuda.h"
 #include "formats.h"
 
@@ -173,15 +175,20 @@ struct Cache {
   Cache(const Cache&) = delete;
   ~Cache() { gpt2_cuda::decode_graph_destroy(graph); }
 };
-std::map<int, std::unique_ptr<Plan>> g_plans;
-std::map<int, std::unique_ptr<Cache>> g_caches;
+// Shared: a CPU forward queued on the CPU stream holds its plan and cache until it has run.
+// Never destroyed: plans still registered at exit would free their weights into the host
+// allocator's cache after that file's statics are gone (static destructors across files run
+// in no set order).
+std::map<int, std::shared_ptr<Plan>>& g_plans = *new std::map<int, std::shared_ptr<Plan>>;
+std::map<int, std::shared_ptr<Cache>>& g_caches = *new std::map<int, std::shared_ptr<Cache>>;
 int g_next_id = 1;
 
-Plan& plan_arg(const Napi::CallbackInfo& info, size_t i) {
+const std::shared_ptr<Plan>& plan_ptr(const Napi::CallbackInfo& info, size_t i) {
   auto it = g_plans.find((int)int_arg(info, i, "plan"));
-  if (it == g_plans.end()) throw std::invalid_argument("gpt2 forward: the model's CUDA plan was released (model disposed?)");
-  return *it->second;
+  if (it == g_plans.end()) throw std::invalid_argument("gpt2 forward: the model's plan was released (model disposed?)");
+  return it->second;
 }
+Plan& plan_arg(const Napi::CallbackInfo& info, size_t i) { return *plan_ptr(info, i); }
 
 // gpt2CudaPlan(params, nHead, eps) -> id. params: wte, wpe, 12 per layer (ln_1 w/b,
 // c_attn w/b, attn c_proj w/b, ln_2 w/b, c_fc w/b, mlp c_proj w/b), ln_f w/b, lm_head; all on
@@ -205,7 +212,7 @@ Napi::Value CreatePlan(const Napi::CallbackInfo& info) {
   };
   TensorArg wte = get(0, "wte");
   const int dev = wte.device();
-  if (dev < 0) throw std::invalid_argument("gpt2CudaPlan: the weights are on the CPU");
+  // dev < 0: a plan for the CPU (cpu/gpt2_forward_cpu.h); Forward queues it on the CPU stream.
   const DType dt = wte.dt;
   auto shape_str = [](const std::vector<int64_t>& shape) {
     std::string s;
@@ -381,10 +388,12 @@ const int32_t* int32_array(const Napi::CallbackInfo& info, size_t i, const char*
 //   from that tensor on the stream (ids may be null; out-of-vocabulary ids embed as zeros).
 Napi::Value Forward(const Napi::CallbackInfo& info) {
   const char* op = "gpt2 forward";
-  Plan& plan = plan_arg(info, 0);
+  const std::shared_ptr<Plan> plan_sp = plan_ptr(info, 0);
+  Plan& plan = *plan_sp;
   auto cit = g_caches.find((int)int_arg(info, 1, "cache"));
   if (cit == g_caches.end()) throw std::invalid_argument("gpt2 forward: the KV cache was released");
-  Cache& cache = *cit->second;
+  const std::shared_ptr<Cache> cache_sp = cit->second;
+  Cache& cache = *cache_sp;
   TensorArg logits = tensor_arg(info, 2, "logits");
   const int64_t past = int_arg(info, 6, "past"), B = int_arg(info, 7, "B"), T = int_arg(info, 8, "T");
   const bool last_only = info.Length() > 9 && info[9].ToBoolean();
@@ -408,6 +417,18 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
   }
   act(op, "logits", logits, plan.device);
   expect_numel(op, "logits", logits, (last_only ? B : B * T) * plan.w.V);
+  if (plan.device < 0) {
+    if (ids_dev) throw std::invalid_argument("gpt2 forward: deviceIds are for a GPU plan");
+    // One task for the whole forward; the inputs are copied, so the caller may reuse them.
+    std::vector<int32_t> idv(ids, ids + B * T), posv(pos, pos + B * T), maskv;
+    if (mask) maskv.assign(mask, mask + B * (past + T));
+    CpuStream::instance().enqueue([plan_sp, cache_sp, logits, idv = std::move(idv), posv = std::move(posv),
+                                   maskv = std::move(maskv), B, T, past, last_only] {
+      cpu::gpt2_forward(plan_sp->w, idv.data(), posv.data(), maskv.empty() ? nullptr : maskv.data(), cache_sp->k.data(),
+                        cache_sp->v.data(), B, T, past, cache_sp->Tmax, last_only, logits.ptr<float>());
+    });
+    return info.Env().Undefined();
+  }
   // Decode steps replay a CUDA graph (NIBBLE_CUDA_GRAPH=0 turns it off); if capture fails
   // (an unusual shape), this cache keeps using the launch-by-launch path below.
   static const bool graphs = [] {

@@ -1,9 +1,11 @@
-// The whole-forward CUDA path for GPT-2: one native call per forward instead of one per op
-// (native/cuda/gpt2_forward.cu), and a CUDA graph per decode step. Used when every Linear is a
-// plain Linear, a Linear4bit or a Linear8bitLt with a bias, and the unquantized parameters
-// share one dtype on one GPU; anything else takes the per-op path. The quantized layers keep
-// their modules' arithmetic (native/cuda/gpt2_qlinear.cu).
-// NIBBLE_CUDA_FUSED=0 turns it off (the GPU checks compare the two paths).
+// The whole-forward path for GPT-2: one native call per forward instead of one per op. On a
+// GPU: native/cuda/gpt2_forward.cu, and a CUDA graph per decode step. On the CPU: one queued
+// task running the per-op path's kernels in its order (native/cpu/gpt2_forward_cpu.cc), which
+// removes the ~150 binding calls, allocations and disposes of a decode step. Used when every
+// Linear is a plain Linear, a Linear4bit or a Linear8bitLt with a bias, and the unquantized
+// parameters share one dtype on one device; anything else takes the per-op path. The quantized layers keep
+// their modules' arithmetic (native/cuda/gpt2_qlinear.cu; on the CPU the same kernels).
+// NIBBLE_CUDA_FUSED=0 / NIBBLE_CPU_FUSED=0 turn it off (the checks compare the two paths).
 import { native } from '../native.js';
 import { Linear } from '../nn/Linear.js';
 import { Linear4bit } from '../nn/Linear4bit.js';
@@ -30,11 +32,12 @@ const releasePlan = new FinalizationRegistry<number>((id) => {
 });
 
 /** A native plan holding the model's weights, or null when the model does not qualify. */
-export class GPT2CudaPlan {
+export class GPT2Plan {
   private constructor(readonly id: number) {}
 
-  static tryCreate(owner: object, m: FusedModelParts): GPT2CudaPlan | null {
-    if (process.env.NIBBLE_CUDA_FUSED === '0') return null;
+  static tryCreate(owner: object, m: FusedModelParts): GPT2Plan | null {
+    const cpu = m.wte.device === 'cpu';
+    if (process.env[cpu ? 'NIBBLE_CPU_FUSED' : 'NIBBLE_CUDA_FUSED'] === '0') return null;
     const linears = m.blocks.flatMap((b) => [b.cAttn, b.attnProj, b.cFc, b.mlpProj]);
     if (!linears.every((l) => (l instanceof Linear || l instanceof Linear4bit || l instanceof Linear8bitLt) && l.bias)) return null;
     if (!(m.lmHead instanceof Linear) || (m.lmHead as Linear).bias) return null;
@@ -68,7 +71,7 @@ export class GPT2CudaPlan {
     plain.push(m.lnF.weight, m.lnF.bias, (m.lmHead as Linear).weight);
     if (plain.some((t) => t.dtype !== m.wte.dtype || t.device !== m.wte.device)) return null;
     if (quant.some((t) => t.device !== m.wte.device)) return null;
-    const plan = new GPT2CudaPlan(native().gpt2CudaPlan(params, m.nHead, m.eps));
+    const plan = new GPT2Plan(native().gpt2CudaPlan(params, m.nHead, m.eps));
     releasePlan.register(owner, plan.id, plan);
     return plan;
   }
