@@ -50,14 +50,14 @@ export interface NativeBinding {
   memoryBandwidth(nbytes: number, iters: number): { readBytesPerSec: number; copyBytesPerSec: number };
   /** cudaMemGetInfo for a GPU (bytes). */
   cudaMemInfo(device?: number): { free: number; total: number };
-  /** Whole-forward CUDA path (native/bindings/gpt2_cuda_bindings.cc). */
-  /** params: tensors, or for a quantized Linear's weight a description ({ kind: '4bit' | 'int8', ... }, see gpt2_cuda_bindings.cc). */
-  gpt2CudaPlan(params: unknown[], nHead: number, eps: number): number;
-  gpt2CudaPlanRelease(plan: number): void;
-  gpt2CudaCache(plan: number, k: TensorLike[], v: TensorLike[]): number;
-  gpt2CudaCacheRelease(cache: number): void;
-  /** deviceIds: int32 [B*T] on the plan's GPU, read when the step runs (ids may then be null). */
-  gpt2CudaForward(plan: number, cache: number, logits: TensorLike, ids: Int32Array | null, pos: Int32Array, mask: Int32Array | null, past: number, B: number, T: number, lastOnly: boolean, deviceIds?: TensorLike | null): void;
+  /** Whole-forward plans, on a GPU or the CPU (native/bindings/gpt2_plan_bindings.cc). */
+  /** params: tensors, or for a quantized Linear's weight a description ({ kind: '4bit' | 'int8', ... }, see gpt2_plan_bindings.cc). */
+  gpt2Plan(params: unknown[], nHead: number, eps: number): number;
+  gpt2PlanRelease(plan: number): void;
+  gpt2PlanCache(plan: number, k: TensorLike[], v: TensorLike[]): number;
+  gpt2PlanCacheRelease(cache: number): void;
+  /** deviceIds (GPU plans): int32 [B*T] on the plan's GPU, read when the step runs (ids may then be null). */
+  gpt2PlanForward(plan: number, cache: number, logits: TensorLike, ids: Int32Array | null, pos: Int32Array, mask: Int32Array | null, past: number, B: number, T: number, lastOnly: boolean, deviceIds?: TensorLike | null): void;
 
   embedding(out: TensorLike, wte: TensorLike, wpe: TensorLike, ids: TensorLike, pos: TensorLike, ref?: boolean): void;
   layernorm(out: TensorLike, x: TensorLike, w: TensorLike, b: TensorLike, eps: number, ref?: boolean): void;

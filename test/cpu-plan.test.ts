@@ -3,6 +3,8 @@
 // same bits, for every storage mode, batched and left-padded prompts, and decode steps.
 import { afterEach, describe, expect, it } from 'vitest';
 import { AutoModelForCausalLM } from '../lib/models/auto.js';
+import { native } from '../lib/native.js';
+import { Tensor } from '../lib/tensor.js';
 import type { GPT2KVCache, GPT2LMHeadModel } from '../lib/models/gpt2.js';
 import { BitsAndBytesConfig, type BitsAndBytesConfigOptions } from '../lib/quantization/bitsandbytes-config.js';
 
@@ -113,5 +115,27 @@ describe('whole-forward CPU plan = op-by-op path, bit for bit', () => {
     await expect(m.forward([[4]], { pastKeyValues: out.pastKeyValues })).rejects.toThrow();
     out.logits.dispose();
     out.pastKeyValues.dispose();
+  });
+
+  it('bad plan descriptions are refused with a message naming the problem', () => {
+    const t = (shape: number[], dtype: 'float32' | 'float16' = 'float32') => Tensor.zeros(shape, dtype);
+    const made: Tensor[] = [];
+    const keep = <T extends Tensor>(x: T) => (made.push(x), x);
+    expect(() => native().gpt2Plan([keep(t([4, 2]))], 1, 1e-5)).toThrow(/expected 5 \+ 12 \* nLayer parameter tensors/);
+    const C = 4, V = 8, P = 6, I = 16;
+    const layer = () => [t([C]), t([C]), t([3 * C, C]), t([3 * C]), t([C, C]), t([C]), t([C]), t([C]), t([I, C]), t([I]), t([C, I]), t([C])].map(keep);
+    const params = [keep(t([V, C])), keep(t([P, C])), ...layer(), keep(t([C])), keep(t([C])), keep(t([V, C]))];
+    native().gpt2PlanRelease(native().gpt2Plan(params, 2, 1e-5));
+    const mixed = [...params];
+    mixed[4] = keep(t([3 * C, C], 'float16'));
+    expect(() => native().gpt2Plan(mixed, 2, 1e-5)).toThrow(/c_attn\.weight' is float16\[12, 4\] on cpu, wte is float32/);
+    const badShape = [...params];
+    badShape[4] = keep(t([3 * C, C + 1]));
+    expect(() => native().gpt2Plan(badShape, 2, 1e-5)).toThrow(/c_attn\.weight' is float32\[12, 5\] on cpu, expected \[12, 4\]/);
+    const badKind = [...params];
+    badKind[4] = { kind: '2bit' } as unknown as Tensor;
+    expect(() => native().gpt2Plan(badKind, 2, 1e-5)).toThrow(/unknown kind '2bit'/);
+    expect(() => native().gpt2Plan(params, 3, 1e-5)).toThrow(/n_embd is not a multiple of n_head/);
+    for (const x of made) x.dispose();
   });
 });

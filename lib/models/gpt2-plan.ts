@@ -25,7 +25,7 @@ export interface FusedModelParts {
 
 const releasePlan = new FinalizationRegistry<number>((id) => {
   try {
-    native().gpt2CudaPlanRelease(id);
+    native().gpt2PlanRelease(id);
   } catch {
     // the addon is going away with the process
   }
@@ -71,22 +71,22 @@ export class GPT2Plan {
     plain.push(m.lnF.weight, m.lnF.bias, (m.lmHead as Linear).weight);
     if (plain.some((t) => t.dtype !== m.wte.dtype || t.device !== m.wte.device)) return null;
     if (quant.some((t) => t.device !== m.wte.device)) return null;
-    const plan = new GPT2Plan(native().gpt2CudaPlan(params, m.nHead, m.eps));
+    const plan = new GPT2Plan(native().gpt2Plan(params, m.nHead, m.eps));
     releasePlan.register(owner, plan.id, plan);
     return plan;
   }
 
   /** Binds a cache's per-layer tensors once; the id is released with the cache. */
   bindCache(k: Tensor[], v: Tensor[]): number {
-    return native().gpt2CudaCache(this.id, k, v);
+    return native().gpt2PlanCache(this.id, k, v);
   }
 
   forward(cacheId: number, logits: Tensor, ids: Int32Array, pos: Int32Array, mask: Int32Array | null, past: number, B: number, T: number, lastOnly: boolean, deviceIds: Tensor | null = null): void {
-    native().gpt2CudaForward(this.id, cacheId, logits, deviceIds ? null : ids, pos, mask, past, B, T, lastOnly, deviceIds);
+    native().gpt2PlanForward(this.id, cacheId, logits, deviceIds ? null : ids, pos, mask, past, B, T, lastOnly, deviceIds);
   }
 
   release(): void {
     releasePlan.unregister(this);
-    native().gpt2CudaPlanRelease(this.id);
+    native().gpt2PlanRelease(this.id);
   }
 }

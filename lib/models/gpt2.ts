@@ -40,7 +40,7 @@ export class GPT2KVCache implements KVCache {
     this.mask = this.mask.map((r) => r.slice(0, length));
   }
   dispose(): void {
-    if (this._nativeId !== undefined) native().gpt2CudaCacheRelease(this._nativeId);
+    if (this._nativeId !== undefined) native().gpt2PlanCacheRelease(this._nativeId);
     this._nativeId = undefined;
     for (const t of [...this.k, ...this.v]) t.dispose();
   }

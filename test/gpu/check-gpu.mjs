@@ -164,7 +164,7 @@ await attempt('errors', async () => {
   model.dispose();
 });
 
-// The plan's quantized-layer descriptions (gpt2CudaPlan): each malformed one is refused with a
+// The plan's quantized-layer descriptions (gpt2Plan): each malformed one is refused with a
 // message naming the layer and the problem, and a well-formed one is accepted.
 await attempt('plan descriptions', async () => {
   const [C, I, V, P, dev] = [8, 32, 10, 4, 'cuda:0'];
@@ -179,8 +179,8 @@ await attempt('plan descriptions', async () => {
   const q4 = (o = {}) => ({ kind: '4bit', packed: t([(3 * C * C) / 2], 'uint8'), absmax: t([3], 'float32'), nestedAbsmax: null,
     nestedCode: null, offset: null, blocksize: 64, quantType: 1, computeDtype: 0, ...o });
   const i8 = (o = {}) => ({ kind: 'int8', CB: t([3 * C, C], 'int8'), SCB: t([3 * C], 'float32'), threshold: 6, ...o });
-  const good = [q4(), i8()].map((d) => addon.gpt2CudaPlan(params(d), 2, 1e-5));
-  good.forEach((id) => addon.gpt2CudaPlanRelease(id));
+  const good = [q4(), i8()].map((d) => addon.gpt2Plan(params(d), 2, 1e-5));
+  good.forEach((id) => addon.gpt2PlanRelease(id));
   record('plan: well-formed 4-bit and int8 descriptions accepted', good.length, 2, good.length === 2);
   const bad = [
     ['unknown kind', { kind: '2bit' }, /unknown kind '2bit'/],
@@ -195,7 +195,7 @@ await attempt('plan descriptions', async () => {
   for (const [name, desc, re] of bad) {
     let msg = 'no error';
     try {
-      addon.gpt2CudaPlanRelease(addon.gpt2CudaPlan(params(desc), 2, 1e-5));
+      addon.gpt2PlanRelease(addon.gpt2Plan(params(desc), 2, 1e-5));
     } catch (e) {
       msg = e.message;
     }
