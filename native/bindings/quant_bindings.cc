@@ -572,17 +572,8 @@ Napi::Value Int8LinearCpu(const Napi::CallbackInfo& info) {
   if (!out.on_cpu()) bad(std::string(op) + ": for CPU tensors; got " + out.describe());
   const float thf = (float)th;
   CpuStream::instance().enqueue([=] {
-    std::vector<int8_t> CA((size_t)(M * K));
-    std::vector<float> SCA((size_t)M);
-    std::vector<uint8_t> mask((size_t)K, 0);
-    std::vector<int32_t> C((size_t)(M * N));
-    cpu::int8_vectorwise_quant(x.ptr(), x.dt, M, K, thf, CA.data(), SCA.data(), mask.data());
-    cpu::int8_linear_matmul(CA.data(), CB.ptr<int8_t>(), M, N, K, C.data());
-    cpu::int8_mm_dequant(C.data(), SCA.data(), SCB.ptr<float>(), has_bias ? bias.ptr<uint16_t>() : nullptr, M, N,
-                         out.ptr<uint16_t>());
-    if (thf > 0.0f)
-      cpu::int8_outlier_matmul_add(out.ptr<uint16_t>(), x.ptr(), x.dt, mask.data(), CB.ptr<int8_t>(), SCB.ptr<float>(), M,
-                                   N, K);
+    cpu::int8_linear(x.ptr(), x.dt, M, K, CB.ptr<int8_t>(), SCB.ptr<float>(), has_bias ? bias.ptr<uint16_t>() : nullptr,
+                     N, thf, out.ptr<uint16_t>());
   });
   return info.Env().Undefined();
 }

@@ -52,7 +52,7 @@ void qlinear(const gpt2_cuda::QLinear& L, DType dt, const float* x, int64_t M, f
     convert(out, DType::F32, oc.data(), cdt, M * N);
     return;
   }
-  // Linear8bitLt: x rounded to float16, int8LinearCpu's four kernels (the bias in float16, as it
+  // Linear8bitLt: x rounded to float16, int8_linear (the bias in float16, as int8LinearCpu
   // converts one of another dtype), the float16 result widened.
   std::vector<uint16_t> xh((size_t)(M * K)), oh((size_t)(M * N)), bias16;
   const uint16_t* bias = static_cast<const uint16_t*>(L.bias);
@@ -62,14 +62,7 @@ void qlinear(const gpt2_cuda::QLinear& L, DType dt, const float* x, int64_t M, f
     bias = bias16.data();
   }
   convert(xh.data(), DType::F16, x, DType::F32, M * K);
-  std::vector<int8_t> CA((size_t)(M * K));
-  std::vector<float> SCA((size_t)M);
-  std::vector<uint8_t> mask((size_t)K, 0);
-  std::vector<int32_t> C((size_t)(M * N));
-  int8_vectorwise_quant(xh.data(), DType::F16, M, K, L.threshold, CA.data(), SCA.data(), mask.data());
-  int8_linear_matmul(CA.data(), L.cb, M, N, K, C.data());
-  int8_mm_dequant(C.data(), SCA.data(), L.scb, bias, M, N, oh.data());
-  if (L.threshold > 0.0f) int8_outlier_matmul_add(oh.data(), xh.data(), DType::F16, mask.data(), L.cb, L.scb, M, N, K);
+  int8_linear(xh.data(), DType::F16, M, K, L.cb, L.scb, bias, N, L.threshold, oh.data());
   convert(out, DType::F32, oh.data(), DType::F16, M * N);
 }
 

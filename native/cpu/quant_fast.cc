@@ -177,9 +177,9 @@ NIBBLE_AVX2 float row_dot_avx2(const Weight4bit& w, const Lut16& lut, int64_t st
 
 // The one-row 4-bit GEMVs stream R weight rows at once. Each row's cache line of the next
 // pass (R rows on) is requested into the L2 as the current pass reads its own: R interleaved
-// row streams outrun the hardware prefetcher (as the int8 product's did, session 10), and with
-// it the GEMV on this project's AVX-512 host went from 19-21 to 35-44 GB/s at 8192^2 and the
-// GPT-2-124M nf4 decode from a median 97 to 131 tokens/s (bench/kernels/NOTES.md, session 12).
+// row streams outrun the hardware prefetcher (as the int8 product's did, session 10). On this
+// project's AVX-512 host, alternated with it off: GEMV 28672x8192 19 -> 28 GB/s, GPT-2-124M nf4
+// decode median 82.5 -> 107.9 tokens/s (bench/kernels/NOTES.md, session 12).
 // NIBBLE_CPU_GEMV_PREFETCH=0 turns it off (comparisons).
 bool gemv_prefetch() {
   static const bool on = [] {
@@ -742,6 +742,18 @@ void matmul_4bit(const void* x, DType x_dt, int64_t M, const Weight4bit& w, cons
         for (int64_t j = 0; j < nr; j++) finish(m, n0 + j, acc[m * kRows + j]);
     }
   });
+}
+
+void int8_linear(const void* x, DType x_dt, int64_t M, int64_t K, const int8_t* CB, const float* SCB,
+                 const uint16_t* bias, int64_t N, float threshold, uint16_t* out) {
+  std::vector<int8_t> CA((size_t)(M * K));
+  std::vector<float> SCA((size_t)M);
+  std::vector<uint8_t> mask((size_t)K, 0);
+  std::vector<int32_t> C((size_t)(M * N));
+  int8_vectorwise_quant(x, x_dt, M, K, threshold, CA.data(), SCA.data(), mask.data());
+  int8_linear_matmul(CA.data(), CB, M, N, K, C.data());
+  int8_mm_dequant(C.data(), SCA.data(), SCB, bias, M, N, out);
+  if (threshold > 0.0f) int8_outlier_matmul_add(out, x, x_dt, mask.data(), CB, SCB, M, N, K);
 }
 
 }  // namespace cpu

@@ -113,6 +113,12 @@ void int8_mm_dequant(const int32_t* C, const float* row_stats, const float* col_
 void int8_outlier_matmul_add(uint16_t* out, const void* x, DType x_dt, const uint8_t* col_mask, const int8_t* CB,
                              const float* SCB, int64_t M, int64_t N, int64_t K);
 
+// Linear8bitLt's forward on the CPU: int8_vectorwise_quant (outlier mask), int8_linear_matmul,
+// int8_mm_dequant (float16 bias or null) and, with a threshold, int8_outlier_matmul_add, into
+// the float16 out [M, N]. The int8LinearCpu binding and the whole-forward CPU plan both run it.
+void int8_linear(const void* x, DType x_dt, int64_t M, int64_t K, const int8_t* CB, const float* SCB,
+                 const uint16_t* bias, int64_t N, float threshold, uint16_t* out);
+
 // ---- dequant-fused 4-bit matmul ---------------------------------------------------------
 // A 4-bit weight W[N, K] (Linear orientation: N outputs, K inputs), quantized as a flat
 // array of N*K elements in bnb format. Either absmax (float32 per block) is given, or the
