@@ -40,6 +40,7 @@ void act(const char* op, const char* name, const TensorArg& t, int device) {
 struct Plan {
   gpt2_cuda::Gpt2Weights w;
   std::vector<TensorArg> keep;
+  std::shared_ptr<Storage> fold;  // a GPU plan's layernorm folds (gpt2_cuda::LnFold)
   int device = 0;
 };
 struct Cache {
@@ -198,6 +199,12 @@ Napi::Value CreatePlan(const Napi::CallbackInfo& info) {
   w.lnf_w = param(n - 3, "ln_f.weight", {C}), w.lnf_b = param(n - 2, "ln_f.bias", {C});
   w.lm_head = param(n - 1, "lm_head.weight", {w.V, C});
   plan->device = dev;
+  if (dev >= 0) {
+    if (const size_t bytes = gpt2_cuda::ln_fold_bytes(w)) {
+      plan->fold = Storage::cuda(bytes, dev);
+      gpt2_cuda::ln_fold_build(w, plan->fold->data, dev);
+    }
+  }
   const int id = g_next_id++;
   g_plans[id] = std::move(plan);
   return Napi::Number::New(info.Env(), id);

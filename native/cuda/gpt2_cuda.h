@@ -88,9 +88,20 @@ struct QLinear {
   const float* scb = nullptr;
   float threshold = 0.0f;
 };
+// A layernorm folded into the Linear after it, for one-row decode steps. With u = W . ln_w and
+// v = W . ln_b + bias computed once (ln_fold_build),
+//   L(layernorm(x)) = rstd * (W . (x * ln_w) - mean * u) + v,
+// so the GEMV stages x * ln_w, sums x and x^2 while it stages, and needs no layernorm kernel
+// before it (the separate one-block kernel cost ~8% of a GPT-2 XL decode step). Null u: the
+// layer is not folded. NIBBLE_CUDA_LN_FOLD=0 turns folding off.
+struct LnFold {
+  const float* u = nullptr;
+  const float* v = nullptr;
+};
 struct Gpt2Layer {
   const void *ln1_w, *ln1_b, *ln2_w, *ln2_b;
   QLinear attn, proj, fc, mproj;
+  LnFold fold1, fold2;  // ln_1 into attn, ln_2 into fc
 };
 struct Gpt2Weights {
   DType dt = DType::F32;  // every unquantized parameter has this dtype
@@ -108,8 +119,14 @@ void qlinear(const QLinear& L, DType dt, int epilogue, float* out, const float* 
 size_t qlinear_scratch_bytes(const Gpt2Weights& w, int64_t M);
 // layernorm(x) then qlinear: out = epilogue(L(layernorm(x))). Decode-sized quantized layers
 // fuse the layernorm into their kernel; otherwise it is written to h ([M, K] scratch) first.
+// fold, when not null and the step has one row, replaces the layernorm by its fold (LnFold).
 void qlinear_ln(const QLinear& L, const void* ln_w, const void* ln_b, float eps, DType dt, int epilogue, float* out,
-                const float* x, float* h, int64_t M, void* qscratch, int device);
+                const float* x, float* h, int64_t M, void* qscratch, int device, const LnFold* fold = nullptr);
+// Device bytes ln_fold_build needs for w's foldable layers (0: none, or folding is off).
+size_t ln_fold_bytes(const Gpt2Weights& w);
+// Computes the fold vectors of w's foldable layers into mem (ln_fold_bytes(w) bytes, kept
+// while w is used) and points their fold1/fold2 at them; queued on the stream.
+void ln_fold_build(Gpt2Weights& w, void* mem, int device);
 // Bytes of device scratch gpt2_forward needs for B sequences of T new tokens.
 size_t gpt2_scratch_bytes(const Gpt2Weights& w, int64_t B, int64_t T, int64_t past);
 // ids/pos [B*T] and mask [B*(past+T)] (or null) are host arrays, copied on the stream before

@@ -47,9 +47,11 @@ size_t gpt2_scratch_bytes(const Gpt2Weights&, int64_t, int64_t, int64_t) { throw
 void qlinear(const QLinear&, DType, int, float*, const float*, int64_t, void*, int) { throw std::runtime_error(kNoCuda); }
 size_t qlinear_scratch_bytes(const Gpt2Weights&, int64_t) { throw std::runtime_error(kNoCuda); }
 void qlinear_ln(const QLinear&, const void*, const void*, float, DType, int, float*, const float*, float*, int64_t, void*,
-                int) {
+                int, const LnFold*) {
   throw std::runtime_error(kNoCuda);
 }
+size_t ln_fold_bytes(const Gpt2Weights&) { throw std::runtime_error(kNoCuda); }
+void ln_fold_build(Gpt2Weights&, void*, int) { throw std::runtime_error(kNoCuda); }
 void gpt2_forward(const Gpt2Weights&, void*, const int32_t*, const int32_t*, const int32_t*, float* const*,
                   float* const*, int64_t, int64_t, int64_t, int64_t, bool, float*, int, const int32_t*) {
   throw std::runtime_error(kNoCuda);

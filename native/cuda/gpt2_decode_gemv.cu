@@ -74,6 +74,7 @@ struct LnArgs {
   const void* b = nullptr;
   DType dt = DType::F32;
   float eps = 1e-5f;
+  const float* fold_u = nullptr;  // one row: the layernorm folded (LnFold), u = W . w
 };
 // The layernorm's weight and bias for this thread's columns (c = threadIdx.x + i * blockDim.x),
 // read before the kernel waits for its predecessor (they are parameters, not activations), so
@@ -112,6 +113,59 @@ __device__ void stage_x_ln(float* s_x, const float* __restrict__ x, int M, int64
         s_x[m * Kp + padded<E>(c)] = (xr[c] - mean) * rstd * load_f32(ln.w, ln.dt, c) + load_f32(ln.b, ln.dt, c);
     }
   }
+}
+// The folded layernorm's staging (one row, LnFold in gpt2_cuda.h): thread t takes columns
+// 8t .. 8t+7 (K <= 8 * blockDim.x, K % 8 == 0, 16-byte aligned: decode_gemv_4bit checks), so
+// its share is two 16-byte loads of x and one of the layernorm weight (requested before the
+// kernel's wait), and it stages x * w with two 16-byte stores. Each warp's sums of x and x^2
+// go to s_red[warp] and s_red[16 + warp] for fold_stats. (Scalar loads, 23 a thread with the
+// weight and bias of LnParams, made the XL step 9% slower than the layernorm kernel.)
+struct FoldW {
+  float w[8];
+  __device__ __forceinline__ void prefetch(const LnArgs& ln, int64_t K) {
+    const int64_t c0 = (int64_t)threadIdx.x * 8;
+    if (c0 >= K) return;
+    if (ln.dt == DType::F32) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(ln.w) + c0));
+      const float4 b = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(ln.w) + c0) + 1);
+      w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
+    } else {
+      const uint4 r = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(ln.w) + c0));
+      const uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        w[2 * i] = bits_f32(u[i] & 0xffffu, ln.dt);
+        w[2 * i + 1] = bits_f32(u[i] >> 16, ln.dt);
+      }
+    }
+  }
+};
+template <int E>
+__device__ void stage_x_fold(float* s_x, const float* __restrict__ x, int64_t K, const FoldW& fw, float* s_red) {
+  const int64_t c0 = (int64_t)threadIdx.x * 8;
+  float s1 = 0.0f, s2 = 0.0f;
+  if (c0 < K) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(x + c0)), b = __ldg(reinterpret_cast<const float4*>(x + c0) + 1);
+    float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int i = 0; i < 8; i++) s1 += v[i], s2 = fmaf(v[i], v[i], s2), v[i] *= fw.w[i];
+    float4* d = reinterpret_cast<float4*>(s_x + padded<E>(c0));  // 8 columns stay in one padded group of E
+    d[0] = make_float4(v[0], v[1], v[2], v[3]);
+    d[1] = make_float4(v[4], v[5], v[6], v[7]);
+  }
+  s1 = warp_sum(s1), s2 = warp_sum(s2);
+  if ((threadIdx.x & 31) == 0) s_red[threadIdx.x >> 5] = s1, s_red[16 + (threadIdx.x >> 5)] = s2;
+}
+// The row's mean and 1/std from the warps' sums (after the barrier that follows the staging),
+// added in warp order: every block gets the same bits. Computed by every lane before the main
+// loop, while its first weight loads are in flight, not in the writer's epilogue.
+__device__ __forceinline__ void fold_stats(const float* s_red, int64_t K, float eps, float* mean, float* rstd) {
+  float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; w++) s1 += s_red[w], s2 += s_red[16 + w];
+  const float m = s1 / (float)K;
+  *mean = m;
+  *rstd = rsqrtf(fmaxf(s2 / (float)K - m * m, 0.0f) + eps);
 }
 // Registers for the layernorm parameters: up to 8 columns a thread (K <= 2048 at 256 threads,
 // every GPT-2 width) in the few-row kernels; wider rows or more rows load them in place.
@@ -231,18 +285,23 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
   static_assert(kThreads >= 256, "one nested-code entry per thread");
   if (F::kDQ && threadIdx.x < 256) s_ncode[threadIdx.x] = __ldg(f.ncode + threadIdx.x);
   LnParams<SX ? ln_regs<MT>() : 0> lp;
-  if (SX) lp.prefetch(ln, K);
+  FoldW fw;
+  if (SX && MT == 1 && ln.fold_u) fw.prefetch(ln, K);
+  else if (SX) lp.prefetch(ln, K);
   // Launched as a programmatic dependent (see launch()): everything above reads only weights,
   // so it overlaps the previous kernel's tail; from here on its outputs are needed.
   pdl_wait();
   pdl_trigger();
   if (SX) {
-    if (ln.w) stage_x_ln<E>(s_x, x, M, K, ln, lp, s_red);
+    if (MT == 1 && ln.fold_u) stage_x_fold<E>(s_x, x, K, fw, s_red);
+    else if (ln.w) stage_x_ln<E>(s_x, x, M, K, ln, lp, s_red);
     else stage_x<E>(s_x, x, M, K);
   }
   if (F::kTable && threadIdx.x < 16)
     s_code[threadIdx.x] = F::kKind == 1 ? cuda::dev::c_tables4.nf4_values[threadIdx.x] : cuda::dev::c_tables4.fp4_values[threadIdx.x];
   __syncthreads();
+  float fold_mean = 0.0f, fold_rstd = 0.0f;
+  if (SX && MT == 1 && ln.fold_u) fold_stats(s_red, K, ln.eps, &fold_mean, &fold_rstd);
   for (int base = (int)blockIdx.x * RB; base < N; base += stride, n += stride) {
     float acc[MT];
 #pragma unroll
@@ -252,11 +311,12 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
     // (The bias as bits, converted after the loop: see load_bits.)
     const bool writer = n < N && ks == 0 && lane == 0;
     uint32_t bias_bits = 0;
-    float prev[MT];
+    float prev[MT], fold_u = 0.0f;
 #pragma unroll
     for (int m = 0; m < MT; m++) prev[m] = 0.0f;
     if (writer) {
       if (bias) bias_bits = load_bits(bias, bias_dt, n);
+      if (SX && MT == 1 && ln.fold_u) fold_u = __ldg(ln.fold_u + n);
       if (EPI == kEpilogueAccumulate)
 #pragma unroll
         for (int m = 0; m < MT; m++)
@@ -299,6 +359,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
         if (m >= M) continue;
         float s = acc[m];
         for (int i = 1; i < KS; i++) s += s_part[warp + i][m];
+        if (SX && MT == 1 && ln.fold_u) s = fold_rstd * fmaf(-fold_mean, fold_u, s);  // the bias is the fold's v
         const float v = s + (bias ? bits_f32(bias_bits, bias_dt) : 0.0f);  // then store_epilogue's, the residual read
         out[m * N + n] = EPI == kEpilogueGelu ? gelu_new_f(v) : EPI == kEpilogueAccumulate ? prev[m] + v : v;
       }
@@ -661,10 +722,13 @@ bool decode_gemv_4bit(const QLinear& L, DType bias_dt, int epi, float* out, cons
     return false;
   if (M >= 2 && decode_mma_4bit(L, bias_dt, epi, out, x, M, norm, s)) return true;
   if (norm && staged_bytes<32>(M, L.K) > kMaxStaged) return false;  // the layernorm needs the staged copy
+  if (norm && norm->fold_u &&
+      (M != 1 || L.K > 8 * kThreads || L.K % 8 || !aligned16(norm->w)))  // stage_x_fold's share of a thread
+    return false;
   int l2 = 0;
   while ((1 << l2) < L.blocksize) l2++;
   LnArgs ln;
-  if (norm) ln.w = norm->w, ln.b = norm->b, ln.dt = norm->dt, ln.eps = norm->eps;
+  if (norm) ln.w = norm->w, ln.b = norm->b, ln.dt = norm->dt, ln.eps = norm->eps, ln.fold_u = norm->fold_u;
   const int m = (int)M;
   auto go = [&](auto fmt) {
     fmt.packed = L.packed, fmt.absmax = L.absmax, fmt.qabsmax = L.qabsmax, fmt.nested = L.nested_absmax;

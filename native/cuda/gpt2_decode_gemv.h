@@ -13,10 +13,13 @@ namespace gpt2_cuda {
 constexpr int64_t kDecodeGemvMaxRows = 16;  // 4-bit; int8 takes at most 4 rows
 
 // A layernorm applied to x first (its output feeds only this layer), fused into the kernel.
+// With fold_u set, the one-row 4-bit GEMV folds it instead (LnFold in gpt2_cuda.h): it stages
+// x * w, and the bias it is given must be the fold's v (float32).
 struct DecodeNorm {
   const void *w, *b;
   DType dt;
   float eps;
+  const float* fold_u = nullptr;
 };
 
 // 4-bit layer with float32 compute: out = epilogue(x . dequant(W)^T + bias).

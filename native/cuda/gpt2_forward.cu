@@ -56,10 +56,10 @@ void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const
   embedding(x, w.wte, w.wpe, w.dt, d_ids, d_pos, BT, C, w.V, w.P, device);
   for (size_t l = 0; l < w.layers.size(); l++) {
     const Gpt2Layer& L = w.layers[l];
-    qlinear_ln(L.attn, L.ln1_w, L.ln1_b, w.eps, w.dt, kEpilogueNone, qkv, x, h, BT, qs, device);
+    qlinear_ln(L.attn, L.ln1_w, L.ln1_b, w.eps, w.dt, kEpilogueNone, qkv, x, h, BT, qs, device, &L.fold1);
     attention(att, qkv, kc[l], vc[l], mask ? d_mask : nullptr, B, T, past, Tmax, w.H, D, device);
     qlinear(L.proj, w.dt, kEpilogueAccumulate, x, att, BT, qs, device);
-    qlinear_ln(L.fc, L.ln2_w, L.ln2_b, w.eps, w.dt, kEpilogueGelu, fc, x, h, BT, qs, device);
+    qlinear_ln(L.fc, L.ln2_w, L.ln2_b, w.eps, w.dt, kEpilogueGelu, fc, x, h, BT, qs, device, &L.fold2);
     qlinear(L.mproj, w.dt, kEpilogueAccumulate, x, fc, BT, qs, device);
   }
   const float* src = x;

@@ -54,10 +54,10 @@ void capture(DecodeGraph* g, float* const* kc, float* const* vc) {
     embedding(x, w.wte, w.wpe, w.dt, d_ids, d_pos, B, C, w.V, w.P, g->device);
     for (size_t l = 0; l < w.layers.size(); l++) {
       const Gpt2Layer& L = w.layers[l];
-      qlinear_ln(L.attn, L.ln1_w, L.ln1_b, w.eps, w.dt, kEpilogueNone, qkv, x, h, B, qs, g->device);
+      qlinear_ln(L.attn, L.ln1_w, L.ln1_b, w.eps, w.dt, kEpilogueNone, qkv, x, h, B, qs, g->device, &L.fold1);
       attention_decode_dev(att, qkv, kc[l], vc[l], d_mask, d_past, B, g->Tmax, w.H, D, g->device);
       qlinear(L.proj, w.dt, kEpilogueAccumulate, x, att, B, qs, g->device);
-      qlinear_ln(L.fc, L.ln2_w, L.ln2_b, w.eps, w.dt, kEpilogueGelu, fc, x, h, B, qs, g->device);
+      qlinear_ln(L.fc, L.ln2_w, L.ln2_b, w.eps, w.dt, kEpilogueGelu, fc, x, h, B, qs, g->device, &L.fold2);
       qlinear(L.mproj, w.dt, kEpilogueAccumulate, x, fc, B, qs, g->device);
     }
     QLinear head;

@@ -392,7 +392,15 @@ void qlinear(const QLinear& L, DType dt, int epilogue, float* out, const float* 
 }
 
 void qlinear_ln(const QLinear& L, const void* ln_w, const void* ln_b, float eps, DType dt, int epilogue, float* out,
-                const float* x, float* h, int64_t M, void* qscratch, int device) {
+                const float* x, float* h, int64_t M, void* qscratch, int device, const LnFold* fold) {
+  if (M == 1 && fold && fold->u && L.kind == QLinear::k4bit) {
+    DecodeNorm norm{ln_w, ln_b, dt, eps};
+    norm.fold_u = fold->u;
+    QLinear folded = L;
+    folded.bias = fold->v;  // v = W . ln_b + bias, float32
+    if (decode_gemv_4bit(folded, DType::F32, epilogue, out, x, M, &norm, begin(device))) return;
+    // (operands the kernel does not take: the layernorm kernel and the plain path below)
+  }
   if (M > 0 && L.kind == QLinear::kPlain) {
     const DecodeNorm norm{ln_w, ln_b, dt, eps};
     if (decode_mma_16bit(L.w, L.bias, dt, epilogue, out, x, M, L.K, L.N, &norm, begin(device))) return;
@@ -407,6 +415,56 @@ void qlinear_ln(const QLinear& L, const void* ln_w, const void* ln_b, float eps,
   }
   layernorm(h, x, ln_w, ln_b, dt, M, L.K, eps, device);
   qlinear(L, dt, epilogue, out, h, M, qscratch, device);
+}
+
+namespace {
+bool fold_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("NIBBLE_CUDA_LN_FOLD");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+// Layers whose one-row decode GEMV can fold their layernorm (decode_gemv_4bit's conditions
+// that do not depend on the step's operands).
+bool foldable(const QLinear& L) {
+  return fold_enabled() && L.kind == QLinear::k4bit && L.compute == DType::F32 && L.K % 32 == 0 && L.blocksize >= 32 &&
+         L.N * L.K < ((int64_t)1 << 31);
+}
+}  // namespace
+
+size_t ln_fold_bytes(const Gpt2Weights& w) {
+  size_t bytes = 0;
+  for (const Gpt2Layer& l : w.layers)
+    for (const QLinear* L : {&l.attn, &l.fc})
+      if (foldable(*L)) bytes += 2 * up((size_t)L->N * 4);
+  if (!bytes) return 0;
+  return bytes + 2 * up((size_t)w.C * 4) + up(qlinear_scratch_bytes(w, 1));
+}
+
+void ln_fold_build(Gpt2Weights& w, void* mem, int device) {
+  if (!ln_fold_bytes(w)) return;
+  char* p = static_cast<char*>(mem);
+  auto take = [&](size_t bytes) { void* r = p; p += up(bytes); return static_cast<float*>(r); };
+  float* lw = take((size_t)w.C * 4);
+  float* lb = take((size_t)w.C * 4);
+  void* qs = take(qlinear_scratch_bytes(w, 1));
+  for (Gpt2Layer& l : w.layers) {
+    auto build = [&](const QLinear& L, const void* ln_w, const void* ln_b, LnFold& f) {
+      if (!foldable(L)) return;
+      float* u = take((size_t)L.N * 4);
+      float* v = take((size_t)L.N * 4);
+      cuda_cast::cast(lw, DType::F32, ln_w, w.dt, L.K, device);
+      cuda_cast::cast(lb, DType::F32, ln_b, w.dt, L.K, device);
+      QLinear nobias = L;
+      nobias.bias = nullptr;
+      qlinear(nobias, w.dt, kEpilogueNone, u, lw, 1, qs, device);  // u = W . ln_w
+      qlinear(L, w.dt, kEpilogueNone, v, lb, 1, qs, device);       // v = W . ln_b + bias
+      f.u = u, f.v = v;
+    };
+    build(l.attn, l.ln1_w, l.ln1_b, l.fold1);
+    build(l.fc, l.ln2_w, l.ln2_b, l.fold2);
+  }
 }
 
 }  // namespace gpt2_cuda

@@ -243,8 +243,9 @@ void test_attention(int64_t B, int64_t H, int64_t D, int64_t T0, int steps, int6
 // The plan's quantized Linear layers (gpt2_cuda::qlinear: the decode GEMVs for M <= 8, the
 // general paths above) against the CPU reference of the module they stand for, with the
 // gelu and residual epilogues and a float16 bias (the plan's biases have the model dtype).
+// fold: the layernorm folded into the one-row GEMV (LnFold, vectors from ln_fold_build).
 void test_qlinear_4bit(int64_t M, int64_t K, int64_t N, fmt::QuantType qt, bool dq, int epi, bool ln, int bs = 64,
-                       float xscale = 1.f) {
+                       float xscale = 1.f, bool fold = false) {
   auto x = randn(M * K, xscale, 0.5f * xscale), w = randn(N * K, 0.05f), resid = randn(M * N);
   std::vector<float> bf, lnwf, lnbf;
   auto bb = encode(randn(N, 0.1f), DType::F16, &bf);
@@ -278,9 +279,25 @@ void test_qlinear_4bit(int64_t M, int64_t K, int64_t N, fmt::QuantType qt, bool 
   else if (epi == gpt2_cuda::kEpilogueAccumulate) cpu::add_ref(want.data(), resid.data(), lin.data(), M * N);
   else want = lin;
   if (epi != gpt2_cuda::kEpilogueAccumulate) out.poison();
-  if (ln) gpt2_cuda::qlinear_ln(L, dlw.p, dlb.p, 1e-5f, DType::F16, epi, out.as(), dx.as(), h.as(), M, scratch.p, 0);
+  // The fold's vectors come from a one-layer plan: this layer as c_attn behind ln_1.
+  gpt2_cuda::Gpt2Weights plan;
+  plan.dt = DType::F16, plan.C = K, plan.inner = N, plan.quantized = true;
+  gpt2_cuda::Gpt2Layer layer{};
+  layer.ln1_w = layer.ln2_w = dlw.p, layer.ln1_b = layer.ln2_b = dlb.p, layer.attn = L;
+  plan.layers.push_back(layer);
+  Dev fold_mem(fold ? gpt2_cuda::ln_fold_bytes(plan) : 0);
+  if (fold) {
+    gpt2_cuda::ln_fold_build(plan, fold_mem.p, 0);
+    if (!plan.layers[0].fold1.u) {
+      cases++, failures++;
+      std::printf("FAIL qlinear+fold: the layer was not folded\n");
+      return;
+    }
+  }
+  if (ln) gpt2_cuda::qlinear_ln(L, dlw.p, dlb.p, 1e-5f, DType::F16, epi, out.as(), dx.as(), h.as(), M, scratch.p, 0,
+                                fold ? &plan.layers[0].fold1 : nullptr);
   else gpt2_cuda::qlinear(L, DType::F16, epi, out.as(), dx.as(), M, scratch.p, 0);
-  compare(std::string(ln ? "qlinear+ln " : "qlinear ") + "4bit " + (qt == fmt::QuantType::NF4 ? "nf4" : "fp4") + (dq ? "+dq" : "") + " bs " + std::to_string(bs) + (xscale != 1.f ? " |x|~1e5" : "") + " epi " +
+  compare(std::string(fold ? "qlinear+fold " : ln ? "qlinear+ln " : "qlinear ") + "4bit " + (qt == fmt::QuantType::NF4 ? "nf4" : "fp4") + (dq ? "+dq" : "") + " bs " + std::to_string(bs) + (xscale != 1.f ? " |x|~1e5" : "") + " epi " +
               std::to_string(epi) + " M=" + std::to_string(M) + " K=" + std::to_string(K) + " N=" + std::to_string(N),
           out.get(), want, 1e-5);
 }
@@ -448,6 +465,16 @@ int main(int argc, char** argv) {
       for (int bs : {32, 128, 256})
         test_qlinear_4bit(M, 1024, 45 + bs / 32, M % 2 ? fmt::QuantType::NF4 : fmt::QuantType::FP4, bs != 128,
                           (int)(M % 3), M == 5, bs, bs == 256 ? 1e5f : 1.f);
+    // The layernorm folded into the one-row 4-bit GEMV (the B=1 decode step's c_attn and c_fc):
+    // GPT-2 widths, K beyond what the fold stages (2048: the layernorm kernel instead), odd N, both
+    // absmax forms, blocksizes 32..256, every epilogue, large activations.
+    test_qlinear_4bit(1, 1600, 4800, fmt::QuantType::NF4, true, 0, true, 64, 1.f, true);
+    test_qlinear_4bit(1, 1600, 6400, fmt::QuantType::NF4, true, 1, true, 64, 1.f, true);
+    test_qlinear_4bit(1, 768, 2304, fmt::QuantType::FP4, false, 0, true, 128, 1.f, true);
+    test_qlinear_4bit(1, 64, 33, fmt::QuantType::NF4, false, 2, true, 32, 1.f, true);
+    test_qlinear_4bit(1, 4096, 77, fmt::QuantType::FP4, true, 1, true, 256, 1.f, true);  // > 2048: not folded
+    test_qlinear_4bit(1, 1024, 45, fmt::QuantType::NF4, true, 2, true, 64, 1e5f, true);
+    test_qlinear_4bit(1, 96, 1, fmt::QuantType::NF4, true, 0, true, 32, 1.f, true);
     // fortune-gpt2's layers in a 3-row padded prefill (M = 15): 42 KB of staged rows plus the
     // kernel's static shared memory pass the 48 KB default (needs the opt-in).
     test_qlinear_4bit(15, 512, 128, fmt::QuantType::NF4, true, 2, false);
