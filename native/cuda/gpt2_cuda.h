@@ -92,8 +92,10 @@ struct QLinear {
 // v = W . ln_b + bias computed once (ln_fold_build),
 //   L(layernorm(x)) = rstd * (W . (x * ln_w) - mean * u) + v,
 // so the GEMV stages x * ln_w, sums x and x^2 while it stages, and needs no layernorm kernel
-// before it (the separate one-block kernel cost ~8% of a GPT-2 XL decode step). Null u: the
-// layer is not folded. NIBBLE_CUDA_LN_FOLD=0 turns folding off.
+// before it (same-run A/B on the H100, queued steps: GPT-2 XL B=1 float16 536 -> 559, nf4
+// 624 -> 650, 124M nf4 +9%). Null u: the layer is not folded. Rows of one step only (at 2+
+// the tensor-core GEMVs normalize in their own staging). NIBBLE_CUDA_LN_FOLD=0 turns folding
+// off, =layers keeps the LM head's layernorm kernel (measured the same either way).
 struct LnFold {
   const float* u = nullptr;
   const float* v = nullptr;
@@ -110,6 +112,7 @@ struct Gpt2Weights {
   const void *wte = nullptr, *wpe = nullptr, *lnf_w = nullptr, *lnf_b = nullptr, *lm_head = nullptr;
   std::vector<Gpt2Layer> layers;
   bool quantized = false;  // any layer not plain
+  LnFold head_fold;        // ln_f into lm_head
 };
 
 // out[M, N] (float32) = epilogue(L(x[M, K])). `qscratch` holds qlinear_scratch_bytes(w, M)

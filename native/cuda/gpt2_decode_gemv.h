@@ -42,5 +42,11 @@ bool decode_gemv_int8_prequant(const QLinear& L, DType bias_dt, int epilogue, fl
 bool decode_gemv_int8(const QLinear& L, DType bias_dt, int epilogue, float* out, const float* x, int64_t M,
                       const DecodeNorm* norm, cudaStream_t s);
 
+// A plain layer's one-row GEMV behind a folded layernorm (LnFold): out = epilogue(rstd * (W .
+// (x * ln_w) - mean * u) + v), ln_w of the weight's dtype. False (nothing launched) when the
+// operands do not suit it (M != 1, K > 2048 or not a multiple of 8, unaligned pointers).
+bool linear_fold(int epilogue, float* out, const float* x, const void* w, DType wdt, int64_t M, int64_t K, int64_t N,
+                 const void* ln_w, float eps, const LnFold& fold, int device);
+
 }  // namespace gpt2_cuda
 }  // namespace nibble

@@ -74,7 +74,7 @@ void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const
   }
   QLinear head;
   head.N = w.V, head.K = C, head.w = w.lm_head;
-  qlinear_ln(head, w.lnf_w, w.lnf_b, w.eps, w.dt, kEpilogueNone, logits, src, h, rows, qs, device);
+  qlinear_ln(head, w.lnf_w, w.lnf_b, w.eps, w.dt, kEpilogueNone, logits, src, h, rows, qs, device, &w.head_fold);
 }
 
 }  // namespace gpt2_cuda

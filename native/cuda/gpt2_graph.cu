@@ -62,7 +62,7 @@ void capture(DecodeGraph* g, float* const* kc, float* const* vc) {
     }
     QLinear head;
     head.N = w.V, head.K = C, head.w = w.lm_head;
-    qlinear_ln(head, w.lnf_w, w.lnf_b, w.eps, w.dt, kEpilogueNone, g->logits, x, h, B, qs, g->device);
+    qlinear_ln(head, w.lnf_w, w.lnf_b, w.eps, w.dt, kEpilogueNone, g->logits, x, h, B, qs, g->device, &w.head_fold);
   } catch (...) {
     cudaStreamEndCapture(s, &graph);  // leave the stream usable
     if (graph) cudaGraphDestroy(graph);

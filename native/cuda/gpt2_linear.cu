@@ -134,6 +134,99 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   }
 }
 
+// One row behind a folded layernorm (LnFold in gpt2_cuda.h): the block stages x * ln_w in
+// shared memory (thread t: columns 8t .. 8t+7, two 16-byte loads of x and one of ln_w, the
+// latter before the wait) and sums x and x^2 on the way; each lane then reads its activations
+// from there, and the writer applies rstd * (s - mean * u) + v. The staged row is padded by 4
+// floats after every VEC (8 floats for 16-bit weights), so a lane's 16-byte reads of its
+// VEC consecutive floats fall on distinct banks.
+constexpr int kFoldMaxK = 8 * kWarpsPerBlock * 32;
+template <int VEC>
+__host__ __device__ __forceinline__ constexpr int fold_pad(int k) { return VEC >= 8 ? k + (k / VEC) * 4 : k; }
+
+template <typename T, int EPI>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    linear_fold_kernel(float* out, const float* __restrict__ x, const T* __restrict__ w, const T* __restrict__ ln_w,
+                       float eps, const float* __restrict__ fold_u, const float* __restrict__ fold_v, int K, int N, int KS) {
+  constexpr int VEC = 16 / sizeof(T);
+  __shared__ float4 s_x4[fold_pad<VEC>(kFoldMaxK) / 4];
+  __shared__ float s_red[2][kWarpsPerBlock];
+  __shared__ float s_part[kWarpsPerBlock];
+  float* s_x = reinterpret_cast<float*>(s_x4);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS;
+  const int n = (int)blockIdx.x * (kWarpsPerBlock / KS) + warp / KS;
+  const bool live = n < N;
+  const T* wr = w + (int64_t)(live ? n : 0) * K;
+  const int k0 = (lane + 32 * ks) * VEC, kstep = 32 * VEC * KS;
+  uint4 first = make_uint4(0, 0, 0, 0);
+  if (live && k0 < K) first = load_stream(wr + k0);
+  // Parameters, read before the wait: this thread's 8 layernorm weights, the row's u and v.
+  const int c0 = (int)threadIdx.x * 8;
+  float lw[8];
+  if (c0 < K) {
+    const uint4 r0 = __ldg(reinterpret_cast<const uint4*>(ln_w + c0));
+    if (sizeof(T) == 4) {
+      const uint4 r1 = __ldg(reinterpret_cast<const uint4*>(ln_w + c0) + 1);
+      unpack16(r0, lw, T()), unpack16(r1, lw + 4, T());
+    } else {
+      unpack16(r0, lw, T());
+    }
+  }
+  const bool writer = live && ks == 0 && lane == 0;
+  float u = 0.f, v = 0.f;
+  if (writer) u = __ldg(fold_u + n), v = __ldg(fold_v + n);
+  pdl_wait();
+  pdl_trigger();
+  const float prev = writer && EPI == kEpilogueAccumulate ? out[n] : 0.f;
+  float s1 = 0.f, s2 = 0.f;
+  if (c0 < K) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(x + c0)), b = __ldg(reinterpret_cast<const float4*>(x + c0) + 1);
+    float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int i = 0; i < 8; i++) s1 += xv[i], s2 = fmaf(xv[i], xv[i], s2), xv[i] *= lw[i];
+    // 8 columns from a multiple of 8: contiguous in the padded row for VEC = 4 and 8.
+    float4* d = reinterpret_cast<float4*>(s_x + fold_pad<VEC>(c0));
+    d[0] = make_float4(xv[0], xv[1], xv[2], xv[3]);
+    d[1] = make_float4(xv[4], xv[5], xv[6], xv[7]);
+  }
+  s1 = warp_sum(s1), s2 = warp_sum(s2);
+  if (lane == 0) s_red[0][warp] = s1, s_red[1][warp] = s2;
+  __syncthreads();
+  float t1 = 0.f, t2 = 0.f;
+#pragma unroll
+  for (int i = 0; i < kWarpsPerBlock; i++) t1 += s_red[0][i], t2 += s_red[1][i];  // warp order: same bits in every block
+  const float mean = t1 / (float)K, rstd = rsqrtf(fmaxf(t2 / (float)K - mean * mean, 0.f) + eps);
+  float acc = 0.f;
+  auto consume = [&](const uint4& raw, int k) {
+    float wf[VEC];
+    unpack16(raw, wf, T());
+    const float4* xp = reinterpret_cast<const float4*>(s_x + fold_pad<VEC>(k));
+#pragma unroll
+    for (int q = 0; q < VEC / 4; q++) {
+      const float4 xq = xp[q];
+      acc = fmaf(wf[4 * q], xq.x, acc);
+      acc = fmaf(wf[4 * q + 1], xq.y, acc);
+      acc = fmaf(wf[4 * q + 2], xq.z, acc);
+      acc = fmaf(wf[4 * q + 3], xq.w, acc);
+    }
+  };
+  if (live) {
+    if (k0 < K) consume(first, k0);
+#pragma unroll 8
+    for (int k = k0 + kstep; k < K; k += kstep) consume(load_stream(wr + k), k);
+  }
+  acc = warp_sum(acc);
+  if (KS > 1) {
+    if (lane == 0) s_part[warp] = acc;
+    __syncthreads();
+  }
+  if (!writer) return;
+  for (int i = 1; i < KS; i++) acc += s_part[warp + i];
+  const float r = fmaf(rstd, fmaf(-mean, u, acc), v);
+  if (EPI == kEpilogueAccumulate) out[n] = prev + r;  // store_epilogue's arithmetic
+  else store_epilogue(EPI, out + n, r);
+}
+
 constexpr int kTile = 64, kTileK = 16;
 
 template <typename T, int EPI>
@@ -252,6 +345,38 @@ void linear_ex(int path, int epilogue, float* out, const float* x, const void* w
   }
   NIBBLE_CUDA_CHECK_LAUNCH("linear [" + std::to_string(M) + "x" + std::to_string(K) + "] x [" + std::to_string(N) +
                            "x" + std::to_string(K) + "]^T");
+}
+
+bool linear_fold(int epilogue, float* out, const float* x, const void* w, DType wdt, int64_t M, int64_t K, int64_t N,
+                 const void* ln_w, float eps, const LnFold& fold, int device) {
+  auto a16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  if (M != 1 || !fold.u || K < 8 || K > kFoldMaxK || K % 8 || N <= 0 || N >= (1ll << 31) / K || !a16(x) || !a16(w) ||
+      !a16(ln_w))
+    return false;
+  cudaStream_t s = begin(device);
+  const int64_t row_bytes = K * (int64_t)dtype_size(wdt);
+  const int KS = row_bytes > 16384 ? 8 : row_bytes > 8192 ? 4 : row_bytes > 4096 ? 2 : 1;  // as launch_small
+  const unsigned grid = blocks_for(N, kWarpsPerBlock / KS);
+  auto go = [&](auto kernel, auto* wt) {
+    using T = std::remove_pointer_t<decltype(wt)>;
+    launch_pdl(kernel, dim3(grid), dim3(kWarpsPerBlock * 32), 0, s, "linear (folded layernorm) launch", out, x,
+               static_cast<const T*>(w), static_cast<const T*>(ln_w), eps, fold.u, fold.v, (int)K, (int)N, KS);
+  };
+  auto epi = [&](auto* wt) {
+    using T = std::remove_pointer_t<decltype(wt)>;
+    if (epilogue == kEpilogueGelu) go(linear_fold_kernel<T, kEpilogueGelu>, wt);
+    else if (epilogue == kEpilogueAccumulate) go(linear_fold_kernel<T, kEpilogueAccumulate>, wt);
+    else go(linear_fold_kernel<T, kEpilogueNone>, wt);
+  };
+  switch (wdt) {
+    case DType::F32: epi((float*)nullptr); break;
+    case DType::F16: epi((__half*)nullptr); break;
+    case DType::BF16: epi((__nv_bfloat16*)nullptr); break;
+    default: return false;
+  }
+  NIBBLE_CUDA_CHECK_LAUNCH("linear with a folded layernorm [1x" + std::to_string(K) + "] x [" + std::to_string(N) + "x" +
+                           std::to_string(K) + "]^T");
+  return true;
 }
 
 void linear_path(int path, float* out, const float* x, const void* w, const void* bias, DType wdt, int64_t M,

@@ -393,6 +393,9 @@ void qlinear(const QLinear& L, DType dt, int epilogue, float* out, const float* 
 
 void qlinear_ln(const QLinear& L, const void* ln_w, const void* ln_b, float eps, DType dt, int epilogue, float* out,
                 const float* x, float* h, int64_t M, void* qscratch, int device, const LnFold* fold) {
+  if (M == 1 && fold && fold->u && L.kind == QLinear::kPlain &&
+      linear_fold(epilogue, out, x, L.w, dt, M, L.K, L.N, ln_w, eps, *fold, device))
+    return;
   if (M == 1 && fold && fold->u && L.kind == QLinear::k4bit) {
     DecodeNorm norm{ln_w, ln_b, dt, eps};
     norm.fold_u = fold->u;
@@ -418,26 +421,37 @@ void qlinear_ln(const QLinear& L, const void* ln_w, const void* ln_b, float eps,
 }
 
 namespace {
-bool fold_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("NIBBLE_CUDA_LN_FOLD");
-    return !(v && std::strcmp(v, "0") == 0);
+// NIBBLE_CUDA_LN_FOLD: 0 off, "layers" not the LM head, else (default) every foldable layer.
+int fold_setting() {
+  static const int v = [] {
+    const char* e = std::getenv("NIBBLE_CUDA_LN_FOLD");
+    if (e && std::strcmp(e, "0") == 0) return 0;
+    if (e && std::strcmp(e, "layers") == 0) return 1;
+    return 2;
   }();
-  return on;
+  return v;
 }
-// Layers whose one-row decode GEMV can fold their layernorm (decode_gemv_4bit's conditions
-// that do not depend on the step's operands).
-bool foldable(const QLinear& L) {
-  return fold_enabled() && L.kind == QLinear::k4bit && L.compute == DType::F32 && L.K % 32 == 0 && L.blocksize >= 32 &&
+// Layers whose one-row decode GEMV can fold their layernorm: 4-bit layers that
+// decode_gemv_4bit takes, and 16/32-bit ones (linear_fold), as far as the weights tell.
+bool foldable(const QLinear& L, DType dt) {
+  if (!fold_setting() || L.K % 8 || L.K > 2048) return false;
+  if (L.kind == QLinear::kPlain) return dt == DType::F16 || dt == DType::BF16 || dt == DType::F32;
+  return L.kind == QLinear::k4bit && L.compute == DType::F32 && L.K % 32 == 0 && L.blocksize >= 32 &&
          L.N * L.K < ((int64_t)1 << 31);
 }
+QLinear head_of(const Gpt2Weights& w) {
+  QLinear head;
+  head.N = w.V, head.K = w.C, head.w = w.lm_head;
+  return head;
+}
+bool head_foldable(const Gpt2Weights& w) { return fold_setting() == 2 && w.lm_head && foldable(head_of(w), w.dt); }
 }  // namespace
 
 size_t ln_fold_bytes(const Gpt2Weights& w) {
-  size_t bytes = 0;
+  size_t bytes = head_foldable(w) ? 2 * up((size_t)w.V * 4) : 0;
   for (const Gpt2Layer& l : w.layers)
     for (const QLinear* L : {&l.attn, &l.fc})
-      if (foldable(*L)) bytes += 2 * up((size_t)L->N * 4);
+      if (foldable(*L, w.dt)) bytes += 2 * up((size_t)L->N * 4);
   if (!bytes) return 0;
   return bytes + 2 * up((size_t)w.C * 4) + up(qlinear_scratch_bytes(w, 1));
 }
@@ -449,22 +463,23 @@ void ln_fold_build(Gpt2Weights& w, void* mem, int device) {
   float* lw = take((size_t)w.C * 4);
   float* lb = take((size_t)w.C * 4);
   void* qs = take(qlinear_scratch_bytes(w, 1));
+  auto build = [&](const QLinear& L, const void* ln_w, const void* ln_b, LnFold& f) {
+    if (!foldable(L, w.dt)) return;
+    float* u = take((size_t)L.N * 4);
+    float* v = take((size_t)L.N * 4);
+    cuda_cast::cast(lw, DType::F32, ln_w, w.dt, L.K, device);
+    cuda_cast::cast(lb, DType::F32, ln_b, w.dt, L.K, device);
+    QLinear nobias = L;
+    nobias.bias = nullptr;
+    qlinear(nobias, w.dt, kEpilogueNone, u, lw, 1, qs, device);  // u = W . ln_w
+    qlinear(L, w.dt, kEpilogueNone, v, lb, 1, qs, device);       // v = W . ln_b + bias
+    f.u = u, f.v = v;
+  };
   for (Gpt2Layer& l : w.layers) {
-    auto build = [&](const QLinear& L, const void* ln_w, const void* ln_b, LnFold& f) {
-      if (!foldable(L)) return;
-      float* u = take((size_t)L.N * 4);
-      float* v = take((size_t)L.N * 4);
-      cuda_cast::cast(lw, DType::F32, ln_w, w.dt, L.K, device);
-      cuda_cast::cast(lb, DType::F32, ln_b, w.dt, L.K, device);
-      QLinear nobias = L;
-      nobias.bias = nullptr;
-      qlinear(nobias, w.dt, kEpilogueNone, u, lw, 1, qs, device);  // u = W . ln_w
-      qlinear(L, w.dt, kEpilogueNone, v, lb, 1, qs, device);       // v = W . ln_b + bias
-      f.u = u, f.v = v;
-    };
     build(l.attn, l.ln1_w, l.ln1_b, l.fold1);
     build(l.fc, l.ln2_w, l.ln2_b, l.fold2);
   }
+  if (head_foldable(w)) build(head_of(w), w.lnf_w, w.lnf_b, w.head_fold);
 }
 
 }  // namespace gpt2_cuda
