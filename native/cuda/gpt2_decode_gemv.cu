@@ -675,7 +675,13 @@ void launch_mt(const float* x, const F& f, int64_t N, const void* bias, DType bd
 template <typename F, int EPI>
 void launch_m(const float* x, const F& f, int64_t N, const void* bias, DType bdt, float* out, int M, const LnArgs& ln,
               cudaStream_t s) {
-  const int KS = warps_per_row(f.K * 16 / F::E);
+  int KS = warps_per_row(f.K * 16 / F::E);
+  // A one-row layer of under gemv_split_blocks() row groups an SM (GPT-2 XL's 1600-row c_proj:
+  // 200 groups, 1.5 blocks an SM) takes twice the warps a row while each warp still has a
+  // full pass of chunks for its lanes (as small_m_ks in gpt2_linear.cu): XL nf4 B=1 652 -> 665.
+  const int64_t C = f.K / F::E, min_groups = (int64_t)gemv_split_blocks() * cuda::sm_count();
+  if (M == 1)
+    while (KS < kWarps && (N + kWarps / KS - 1) / (kWarps / KS) < min_groups && C >= 32 * KS) KS *= 2;
   if (M == 1) launch_mt<F, 1, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
   else if (M == 2) launch_mt<F, 2, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
   else if (M <= 4) launch_mt<F, 4, EPI>(x, f, N, bias, bdt, out, M, KS, ln, s);
@@ -714,6 +720,14 @@ void launch8(const float* x, const W8Args& a, float* out, int M, const LnArgs& l
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 }  // namespace
+
+int gemv_split_blocks() {
+  static const int v = [] {
+    const char* e = std::getenv("NIBBLE_CUDA_GEMV_SPLIT");
+    return e && *e ? std::max(0, std::atoi(e)) : 4;
+  }();
+  return v;
+}
 
 bool decode_gemv_4bit(const QLinear& L, DType bias_dt, int epi, float* out, const float* x, int64_t M,
                       const DecodeNorm* norm, cudaStream_t s) {

@@ -12,6 +12,10 @@ namespace gpt2_cuda {
 
 constexpr int64_t kDecodeGemvMaxRows = 16;  // 4-bit; int8 takes at most 4 rows
 
+// One-row GEMVs whose grid would have fewer blocks an SM than this split their rows over more
+// warps (small_m_ks, launch_m). NIBBLE_CUDA_GEMV_SPLIT=n sets it (0: never split); default 4.
+int gemv_split_blocks();
+
 // A layernorm applied to x first (its output feeds only this layer), fused into the kernel.
 // With fold_u set, the one-row 4-bit GEMV folds it instead (LnFold in gpt2_cuda.h): it stages
 // x * w, and the bias it is given must be the fold's v (float32).
