@@ -5,8 +5,8 @@
 //    256-thread block covers 256/G rows per load instruction, and each lane issues the loads of
 //    R such rounds before using any (for 100-1000 positions: one or a few round trips);
 //  - the row's dot product is summed across its G lanes with shuffles;
-//  - each group of G lanes keeps a running softmax of its rows (max, sum, weighted values) in
-//    registers; the groups combine once in shared memory at the end.
+//  - scores and weights stay in shared memory; the weighted sum of values reads the value
+//    rows the same way and meets in shared memory at the end.
 // The new token's key and value are written to the cache here and, for its own position,
 // taken from the qkv row directly (no read-back of a row this grid just wrote).
 // Launched as a programmatic dependent (pdl.cuh): the first chunk of cached rows (written by
@@ -35,9 +35,10 @@ __global__ void __launch_bounds__(kThreads)
                             int64_t past_host, const int32_t* __restrict__ past_dev, int64_t Tmax, int H,
                             float scale) {
   constexpr int D = 4 * G, RPI = kThreads / G;  // head size; rows per load instruction
+  extern __shared__ float s_p[];                // scores, then softmax weights [L]
   __shared__ float4 s_q[G], s_knew[G], s_vnew[G];
   __shared__ float4 s_part[RPI][G];
-  __shared__ float s_m[RPI], s_s[RPI];  // each row group's running max and sum
+  __shared__ float s_red[32];
   const int64_t past = past_dev ? (int64_t)*past_dev : past_host;
   const int h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, g = tid % G, rg = tid / G;
   const int64_t C = (int64_t)H * D, L = past + 1;
@@ -80,30 +81,18 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  // Each group of G lanes keeps a softmax of its own rows (j = j0 + r * RPI + rg): its running
-  // max m, the sum s of exp(score - m) and the weighted sum of values acc, rescaled when m
-  // grows (flash-decoding inside the block). The groups meet once at the end: no scores in
-  // shared memory and no block-wide max and sum (four barriers fewer on the step's path).
+  // Scores, a chunk at a time (the first one's rows already in flight), all loads first.
   const float4 q = s_q[g];
-  float m = -INFINITY, ssum = 0.f;
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   for (int64_t j0 = 0; j0 < L; j0 += (int64_t)kRounds * RPI) {
-    float4 vr[kRounds];
     if (j0 > 0) {
       load_rows(K4, j0, kr);
-      load_rows(V4, j0, vr);  // with the keys: one round trip a chunk
 #pragma unroll
       for (int r = 0; r < kRounds; r++) {
         const int64_t j = j0 + r * RPI + rg;
         on[r] = j < L && (!mrow || mrow[j]);
       }
-    } else {
-#pragma unroll
-      for (int r = 0; r < kRounds; r++) vr[r] = vfirst[r];
     }
     put_new(j0, kr, s_knew[g]);
-    put_new(j0, vr, s_vnew[g]);
-    float sc[kRounds], cmax = -INFINITY;
 #pragma unroll
     for (int r = 0; r < kRounds; r++) {
       float d = q.x * kr[r].x;
@@ -111,44 +100,55 @@ __global__ void __launch_bounds__(kThreads)
       d = fmaf(q.z, kr[r].z, d);
       d = fmaf(q.w, kr[r].w, d);
 #pragma unroll
-      for (int o = G / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);  // every lane: the sum
-      sc[r] = on[r] ? d * scale : -INFINITY;
-      cmax = fmaxf(cmax, sc[r]);
+      for (int o = G / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+      const int64_t j = j0 + r * RPI + rg;
+      if (g == 0 && j < L) s_p[j] = on[r] ? d * scale : -INFINITY;
     }
-    const float mn = fmaxf(m, cmax);
-    if (mn == -INFINITY) continue;  // no unmasked row of this group yet
-    const float corr = m == -INFINITY ? 0.f : expf(m - mn);
-    ssum *= corr, acc.x *= corr, acc.y *= corr, acc.z *= corr, acc.w *= corr;
+  }
+  __syncthreads();
+
+  float mx = -INFINITY;
+  for (int64_t j = tid; j < L; j += kThreads) mx = fmaxf(mx, s_p[j]);
+  mx = block_max(mx, s_red);
+  float4* o4 = reinterpret_cast<float4*>(out + (int64_t)b * C + (int64_t)h * D);
+  if (mx == -INFINITY) {  // every position masked (a padding slot): zeros, as the CPU does
+    if (tid < G) o4[tid] = make_float4(0.f, 0.f, 0.f, 0.f);
+    return;
+  }
+  float sum = 0.f;
+  for (int64_t j = tid; j < L; j += kThreads) {
+    const float e = s_p[j] == -INFINITY ? 0.f : expf(s_p[j] - mx);
+    s_p[j] = e;
+    sum += e;
+  }
+  sum = block_sum(sum, s_red);  // its barriers also publish s_p
+
+  // Weighted sum of the values, rows as in the scores; then across the RPI row groups.
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int64_t j0 = 0; j0 < L; j0 += (int64_t)kRounds * RPI) {
+    float4 vr[kRounds];
+    if (j0 > 0) load_rows(V4, j0, vr);
+    else
+#pragma unroll
+      for (int r = 0; r < kRounds; r++) vr[r] = vfirst[r];
+    put_new(j0, vr, s_vnew[g]);
 #pragma unroll
     for (int r = 0; r < kRounds; r++) {
-      const float w = sc[r] == -INFINITY ? 0.f : expf(sc[r] - mn);
-      ssum += w;
+      const int64_t j = j0 + r * RPI + rg;
+      const float w = j < L ? s_p[j] : 0.f;
       acc.x = fmaf(w, vr[r].x, acc.x);
       acc.y = fmaf(w, vr[r].y, acc.y);
       acc.z = fmaf(w, vr[r].z, acc.z);
       acc.w = fmaf(w, vr[r].w, acc.w);
     }
-    m = mn;
   }
   s_part[rg][g] = acc;
-  if (g == 0) s_m[rg] = m, s_s[rg] = ssum;
   __syncthreads();
   if (tid < G) {
-    float mx = -INFINITY;
-    for (int i = 0; i < RPI; i++) mx = fmaxf(mx, s_m[i]);
-    float4* o4 = reinterpret_cast<float4*>(out + (int64_t)b * C + (int64_t)h * D);
-    if (mx == -INFINITY) {  // every position masked (a padding slot): zeros, as the CPU does
-      o4[tid] = make_float4(0.f, 0.f, 0.f, 0.f);
-      return;
-    }
     float4 r = make_float4(0.f, 0.f, 0.f, 0.f);
-    float sum = 0.f;
     for (int i = 0; i < RPI; i++) {
-      if (s_m[i] == -INFINITY) continue;
-      const float f = expf(s_m[i] - mx);
       const float4 v = s_part[i][tid];
-      sum = fmaf(s_s[i], f, sum);
-      r.x = fmaf(v.x, f, r.x), r.y = fmaf(v.y, f, r.y), r.z = fmaf(v.z, f, r.z), r.w = fmaf(v.w, f, r.w);
+      r.x += v.x, r.y += v.y, r.z += v.z, r.w += v.w;
     }
     o4[tid] = make_float4(r.x / sum, r.y / sum, r.z / sum, r.w / sum);
   }
@@ -175,7 +175,7 @@ void attention_decode(float* out, const float* qkv, float* kc, float* vc, const 
                       int64_t max_positions, cudaStream_t s) {
   if (max_positions < 1 || max_positions > kAttentionDecodeMaxPositions)
     throw std::runtime_error("attention_decode: " + std::to_string(max_positions) + " positions exceed the decode kernel");
-  const size_t smem = 0;  // (the groups keep their scores in registers)
+  const size_t smem = sizeof(float) * (size_t)max_positions;
   switch (D) {
     case 4: launch<1>(out, qkv, kc, vc, mask, mask_stride, past, past_dev, B, Tmax, H, smem, s); break;
     case 8: launch<2>(out, qkv, kc, vc, mask, mask_stride, past, past_dev, B, Tmax, H, smem, s); break;
