@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -58,16 +59,34 @@ struct Cache {
 // Never destroyed: plans still registered at exit would free their weights into the host
 // allocator's cache after that file's statics are gone (static destructors across files run
 // in no set order).
+// One registry for the process, so under a lock: each worker_threads Worker calls in from its
+// own JS thread (ids stay unique across them; a worker only ever names its own).
+std::mutex& g_registry_mu = *new std::mutex;
 std::map<int, std::shared_ptr<Plan>>& g_plans = *new std::map<int, std::shared_ptr<Plan>>;
 std::map<int, std::shared_ptr<Cache>>& g_caches = *new std::map<int, std::shared_ptr<Cache>>;
 int g_next_id = 1;
 
-const std::shared_ptr<Plan>& plan_ptr(const Napi::CallbackInfo& info, size_t i) {
-  auto it = g_plans.find((int)int_arg(info, i, "plan"));
+std::shared_ptr<Plan> plan_ptr(const Napi::CallbackInfo& info, size_t i) {
+  const int id = (int)int_arg(info, i, "plan");
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  auto it = g_plans.find(id);
   if (it == g_plans.end()) throw std::invalid_argument("gpt2 forward: the model's plan was released (model disposed?)");
   return it->second;
 }
-Plan& plan_arg(const Napi::CallbackInfo& info, size_t i) { return *plan_ptr(info, i); }
+std::shared_ptr<Cache> cache_ptr(const Napi::CallbackInfo& info, size_t i) {
+  const int id = (int)int_arg(info, i, "cache");
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  auto it = g_caches.find(id);
+  if (it == g_caches.end()) throw std::invalid_argument("gpt2 forward: the KV cache was released");
+  return it->second;
+}
+template <typename T>
+int register_entry(std::map<int, std::shared_ptr<T>>& m, std::unique_ptr<T> v) {
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  const int id = g_next_id++;
+  m[id] = std::move(v);
+  return id;
+}
 
 // gpt2Plan(params, nHead, eps) -> id. params: wte, wpe, 12 per layer (ln_1 w/b,
 // c_attn w/b, attn c_proj w/b, ln_2 w/b, c_fc w/b, mlp c_proj w/b), ln_f w/b, lm_head; all on
@@ -205,17 +224,27 @@ Napi::Value CreatePlan(const Napi::CallbackInfo& info) {
       gpt2_cuda::ln_fold_build(w, plan->fold->data, dev);
     }
   }
-  const int id = g_next_id++;
-  g_plans[id] = std::move(plan);
-  return Napi::Number::New(info.Env(), id);
+  return Napi::Number::New(info.Env(), register_entry(g_plans, std::move(plan)));
 }
 NIBBLE_BINDING("gpt2Plan", CreatePlan);
 
 Napi::Value ReleasePlan(const Napi::CallbackInfo& info) {
   const int id = (int)int_arg(info, 0, "plan");
-  // Caches first: their graphs point into the plan's weights.
-  for (auto it = g_caches.begin(); it != g_caches.end();) it = it->second->plan == id ? g_caches.erase(it) : std::next(it);
-  g_plans.erase(id);
+  // Caches first: their graphs point into the plan's weights. Destroyed outside the lock, in
+  // that order (they may wait for the GPU).
+  std::vector<std::shared_ptr<Cache>> caches;
+  std::shared_ptr<Plan> plan;
+  {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    for (auto it = g_caches.begin(); it != g_caches.end();) {
+      if (it->second->plan == id) caches.push_back(std::move(it->second)), it = g_caches.erase(it);
+      else ++it;
+    }
+    auto p = g_plans.find(id);
+    if (p != g_plans.end()) plan = std::move(p->second), g_plans.erase(p);
+  }
+  caches.clear();
+  plan.reset();
   return info.Env().Undefined();
 }
 NIBBLE_BINDING("gpt2PlanRelease", ReleasePlan);
@@ -223,7 +252,8 @@ NIBBLE_BINDING("gpt2PlanRelease", ReleasePlan);
 // gpt2PlanCache(plan, k: Tensor[], v: Tensor[]) -> id: one [B, H, Tmax, D] float32 pair per layer.
 Napi::Value BindCache(const Napi::CallbackInfo& info) {
   const char* op = "gpt2PlanCache";
-  Plan& plan = plan_arg(info, 0);
+  const std::shared_ptr<Plan> plan_sp = plan_ptr(info, 0);
+  Plan& plan = *plan_sp;
   if (info.Length() < 3 || !info[1].IsArray() || !info[2].IsArray())
     throw Napi::TypeError::New(info.Env(), "gpt2PlanCache(plan, kCaches[], vCaches[])");
   Napi::Array ka = info[1].As<Napi::Array>(), va = info[2].As<Napi::Array>();
@@ -245,14 +275,18 @@ Napi::Value BindCache(const Napi::CallbackInfo& info) {
     }
   c->B = shape[0], c->Tmax = shape[2];
   c->plan = (int)int_arg(info, 0, "plan");
-  const int id = g_next_id++;
-  g_caches[id] = std::move(c);
-  return Napi::Number::New(info.Env(), id);
+  return Napi::Number::New(info.Env(), register_entry(g_caches, std::move(c)));
 }
 NIBBLE_BINDING("gpt2PlanCache", BindCache);
 
 Napi::Value ReleaseCache(const Napi::CallbackInfo& info) {
-  g_caches.erase((int)int_arg(info, 0, "cache"));
+  const int id = (int)int_arg(info, 0, "cache");
+  std::shared_ptr<Cache> cache;  // destroyed outside the lock
+  {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    auto it = g_caches.find(id);
+    if (it != g_caches.end()) cache = std::move(it->second), g_caches.erase(it);
+  }
   return info.Env().Undefined();
 }
 NIBBLE_BINDING("gpt2PlanCacheRelease", ReleaseCache);
@@ -275,9 +309,7 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
   const char* op = "gpt2 forward";
   const std::shared_ptr<Plan> plan_sp = plan_ptr(info, 0);
   Plan& plan = *plan_sp;
-  auto cit = g_caches.find((int)int_arg(info, 1, "cache"));
-  if (cit == g_caches.end()) throw std::invalid_argument("gpt2 forward: the KV cache was released");
-  const std::shared_ptr<Cache> cache_sp = cit->second;
+  const std::shared_ptr<Cache> cache_sp = cache_ptr(info, 1);
   Cache& cache = *cache_sp;
   TensorArg logits = tensor_arg(info, 2, "logits");
   const int64_t past = int_arg(info, 6, "past"), B = int_arg(info, 7, "B"), T = int_arg(info, 8, "T");

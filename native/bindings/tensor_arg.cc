@@ -11,7 +11,10 @@
 namespace nibble {
 
 namespace {
-std::shared_ptr<Storage>* g_pending = nullptr;      // handoff from Wrap() to the constructor
+// Handoff from Wrap() to the constructor it calls. Per thread: each worker_threads Worker
+// runs its own JS thread with its own env, and a process-wide slot let one worker's Wrap()
+// clear it under another's constructor ("StorageRef cannot be constructed from JavaScript").
+thread_local std::shared_ptr<Storage>* g_pending = nullptr;
 
 // The StorageRef constructor, kept for Wrap(). StorageRef objects carry a type tag, which
 // tensor_from_value checks instead of walking the prototype chain with instanceof.

@@ -94,7 +94,7 @@ struct Pool {
 
 int g_threads = 0;
 Pool* g_pool = nullptr;
-std::mutex g_pool_mu;
+std::mutex& g_pool_mu = *new std::mutex;  // never destroyed (see storage.cc's cache)
 
 int default_threads() {
   if (const char* e = std::getenv("NIBBLE_NUM_THREADS")) {

@@ -21,8 +21,10 @@ namespace {
 constexpr size_t kCacheMinBytes = 1 << 16;
 constexpr size_t kCacheMaxTotal = size_t(512) << 20;
 
-std::mutex g_cache_mu;
-std::multimap<size_t, void*> g_free_blocks;
+// Never destroyed: a worker_threads Worker torn down while the process exits frees its
+// tensors into this cache after static destructors have run (a use-after-free at exit).
+std::mutex& g_cache_mu = *new std::mutex;
+std::multimap<size_t, void*>& g_free_blocks = *new std::multimap<size_t, void*>;
 size_t g_cached_bytes = 0;
 
 size_t round_alloc(size_t n) {

@@ -56,8 +56,10 @@ size_t device_total_memory(int device) {
 // so steady-state generation does no cudaMalloc/cudaFree. On out-of-memory the cache is
 // released and the allocation retried once before the error reaches JS.
 namespace {
-std::mutex g_mu;
-std::multimap<std::pair<int, size_t>, void*> g_free;
+// Never destroyed: tensors of a worker_threads Worker torn down while the process exits come
+// back here after static destructors have run.
+std::mutex& g_mu = *new std::mutex;
+std::multimap<std::pair<int, size_t>, void*>& g_free = *new std::multimap<std::pair<int, size_t>, void*>;
 
 size_t round_size(size_t n) {
   if (n <= 512) return 512;

@@ -14,8 +14,8 @@ namespace nibble {
 namespace gpt2_cuda {
 
 namespace {
-std::mutex g_mu;
-std::vector<cudaStream_t> g_streams;  // by device ordinal; null until first use
+std::mutex& g_mu = *new std::mutex;  // never destroyed (see cuda_api.cu's cache)
+std::vector<cudaStream_t>& g_streams = *new std::vector<cudaStream_t>;  // by device ordinal; null until first use
 }  // namespace
 
 cudaStream_t stream(int device) {

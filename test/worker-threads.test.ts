@@ -1,0 +1,35 @@
+// nibble from worker_threads Workers (test/helpers/worker-generate.mjs, run as a child
+// process on the built package): concurrent Workers, a Worker loading the addon again after
+// every earlier one has exited, and the process exiting cleanly. Before the addon pinned
+// itself in memory, a Worker's exit unloaded it under its own threads (a segfault in about
+// half the runs), and two Workers creating tensors at once raced on the handle constructor.
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { AutoModelForCausalLM } from '../lib/models/auto.js';
+import { BitsAndBytesConfig } from '../lib/quantization/bitsandbytes-config.js';
+
+const run = promisify(execFile);
+const script = new URL('./helpers/worker-generate.mjs', import.meta.url);
+const dist = new URL('../dist/index.js', import.meta.url);
+
+describe('worker threads', () => {
+  it('Workers generate what the main thread does, and the process exits cleanly (5 runs)', async () => {
+    expect(existsSync(dist), 'dist/ is missing: `npm install` (or `npm run build:ts`) builds it').toBe(true);
+    const model = await AutoModelForCausalLM.fromPretrained('test/fixtures/tiny-random-gpt2', {
+      noTokenizer: true,
+      quantizationConfig: new BitsAndBytesConfig({ loadIn4bit: true, bnb4bitQuantType: 'nf4', bnb4bitUseDoubleQuant: true }),
+    });
+    const want = await model.generate([[1, 2, 3], [7, 8, 9]], { maxNewTokens: 20, doSample: false });
+    model.dispose();
+    for (let r = 0; r < 5; r++) {
+      // A crash is a rejected promise here (a signal or a non-zero exit), with the child's stderr.
+      const { stdout } = await run(process.execPath, [script.pathname], { timeout: 60_000 });
+      const got = JSON.parse(stdout.trim()) as { workers: number[][][]; main: number[][] };
+      expect(got.workers).toHaveLength(4);
+      for (const w of got.workers) expect(w).toEqual(want);
+      expect(got.main).toEqual(want);
+    }
+  }, 120_000);
+});
