@@ -9,20 +9,29 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { AutoModelForCausalLM } from '../lib/models/auto.js';
 import { BitsAndBytesConfig } from '../lib/quantization/bitsandbytes-config.js';
+import { native } from '../lib/native.js';
 
 const run = promisify(execFile);
 const script = new URL('./helpers/worker-generate.mjs', import.meta.url);
 const dist = new URL('../dist/index.js', import.meta.url);
+const hasGpu = native().info().cudaDeviceCount > 0;
+
+async function expected(): Promise<number[][]> {
+  const model = await AutoModelForCausalLM.fromPretrained('test/fixtures/tiny-random-gpt2', {
+    noTokenizer: true,
+    quantizationConfig: new BitsAndBytesConfig({ loadIn4bit: true, bnb4bitQuantType: 'nf4', bnb4bitUseDoubleQuant: true }),
+  });
+  try {
+    return await model.generate([[1, 2, 3], [7, 8, 9]], { maxNewTokens: 20, doSample: false });
+  } finally {
+    model.dispose();
+  }
+}
 
 describe('worker threads', () => {
   it('Workers generate what the main thread does, and the process exits cleanly (5 runs)', async () => {
     expect(existsSync(dist), 'dist/ is missing: `npm install` (or `npm run build:ts`) builds it').toBe(true);
-    const model = await AutoModelForCausalLM.fromPretrained('test/fixtures/tiny-random-gpt2', {
-      noTokenizer: true,
-      quantizationConfig: new BitsAndBytesConfig({ loadIn4bit: true, bnb4bitQuantType: 'nf4', bnb4bitUseDoubleQuant: true }),
-    });
-    const want = await model.generate([[1, 2, 3], [7, 8, 9]], { maxNewTokens: 20, doSample: false });
-    model.dispose();
+    const want = await expected();
     for (let r = 0; r < 5; r++) {
       // A crash is a rejected promise here (a signal or a non-zero exit), with the child's stderr.
       const { stdout } = await run(process.execPath, [script.pathname], { timeout: 60_000 });
@@ -31,5 +40,25 @@ describe('worker threads', () => {
       for (const w of got.workers) expect(w).toEqual(want);
       expect(got.main).toEqual(want);
     }
+  }, 120_000);
+
+  // One thread at a time uses CUDA (native/bindings/tensor_bindings.cc, claim_gpu): of three
+  // concurrent Workers one runs on the GPU and the others get an error naming the rule; a
+  // Worker started after they exit, and then the main thread, get the GPU in turn.
+  it.skipIf(!hasGpu)('on a GPU, one thread at a time: the others are refused with a clear error', async () => {
+    const want = await expected(); // greedy tokens: CUDA = CPU in float32 compute
+    const { stdout } = await run(process.execPath, [script.pathname], {
+      timeout: 60_000,
+      env: { ...process.env, NIBBLE_WORKER_TEST_DEVICE: 'cuda:0' },
+    });
+    const got = JSON.parse(stdout.trim()) as { workers: (number[][] | { error: string })[]; main: number[][] };
+    const first = got.workers.slice(0, 3);
+    expect(first.filter((w) => !('error' in w)).length).toBeGreaterThanOrEqual(1);
+    for (const w of first) {
+      if ('error' in w) expect(w.error).toMatch(/CUDA is in use by another thread of this process/);
+      else expect(w).toEqual(want);
+    }
+    expect(got.workers[3]).toEqual(want);
+    expect(got.main).toEqual(want);
   }, 120_000);
 });

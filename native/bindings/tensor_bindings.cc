@@ -3,6 +3,9 @@
 #include <napi.h>
 
 #include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
 
 #include "bindings/registry.h"
 #include "bindings/tensor_arg.h"
@@ -17,9 +20,40 @@
 namespace nibble {
 namespace {
 
-std::shared_ptr<Storage> alloc_on(int device, size_t nbytes, bool zero) {
-  if (device < 0) return Storage::host(nbytes, zero);
+// One JS thread at a time uses the GPU. The CUDA kernels of every environment share one
+// stream a device, and a decode step is captured into a CUDA graph on it: another thread's
+// launches or copies during a capture would be recorded into it or break it (a segfault or
+// "operation not permitted ... capturing stream" from a second worker_threads Worker). So the
+// first thread to put memory on a GPU owns CUDA until its environment closes; others get an
+// error naming the rule (their CPU work is unaffected).
+std::mutex& g_gpu_mu = *new std::mutex;
+bool g_gpu_owned = false;
+std::thread::id g_gpu_owner;
+void release_gpu(void*) {
+  std::lock_guard<std::mutex> lock(g_gpu_mu);
+  g_gpu_owned = false;
+}
+// Allocates device memory for this thread, which then owns CUDA (a failed allocation, e.g. no
+// GPU, claims nothing, so other threads keep seeing that error rather than this rule's).
+std::shared_ptr<Storage> cuda_alloc_claiming(napi_env env, size_t nbytes, int device) {
+  std::lock_guard<std::mutex> lock(g_gpu_mu);
+  const bool mine = g_gpu_owned && g_gpu_owner == std::this_thread::get_id();
+  if (g_gpu_owned && !mine)
+    throw std::runtime_error(
+        "CUDA is in use by another thread of this process (the main thread or a worker_threads Worker): nibble "
+        "runs GPU work from one thread at a time; load GPU models in that thread, or run this one on the CPU");
   auto s = Storage::cuda(nbytes, device);
+  if (!mine) {
+    if (napi_add_env_cleanup_hook(env, release_gpu, nullptr) != napi_ok)
+      throw std::runtime_error("CUDA: could not register the thread's GPU ownership");
+    g_gpu_owned = true, g_gpu_owner = std::this_thread::get_id();
+  }
+  return s;
+}
+
+std::shared_ptr<Storage> alloc_on(napi_env env, int device, size_t nbytes, bool zero) {
+  if (device < 0) return Storage::host(nbytes, zero);
+  auto s = cuda_alloc_claiming(env, nbytes, device);
   if (zero && nbytes) {
     std::vector<char> z(nbytes, 0);
     cuda_api::copy_host_to_device(s->data, z.data(), nbytes, device);
@@ -32,7 +66,7 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
   int device = (int)int_arg(info, 1, "device");
   bool zero = info.Length() > 2 && info[2].ToBoolean();
   if (nbytes < 0) throw Napi::RangeError::New(info.Env(), "alloc: negative size");
-  return StorageRef::Wrap(info.Env(), alloc_on(device, (size_t)nbytes, zero));
+  return StorageRef::Wrap(info.Env(), alloc_on(info.Env(), device, (size_t)nbytes, zero));
 }
 NIBBLE_BINDING("alloc", Alloc);
 
@@ -50,7 +84,7 @@ Napi::Value FromBytes(const Napi::CallbackInfo& info) {
   int device = info.Length() > 1 ? (int)int_arg(info, 1, "device") : -1;
   const char* src = static_cast<const char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
   size_t n = ta.ByteLength();
-  std::shared_ptr<Storage> s = alloc_on(device, n, false);
+  std::shared_ptr<Storage> s = alloc_on(info.Env(), device, n, false);
   if (device < 0) {
     if (n) std::memcpy(s->data, src, n);
   } else {
