@@ -22,13 +22,9 @@ namespace gpt2_cuda_bindings {
 
 namespace {
 
-// Every tensor of an op must sit on the output's GPU: a mix would make a kernel read host
-// memory or another device's pointers.
+// Every tensor of an op sits on the output's GPU.
 void on_device(const char* op, const char* name, const TensorArg& t, int device) {
-  if (t.device() != device)
-    throw std::invalid_argument(std::string(op) + ": '" + name + "' is " + t.describe() + " but the output is on cuda:" +
-                                std::to_string(device) + "; move it with .toDevice('cuda:" + std::to_string(device) +
-                                "')");
+  expect_on_device(op, name, t, device, "the output");
 }
 void act(const char* op, const char* name, const TensorArg& t, int device) {
   expect_dtype(op, name, t, DType::F32);

@@ -21,14 +21,9 @@
 namespace nibble {
 namespace {
 
-// Every tensor of a plan sits on its weights' device: a mix would make a kernel read another
-// device's pointers.
+// Every tensor of a plan sits on its weights' device.
 void on_device(const char* op, const char* name, const TensorArg& t, int device) {
-  if (t.device() != device) {
-    const std::string where = device < 0 ? "cpu" : "cuda:" + std::to_string(device);
-    throw std::invalid_argument(std::string(op) + ": '" + name + "' is " + t.describe() + " but the plan is on " + where +
-                                "; move it with .toDevice('" + where + "')");
-  }
+  expect_on_device(op, name, t, device, "the plan");
 }
 void act(const char* op, const char* name, const TensorArg& t, int device) {
   expect_dtype(op, name, t, DType::F32);

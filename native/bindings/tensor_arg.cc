@@ -177,6 +177,12 @@ void expect_same_device(const char* op, const TensorArg& a, const TensorArg& b) 
 void expect_cpu(const char* op, const TensorArg& t) {
   if (!t.on_cpu()) throw std::invalid_argument(std::string(op) + ": expected a CPU tensor, got " + t.describe());
 }
+void expect_on_device(const char* op, const char* name, const TensorArg& t, int device, const char* whose) {
+  if (t.device() == device) return;
+  const std::string where = device < 0 ? "cpu" : "cuda:" + std::to_string(device);
+  throw std::invalid_argument(std::string(op) + ": '" + name + "' is " + t.describe() + " but " + whose + " is on " +
+                              where + "; move it with .toDevice('" + where + "')");
+}
 
 int64_t int_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (i >= info.Length() || !info[i].IsNumber())

@@ -69,6 +69,9 @@ void expect_rank(const char* op, const char* name, const TensorArg& t, size_t ra
 void expect_numel(const char* op, const char* name, const TensorArg& t, int64_t n);
 void expect_same_device(const char* op, const TensorArg& a, const TensorArg& b);
 void expect_cpu(const char* op, const TensorArg& t);
+// t must sit on `device` (-1: the CPU), which `whose` set ("the plan", "the output"): a mix
+// would make a kernel read another device's pointers. The error says where to move it.
+void expect_on_device(const char* op, const char* name, const TensorArg& t, int device, const char* whose);
 
 int64_t int_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
 double num_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
