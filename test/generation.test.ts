@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { generate } from '../lib/generation/generate.js';
 import { stream, TextStreamDecoder } from '../lib/generation/stream.js';
 import {
-  applyMinP, applyRepetitionPenalty, applyTemperature, applyTopK, applyTopP, buildLogitsProcessors,
+  applyMinP, applyRepetitionPenalty, applyTemperature, applyTopK, applyTopP, buildLogitsProcessors, kthLargest,
 } from '../lib/generation/logits-processors.js';
 import { Xoshiro128, argmax, sampleToken } from '../lib/generation/sampler.js';
 import { StopStringCriterion } from '../lib/generation/stopping.js';
@@ -220,6 +220,63 @@ describe('logits processors (hand-computed expectations)', () => {
       }
     }
     expect(checked).toBe(108);
+  });
+
+  it('top-p after top-k, kthLargest of a few, and the draw equal whole-row versions (the compact paths)', () => {
+    // The draw over every token of the row (sampleToken before it skipped the filtered ones).
+    const drawPlain = (s: Float32Array, u01: number) => {
+      let max = -Infinity;
+      for (const v of s) if (v > max) max = v;
+      const w = Array.from(s, (v) => (v === NEG ? 0 : Math.exp(v - max)));
+      const total = w.reduce((a, b) => a + b, 0);
+      const u = u01 * total;
+      let acc = 0, last = -1;
+      for (let i = 0; i < w.length; i++) {
+        if (w[i] === 0) continue;
+        acc += w[i]!;
+        last = i;
+        if (u < acc) return i;
+      }
+      return last;
+    };
+    const topPWholeRow = (s: Float32Array, p: number) => {
+      // softmax over the whole row, then the same selection (applyTopP with a NaN-free row
+      // takes the compact path; a NaN elsewhere would force the whole-row one).
+      const order = Array.from(s.keys()).filter((i) => s[i]! > NEG).sort((a, b) => s[a]! - s[b]! || a - b);
+      let max = -Infinity;
+      for (const v of s) if (v > max) max = v;
+      let sum = 0;
+      for (const v of s) if (v !== NEG) sum += Math.exp(v - max);
+      let cum = 0;
+      for (let j = 0; j < order.length - 1; j++) {
+        cum += Math.fround(Math.exp(s[order[j]!]! - max) * (1 / sum));
+        if (Math.fround(cum) <= Math.fround(1 - p)) s[order[j]!] = NEG;
+      }
+    };
+    const r = mulberry32(77);
+    for (const n of [300, 5003, 50257]) {
+      const base = Float32Array.from({ length: n }, () => Math.round((r() * 2 - 1) * 40) / 8);
+      for (const k of [5, 50]) {
+        const row0 = base.slice();
+        applyTopK(row0, k);
+        for (const p of [0.5, 0.9, 0.99]) {
+          const fast = row0.slice(), plain = row0.slice();
+          applyTopP(fast, p);
+          topPWholeRow(plain, p);
+          expect(kept(fast), `n=${n} k=${k} p=${p}`).toEqual(kept(plain));
+          for (const u of [0, 0.123, 0.5, 0.9999999]) {
+            expect(sampleToken(fast.slice(), { nextFloat: () => u } as unknown as Xoshiro128)).toBe(drawPlain(fast, u));
+          }
+        }
+      }
+      // the heap path of kthLargest (k * 64 <= n), NaN counted as -Infinity
+      const withNaN = base.slice();
+      withNaN[3] = NaN;
+      for (const k of [2, 4]) {
+        const sorted = Array.from(withNaN, (v) => (Number.isNaN(v) ? -Infinity : v)).sort((a, b) => b - a);
+        expect(kthLargest(withNaN, k)).toBe(sorted[k - 1]);
+      }
+    }
   });
 
   it('minP drops tokens below minP x the top probability', () => {

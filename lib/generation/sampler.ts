@@ -1,5 +1,6 @@
 // Choosing the next token: argmax, or a draw from the softmax with a seeded generator so a
 // seed reproduces a run exactly (across machines: the generator is integer-only).
+import { finiteScratch } from './logits-processors.js';
 
 /**
  * xoshiro128** (Blackman and Vigna): 128-bit state, period 2^128 - 1, fast in 32-bit
@@ -91,33 +92,40 @@ export function argmax(scores: Float32Array): number {
   return best;
 }
 
-/** Draws a token from softmax(scores). -Infinity scores are never drawn. */
+/**
+ * Draws a token from softmax(scores). -Infinity scores are never drawn. After top-k or top-p
+ * only a few dozen of 50,257 scores are finite: the weights are computed for those alone (the
+ * same terms, added in the same ascending order, as over the whole row).
+ */
 export function sampleToken(scores: Float32Array, rng: Xoshiro128): number {
   let max = -Infinity;
+  let n = 0;
+  const ids = finiteScratch(scores.length);
   for (let i = 0; i < scores.length; i++) {
     const v = scores[i]!;
-    if (Number.isNaN(v)) throw new RangeError(`logits contain NaN (token ${i}): cannot sample`);
     if (v > max) max = v;
+    if (v !== -Infinity) {
+      if (v !== v) throw new RangeError(`logits contain NaN (token ${i}): cannot sample`);
+      ids[n++] = i;
+    }
   }
   if (max === -Infinity) throw new RangeError('every token was filtered out: nothing left to sample');
   if (max === Infinity) return scores.indexOf(Infinity);
+  const w = new Float64Array(n);
   let total = 0;
-  const w = new Float64Array(scores.length);
-  for (let i = 0; i < scores.length; i++) {
-    const v = scores[i]!;
-    if (v === -Infinity) continue;
-    const e = Math.exp(v - max);
-    w[i] = e;
+  for (let j = 0; j < n; j++) {
+    const e = Math.exp(scores[ids[j]!]! - max);
+    w[j] = e;
     total += e;
   }
   const u = rng.nextFloat() * total;
   let acc = 0;
   let last = -1;
-  for (let i = 0; i < w.length; i++) {
-    if (w[i] === 0) continue;
-    acc += w[i]!;
-    last = i;
-    if (u < acc) return i;
+  for (let j = 0; j < n; j++) {
+    if (w[j] === 0) continue;
+    acc += w[j]!;
+    last = ids[j]!;
+    if (u < acc) return last;
   }
   return last; // rounding put u at the very end
 }
