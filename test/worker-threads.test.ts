@@ -42,6 +42,16 @@ describe('worker threads', () => {
     }
   }, 120_000);
 
+  it('a Worker exiting without dispose() releases its models (10 Workers, RSS flat)', async () => {
+    // Each Worker's fortune-gpt2 plan kept ~31 MB registered for the life of the process
+    // before environments released their CPU plans on exit (a ~310 MB climb here).
+    const { stdout } = await run(process.execPath, [new URL('./helpers/worker-leak.mjs', import.meta.url).pathname], {
+      timeout: 60_000,
+    });
+    const { after2, after12 } = JSON.parse(stdout.trim()) as { after2: number; after12: number };
+    expect(after12 - after2, `RSS ${after2.toFixed(0)} -> ${after12.toFixed(0)} MB`).toBeLessThan(100);
+  }, 120_000);
+
   // One thread at a time uses CUDA (native/bindings/tensor_bindings.cc, claim_gpu): of three
   // concurrent Workers one runs on the GPU and the others get an error naming the rule; a
   // Worker started after they exit, and then the main thread, get the GPU in turn.

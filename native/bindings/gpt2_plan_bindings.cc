@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,7 @@ struct Plan {
   std::vector<TensorArg> keep;
   std::shared_ptr<Storage> fold;  // a GPU plan's layernorm folds (gpt2_cuda::LnFold)
   int device = 0;
+  napi_env env = nullptr;  // the environment (main thread or Worker) that made it
 };
 struct Cache {
   std::vector<float*> k, v;
@@ -81,6 +83,42 @@ int register_entry(std::map<int, std::shared_ptr<T>>& m, std::unique_ptr<T> v) {
   const int id = g_next_id++;
   m[id] = std::move(v);
   return id;
+}
+
+// A Worker that exits without disposing its models never runs their FinalizationRegistry
+// callbacks, so its CPU plans (and the weights they reference: ~31 MB a Worker for
+// fortune-gpt2) would stay registered for the life of the process. When an environment closes,
+// its CPU plans and their caches are released here. (GPU plans are left to dispose(): the
+// GPU is used from one thread at a time, and tearing down CUDA graphs during an environment's
+// exit is not something this covers.)
+std::set<napi_env>& g_hooked_envs = *new std::set<napi_env>;
+void release_env_plans(void* arg) {
+  const napi_env env = static_cast<napi_env>(arg);
+  std::vector<std::shared_ptr<Cache>> caches;
+  std::vector<std::shared_ptr<Plan>> plans;
+  {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    g_hooked_envs.erase(env);
+    for (auto it = g_plans.begin(); it != g_plans.end();) {
+      if (it->second->env != env || it->second->device >= 0) {
+        ++it;
+        continue;
+      }
+      const int id = it->first;
+      for (auto c = g_caches.begin(); c != g_caches.end();)
+        if (c->second->plan == id) caches.push_back(std::move(c->second)), c = g_caches.erase(c);
+        else ++c;
+      plans.push_back(std::move(it->second));
+      it = g_plans.erase(it);
+    }
+  }
+  caches.clear();  // caches before the plans they point into (see ReleasePlan)
+  plans.clear();
+}
+void hook_env(napi_env env) {
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  if (g_hooked_envs.count(env)) return;
+  if (napi_add_env_cleanup_hook(env, release_env_plans, env) == napi_ok) g_hooked_envs.insert(env);
 }
 
 // gpt2Plan(params, nHead, eps) -> id. params: wte, wpe, 12 per layer (ln_1 w/b,
@@ -219,6 +257,8 @@ Napi::Value CreatePlan(const Napi::CallbackInfo& info) {
       gpt2_cuda::ln_fold_build(w, plan->fold->data, dev);
     }
   }
+  plan->env = info.Env();
+  hook_env(info.Env());
   return Napi::Number::New(info.Env(), register_entry(g_plans, std::move(plan)));
 }
 NIBBLE_BINDING("gpt2Plan", CreatePlan);
