@@ -158,7 +158,9 @@ __device__ void stage_x_fold(float* s_x, const float* __restrict__ x, int64_t K,
 }
 // The row's mean and 1/std from the warps' sums (after the barrier that follows the staging),
 // added in warp order: every block gets the same bits. Computed by every lane before the main
-// loop, while its first weight loads are in flight, not in the writer's epilogue.
+// loop, while its first weight loads are in flight, not in the writer's epilogue. (The
+// variance as E[x^2] - mean^2 loses bits only when |mean| >> std, which a residual stream
+// entering a layernorm is not; the native tests' rows have mean = std / 2, and 1e5 scales.)
 __device__ __forceinline__ void fold_stats(const float* s_red, int64_t K, float eps, float* mean, float* rstd) {
   float s1 = 0.0f, s2 = 0.0f;
 #pragma unroll

@@ -195,6 +195,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   float t1 = 0.f, t2 = 0.f;
 #pragma unroll
   for (int i = 0; i < kWarpsPerBlock; i++) t1 += s_red[0][i], t2 += s_red[1][i];  // warp order: same bits in every block
+  // (E[x^2] - mean^2, as fold_stats in gpt2_decode_gemv.cu)
   const float mean = t1 / (float)K, rstd = rsqrtf(fmaxf(t2 / (float)K - mean * mean, 0.f) + eps);
   float acc = 0.f;
   auto consume = [&](const uint4& raw, int k) {
