@@ -63,19 +63,18 @@ std::map<int, std::shared_ptr<Plan>>& g_plans = *new std::map<int, std::shared_p
 std::map<int, std::shared_ptr<Cache>>& g_caches = *new std::map<int, std::shared_ptr<Cache>>;
 int g_next_id = 1;
 
-std::shared_ptr<Plan> plan_ptr(const Napi::CallbackInfo& info, size_t i) {
-  const int id = (int)int_arg(info, i, "plan");
+template <typename T>
+std::shared_ptr<T> find_entry(const std::map<int, std::shared_ptr<T>>& m, int id, const char* released) {
   std::lock_guard<std::mutex> lock(g_registry_mu);
-  auto it = g_plans.find(id);
-  if (it == g_plans.end()) throw std::invalid_argument("gpt2 forward: the model's plan was released (model disposed?)");
+  auto it = m.find(id);
+  if (it == m.end()) throw std::invalid_argument(released);
   return it->second;
 }
+std::shared_ptr<Plan> plan_ptr(const Napi::CallbackInfo& info, size_t i) {
+  return find_entry(g_plans, (int)int_arg(info, i, "plan"), "gpt2 forward: the model's plan was released (model disposed?)");
+}
 std::shared_ptr<Cache> cache_ptr(const Napi::CallbackInfo& info, size_t i) {
-  const int id = (int)int_arg(info, i, "cache");
-  std::lock_guard<std::mutex> lock(g_registry_mu);
-  auto it = g_caches.find(id);
-  if (it == g_caches.end()) throw std::invalid_argument("gpt2 forward: the KV cache was released");
-  return it->second;
+  return find_entry(g_caches, (int)int_arg(info, i, "cache"), "gpt2 forward: the KV cache was released");
 }
 template <typename T>
 int register_entry(std::map<int, std::shared_ptr<T>>& m, std::unique_ptr<T> v) {
@@ -83,6 +82,26 @@ int register_entry(std::map<int, std::shared_ptr<T>>& m, std::unique_ptr<T> v) {
   const int id = g_next_id++;
   m[id] = std::move(v);
   return id;
+}
+
+// What a release takes out of the registry, destroyed once the lock is dropped: the caches
+// before the plans they point into (their graphs reference the plan's weights, and they may
+// wait for the GPU).
+struct Released {
+  std::vector<std::shared_ptr<Cache>> caches;
+  std::vector<std::shared_ptr<Plan>> plans;
+  ~Released() {
+    caches.clear();
+    plans.clear();
+  }
+};
+// Under g_registry_mu: plan `id` and the caches bound to it, moved into r.
+void take_plan_locked(int id, Released& r) {
+  for (auto c = g_caches.begin(); c != g_caches.end();)
+    if (c->second->plan == id) r.caches.push_back(std::move(c->second)), c = g_caches.erase(c);
+    else ++c;
+  auto p = g_plans.find(id);
+  if (p != g_plans.end()) r.plans.push_back(std::move(p->second)), g_plans.erase(p);
 }
 
 // A Worker that exits without disposing its models never runs their FinalizationRegistry
@@ -94,26 +113,13 @@ int register_entry(std::map<int, std::shared_ptr<T>>& m, std::unique_ptr<T> v) {
 std::set<napi_env>& g_hooked_envs = *new std::set<napi_env>;
 void release_env_plans(void* arg) {
   const napi_env env = static_cast<napi_env>(arg);
-  std::vector<std::shared_ptr<Cache>> caches;
-  std::vector<std::shared_ptr<Plan>> plans;
-  {
-    std::lock_guard<std::mutex> lock(g_registry_mu);
-    g_hooked_envs.erase(env);
-    for (auto it = g_plans.begin(); it != g_plans.end();) {
-      if (it->second->env != env || it->second->device >= 0) {
-        ++it;
-        continue;
-      }
-      const int id = it->first;
-      for (auto c = g_caches.begin(); c != g_caches.end();)
-        if (c->second->plan == id) caches.push_back(std::move(c->second)), c = g_caches.erase(c);
-        else ++c;
-      plans.push_back(std::move(it->second));
-      it = g_plans.erase(it);
-    }
-  }
-  caches.clear();  // caches before the plans they point into (see ReleasePlan)
-  plans.clear();
+  Released r;
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  g_hooked_envs.erase(env);
+  std::vector<int> ids;
+  for (const auto& [id, plan] : g_plans)
+    if (plan->env == env && plan->device < 0) ids.push_back(id);
+  for (int id : ids) take_plan_locked(id, r);
 }
 void hook_env(napi_env env) {
   std::lock_guard<std::mutex> lock(g_registry_mu);
@@ -265,21 +271,9 @@ NIBBLE_BINDING("gpt2Plan", CreatePlan);
 
 Napi::Value ReleasePlan(const Napi::CallbackInfo& info) {
   const int id = (int)int_arg(info, 0, "plan");
-  // Caches first: their graphs point into the plan's weights. Destroyed outside the lock, in
-  // that order (they may wait for the GPU).
-  std::vector<std::shared_ptr<Cache>> caches;
-  std::shared_ptr<Plan> plan;
-  {
-    std::lock_guard<std::mutex> lock(g_registry_mu);
-    for (auto it = g_caches.begin(); it != g_caches.end();) {
-      if (it->second->plan == id) caches.push_back(std::move(it->second)), it = g_caches.erase(it);
-      else ++it;
-    }
-    auto p = g_plans.find(id);
-    if (p != g_plans.end()) plan = std::move(p->second), g_plans.erase(p);
-  }
-  caches.clear();
-  plan.reset();
+  Released r;  // declared before the lock: destroyed after it is dropped
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  take_plan_locked(id, r);
   return info.Env().Undefined();
 }
 NIBBLE_BINDING("gpt2PlanRelease", ReleasePlan);
@@ -316,12 +310,10 @@ NIBBLE_BINDING("gpt2PlanCache", BindCache);
 
 Napi::Value ReleaseCache(const Napi::CallbackInfo& info) {
   const int id = (int)int_arg(info, 0, "cache");
-  std::shared_ptr<Cache> cache;  // destroyed outside the lock
-  {
-    std::lock_guard<std::mutex> lock(g_registry_mu);
-    auto it = g_caches.find(id);
-    if (it != g_caches.end()) cache = std::move(it->second), g_caches.erase(it);
-  }
+  Released r;  // declared before the lock: destroyed after it is dropped
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  auto it = g_caches.find(id);
+  if (it != g_caches.end()) r.caches.push_back(std::move(it->second)), g_caches.erase(it);
   return info.Env().Undefined();
 }
 NIBBLE_BINDING("gpt2PlanCacheRelease", ReleaseCache);
