@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -240,6 +241,33 @@ void test_attention(int64_t B, int64_t H, int64_t D, int64_t T0, int steps, int6
 }  // namespace
 
 
+// A layernorm's fold (LnFold) for one layer, made by ln_fold_build through a one-layer plan
+// (the layer as c_fc behind ln_2). `on` false: no fold (null). A layer of K <= 2048 must be
+// folded and a wider one must not (the layernorm kernel takes it): otherwise a failure is
+// counted and ok is false.
+struct OneLayerFold {
+  gpt2_cuda::Gpt2Weights plan;
+  std::unique_ptr<Dev> mem;
+  const gpt2_cuda::LnFold* fold = nullptr;
+  bool ok = true;
+  OneLayerFold(bool on, const gpt2_cuda::QLinear& L, DType dt, const void* ln_w, const void* ln_b) {
+    if (!on) return;
+    plan.dt = dt, plan.C = L.K, plan.inner = L.N, plan.quantized = L.kind != gpt2_cuda::QLinear::kPlain;
+    gpt2_cuda::Gpt2Layer layer{};
+    layer.ln1_w = layer.ln2_w = ln_w, layer.ln1_b = layer.ln2_b = ln_b, layer.fc = L;
+    plan.layers.push_back(layer);
+    mem = std::make_unique<Dev>(gpt2_cuda::ln_fold_bytes(plan));
+    gpt2_cuda::ln_fold_build(plan, mem->p, 0);
+    fold = &plan.layers[0].fold2;
+    if (!fold->u != (L.K > 2048)) {
+      cases++, failures++, ok = false;
+      std::printf("FAIL qlinear+fold %s K=%lld: folded %d\n", L.kind == gpt2_cuda::QLinear::kPlain ? "plain" : "4bit",
+                  (long long)L.K, fold->u != nullptr);
+    }
+  }
+  OneLayerFold(const OneLayerFold&) = delete;  // fold points into plan
+};
+
 // The plan's quantized Linear layers (gpt2_cuda::qlinear: the decode GEMVs for M <= 8, the
 // general paths above) against the CPU reference of the module they stand for, with the
 // gelu and residual epilogues and a float16 bias (the plan's biases have the model dtype).
@@ -279,23 +307,9 @@ void test_qlinear_4bit(int64_t M, int64_t K, int64_t N, fmt::QuantType qt, bool 
   else if (epi == gpt2_cuda::kEpilogueAccumulate) cpu::add_ref(want.data(), resid.data(), lin.data(), M * N);
   else want = lin;
   if (epi != gpt2_cuda::kEpilogueAccumulate) out.poison();
-  // The fold's vectors come from a one-layer plan: this layer as c_attn behind ln_1.
-  gpt2_cuda::Gpt2Weights plan;
-  plan.dt = DType::F16, plan.C = K, plan.inner = N, plan.quantized = true;
-  gpt2_cuda::Gpt2Layer layer{};
-  layer.ln1_w = layer.ln2_w = dlw.p, layer.ln1_b = layer.ln2_b = dlb.p, layer.attn = L;
-  plan.layers.push_back(layer);
-  Dev fold_mem(fold ? gpt2_cuda::ln_fold_bytes(plan) : 0);
-  if (fold) {
-    gpt2_cuda::ln_fold_build(plan, fold_mem.p, 0);
-    if (!plan.layers[0].fold1.u != (K > 2048)) {  // wider rows are left to the layernorm kernel
-      cases++, failures++;
-      std::printf("FAIL qlinear+fold 4bit K=%lld: folded %d\n", (long long)K, plan.layers[0].fold1.u != nullptr);
-      return;
-    }
-  }
-  if (ln) gpt2_cuda::qlinear_ln(L, dlw.p, dlb.p, 1e-5f, DType::F16, epi, out.as(), dx.as(), h.as(), M, scratch.p, 0,
-                                fold ? &plan.layers[0].fold1 : nullptr);
+  const OneLayerFold lf(fold, L, DType::F16, dlw.p, dlb.p);
+  if (!lf.ok) return;
+  if (ln) gpt2_cuda::qlinear_ln(L, dlw.p, dlb.p, 1e-5f, DType::F16, epi, out.as(), dx.as(), h.as(), M, scratch.p, 0, lf.fold);
   else gpt2_cuda::qlinear(L, DType::F16, epi, out.as(), dx.as(), M, scratch.p, 0);
   compare(std::string(fold ? "qlinear+fold " : ln ? "qlinear+ln " : "qlinear ") + "4bit " + (qt == fmt::QuantType::NF4 ? "nf4" : "fp4") + (dq ? "+dq" : "") + " bs " + std::to_string(bs) + (xscale != 1.f ? " |x|~1e5" : "") + " epi " +
               std::to_string(epi) + " M=" + std::to_string(M) + " K=" + std::to_string(K) + " N=" + std::to_string(N),
@@ -365,23 +379,9 @@ void test_qlinear_plain(int64_t M, int64_t K, int64_t N, DType dt, int epi, bool
   gpt2_cuda::QLinear L;
   L.N = N, L.K = K, L.w = dw.p, L.bias = db.p;
   if (epi != gpt2_cuda::kEpilogueAccumulate) out.poison();
-  // The fold's vectors from a one-layer plan (this layer as c_fc behind ln_2).
-  gpt2_cuda::Gpt2Weights plan;
-  plan.dt = dt, plan.C = K, plan.inner = N;
-  gpt2_cuda::Gpt2Layer layer{};
-  layer.ln1_w = layer.ln2_w = dlw.p, layer.ln1_b = layer.ln2_b = dlb.p, layer.fc = L;
-  plan.layers.push_back(layer);
-  Dev fold_mem(fold ? gpt2_cuda::ln_fold_bytes(plan) : 0);
-  if (fold) {
-    gpt2_cuda::ln_fold_build(plan, fold_mem.p, 0);
-    if (!plan.layers[0].fold2.u != (K > 2048)) {  // wider rows are left to the layernorm kernel
-      cases++, failures++;
-      std::printf("FAIL qlinear+fold plain K=%lld: folded %d\n", (long long)K, plan.layers[0].fold2.u != nullptr);
-      return;
-    }
-  }
-  if (ln) gpt2_cuda::qlinear_ln(L, dlw.p, dlb.p, 1e-5f, dt, epi, out.as(), dx.as(), h.as(), M, scratch.p, 0,
-                                fold ? &plan.layers[0].fold2 : nullptr);
+  const OneLayerFold lf(fold, L, dt, dlw.p, dlb.p);
+  if (!lf.ok) return;
+  if (ln) gpt2_cuda::qlinear_ln(L, dlw.p, dlb.p, 1e-5f, dt, epi, out.as(), dx.as(), h.as(), M, scratch.p, 0, lf.fold);
   else gpt2_cuda::qlinear(L, dt, epi, out.as(), dx.as(), M, scratch.p, 0);
   compare(std::string(fold ? "qlinear+fold" : ln ? "qlinear+ln" : "qlinear") + " plain " + dtn(dt) + " epi " + std::to_string(epi) + " M=" +
               std::to_string(M) + " K=" + std::to_string(K) + " N=" + std::to_string(N),
