@@ -132,6 +132,29 @@ describe('sampling', () => {
     expect(() => argmax(row([1, NaN, 2]))).toThrow(/NaN/);
     expect(() => sampleToken(row([NEG, NEG]), new Xoshiro128(1))).toThrow(/filtered out/);
   });
+
+  it('topP and minP on a row with NaN remove nothing and leave the NaN for the sampler to report', () => {
+    // The probabilities of a NaN row are all NaN: no nucleus can be cut (transformers removes
+    // nothing: NaN sums compare false). The row must come back as it went in (it used to lose
+    // all but its last token), and sampling it is the clear error.
+    for (const p of [0.1, 0.5, 0.95]) {
+      const s = row([1, NaN, 2, 0.5, NEG, 3]);
+      applyTopP(s, p);
+      expect(Array.from(s)).toEqual([1, NaN, 2, 0.5, NEG, 3]);
+      expect(() => sampleToken(s, new Xoshiro128(3))).toThrow(/NaN \(token 1\)/);
+    }
+    const m = row([1, NaN, 2, 0.5, NEG, 3]);
+    applyMinP(m, 0.2); // minP likewise: NaN probabilities are below no threshold
+    expect(Array.from(m)).toEqual([1, NaN, 2, 0.5, NEG, 3]);
+    // The same after topK (the usual chain: a few finite scores, the rest -Infinity).
+    const s = Float32Array.from({ length: 5000 }, (_, i) => Math.sin(i));
+    s[4321] = NaN;
+    applyTopK(s, 20);
+    const before = Array.from(s);
+    applyTopP(s, 0.9);
+    expect(Array.from(s)).toEqual(before);
+    expect(() => sampleToken(s, new Xoshiro128(3))).toThrow(/NaN \(token 4321\)/);
+  });
 });
 
 describe('logits processors (hand-computed expectations)', () => {
@@ -240,8 +263,8 @@ describe('logits processors (hand-computed expectations)', () => {
       return last;
     };
     const topPWholeRow = (s: Float32Array, p: number) => {
-      // softmax over the whole row, then the same selection (applyTopP with a NaN-free row
-      // takes the compact path; a NaN elsewhere would force the whole-row one).
+      // softmax over the whole row, then the same selection (applyTopP takes the softmax
+      // over the finite scores alone).
       const order = Array.from(s.keys()).filter((i) => s[i]! > NEG).sort((a, b) => s[a]! - s[b]! || a - b);
       let max = -Infinity;
       for (const v of s) if (v > max) max = v;

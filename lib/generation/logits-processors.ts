@@ -180,7 +180,9 @@ export function applyTopP(scores: Float32Array, topP: number, minTokensToKeep = 
   // -Infinity entries have probability 0 and lead the ascending order, where they are
   // removed anyway: only finite ones take part. After top-k those are a few dozen of 50,257,
   // so the softmax is taken over them alone (the same terms in the same order as softmax()
-  // over the row, hence the same probabilities); a row with NaN keeps the whole-row path.
+  // over the row, hence the same probabilities). A row with NaN has NaN probabilities and no
+  // nucleus: as in transformers (NaN cumulative sums compare false), nothing is removed, and
+  // the sampler reports the NaN.
   const all = finiteScratch(scores.length);
   let nFinite = 0;
   let max = -Infinity;
@@ -189,7 +191,7 @@ export function applyTopP(scores: Float32Array, topP: number, minTokensToKeep = 
     if (v > -Infinity) {
       all[nFinite++] = i;
       if (v > max) max = v;
-    } else if (v !== v) return applyTopPRow(scores, limit, minTokensToKeep);
+    } else if (v !== v) return;
   }
   const finite = all.slice(0, nFinite);
   const fp = new Float64Array(nFinite);
@@ -209,22 +211,6 @@ let scratch = new Int32Array(0);
 export function finiteScratch(n: number): Int32Array {
   if (scratch.length < n) scratch = new Int32Array(n);
   return scratch;
-}
-
-/** applyTopP on a row with NaN: probabilities from softmax() over the whole row. */
-function applyTopPRow(scores: Float32Array, limit: number, minTokensToKeep: number): void {
-  const probs = softmax(scores);
-  let nFinite = 0;
-  for (let i = 0; i < scores.length; i++) if (scores[i]! > -Infinity) nFinite++;
-  const finite = new Int32Array(nFinite);
-  const fp = new Float64Array(nFinite);
-  for (let i = 0, j = 0; i < scores.length; i++) {
-    if (scores[i]! > -Infinity) {
-      finite[j] = i;
-      fp[j++] = probs[i]!;
-    }
-  }
-  removeNucleusTail(scores, finite, fp, limit, minTokensToKeep);
 }
 
 /**
