@@ -158,16 +158,12 @@ __device__ void stage_x_fold(float* s_x, const float* __restrict__ x, int64_t K,
 }
 // The row's mean and 1/std from the warps' sums (after the barrier that follows the staging),
 // added in warp order: every block gets the same bits. Computed by every lane before the main
-// loop, while its first weight loads are in flight, not in the writer's epilogue. (The
-// variance as E[x^2] - mean^2 loses bits only when |mean| >> std, which a residual stream
-// entering a layernorm is not; the native tests' rows have mean = std / 2, and 1e5 scales.)
+// loop, while its first weight loads are in flight, not in the writer's epilogue.
 __device__ __forceinline__ void fold_stats(const float* s_red, int64_t K, float eps, float* mean, float* rstd) {
   float s1 = 0.0f, s2 = 0.0f;
 #pragma unroll
   for (int w = 0; w < kWarps; w++) s1 += s_red[w], s2 += s_red[16 + w];
-  const float m = s1 / (float)K;
-  *mean = m;
-  *rstd = rsqrtf(fmaxf(s2 / (float)K - m * m, 0.0f) + eps);
+  fold_mean_rstd(s1, s2, K, eps, mean, rstd);
 }
 // Registers for the layernorm parameters: up to 8 columns a thread (K <= 2048 at 256 threads,
 // every GPT-2 width) in the few-row kernels; wider rows or more rows load them in place.
@@ -731,16 +727,25 @@ int gemv_split_blocks() {
   return v;
 }
 
+namespace {
+// The layers the 4-bit decode GEMV takes, by shape.
+bool takes_4bit(const QLinear& L) {
+  return L.compute == DType::F32 && L.K % 32 == 0 && L.blocksize >= 32 && L.N * L.K < ((int64_t)1 << 31);
+}
+}  // namespace
+
+bool decode_gemv_4bit_can_fold(const QLinear& L) {
+  // stage_x_fold: 8 columns a thread (a multiple of 8, at most 8 per thread of a block).
+  return L.kind == QLinear::k4bit && takes_4bit(L) && L.K % 8 == 0 && L.K <= 8 * kThreads &&
+         staged_bytes<32>(1, L.K) <= kMaxStaged;
+}
+
 bool decode_gemv_4bit(const QLinear& L, DType bias_dt, int epi, float* out, const float* x, int64_t M,
                       const DecodeNorm* norm, cudaStream_t s) {
-  if (M < 1 || M > kDecodeGemvMaxRows || L.compute != DType::F32 || L.K % 32 || !aligned16(x) || !aligned16(L.packed) ||
-      L.blocksize < 32 || L.N * L.K >= ((int64_t)1 << 31))
-    return false;
+  if (M < 1 || M > kDecodeGemvMaxRows || !takes_4bit(L) || !aligned16(x) || !aligned16(L.packed)) return false;
   if (M >= 2 && decode_mma_4bit(L, bias_dt, epi, out, x, M, norm, s)) return true;
   if (norm && staged_bytes<32>(M, L.K) > kMaxStaged) return false;  // the layernorm needs the staged copy
-  if (norm && norm->fold_u &&
-      (M != 1 || L.K > 8 * kThreads || L.K % 8 || !aligned16(norm->w)))  // stage_x_fold's share of a thread
-    return false;
+  if (norm && norm->fold_u && (M != 1 || !decode_gemv_4bit_can_fold(L) || !aligned16(norm->w))) return false;
   int l2 = 0;
   while ((1 << l2) < L.blocksize) l2++;
   LnArgs ln;

@@ -29,6 +29,10 @@ struct DecodeNorm {
 // 4-bit layer with float32 compute: out = epilogue(x . dequant(W)^T + bias).
 bool decode_gemv_4bit(const QLinear& L, DType bias_dt, int epilogue, float* out, const float* x, int64_t M,
                       const DecodeNorm* norm, cudaStream_t s);
+// Whether decode_gemv_4bit folds a layernorm (DecodeNorm::fold_u) into this layer at one
+// row, as far as the layer's shape tells (x and the layernorm weight are checked at launch):
+// ln_fold_build makes fold vectors for such layers only.
+bool decode_gemv_4bit_can_fold(const QLinear& L);
 // The same for 2..16 rows on the tensor cores (gpt2_decode_mma.cu); decode_gemv_4bit tries it
 // first. NIBBLE_CUDA_MMA_DECODE=0 turns it off (A/B measurements).
 bool decode_mma_4bit(const QLinear& L, DType bias_dt, int epilogue, float* out, const float* x, int64_t M,
@@ -51,6 +55,9 @@ bool decode_gemv_int8(const QLinear& L, DType bias_dt, int epilogue, float* out,
 // operands do not suit it (M != 1, K > 2048 or not a multiple of 8, unaligned pointers).
 bool linear_fold(int epilogue, float* out, const float* x, const void* w, DType wdt, int64_t M, int64_t K, int64_t N,
                  const void* ln_w, float eps, const LnFold& fold, int device);
+// Whether linear_fold takes a [N, K] weight of this dtype (pointers aside): what ln_fold_build
+// makes fold vectors for.
+bool linear_fold_can_take(int64_t K, int64_t N, DType wdt);
 
 }  // namespace gpt2_cuda
 }  // namespace nibble

@@ -121,6 +121,17 @@ __device__ __forceinline__ void row_mean_rstd(const float* xr, int64_t C, float 
   *rstd = rsqrtf(block_sum(v, scratch) / (float)C + eps);
 }
 
+// A folded layernorm's mean and 1/std (LnFold in gpt2_cuda.h) from the sums of x and x^2 over
+// the row's K columns, which the one-row GEMVs gather while they stage x: the variance as
+// E[x^2] - mean^2, which loses bits only when |mean| >> std (a residual stream entering a
+// layernorm is not such a row; the native tests' rows have mean = std / 2, and 1e5 scales).
+// linear_fold_kernel and the 4-bit decode GEMV both call it: one formula, the same bits.
+__device__ __forceinline__ void fold_mean_rstd(float s1, float s2, int64_t K, float eps, float* mean, float* rstd) {
+  const float m = s1 / (float)K;
+  *mean = m;
+  *rstd = rsqrtf(fmaxf(s2 / (float)K - m * m, 0.f) + eps);
+}
+
 inline unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
 }  // namespace gpt2_cuda

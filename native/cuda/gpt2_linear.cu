@@ -195,8 +195,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   float t1 = 0.f, t2 = 0.f;
 #pragma unroll
   for (int i = 0; i < kWarpsPerBlock; i++) t1 += s_red[0][i], t2 += s_red[1][i];  // warp order: same bits in every block
-  // (E[x^2] - mean^2, as fold_stats in gpt2_decode_gemv.cu)
-  const float mean = t1 / (float)K, rstd = rsqrtf(fmaxf(t2 / (float)K - mean * mean, 0.f) + eps);
+  float mean, rstd;
+  fold_mean_rstd(t1, t2, K, eps, &mean, &rstd);
   float acc = 0.f;
   auto consume = [&](const uint4& raw, int k) {
     float wf[VEC];
@@ -362,12 +362,15 @@ void linear_ex(int path, int epilogue, float* out, const float* x, const void* w
                            "x" + std::to_string(K) + "]^T");
 }
 
+bool linear_fold_can_take(int64_t K, int64_t N, DType wdt) {
+  return (wdt == DType::F32 || wdt == DType::F16 || wdt == DType::BF16) && K >= 8 && K <= kFoldMaxK && K % 8 == 0 &&
+         N > 0 && N < (1ll << 31) / K;
+}
+
 bool linear_fold(int epilogue, float* out, const float* x, const void* w, DType wdt, int64_t M, int64_t K, int64_t N,
                  const void* ln_w, float eps, const LnFold& fold, int device) {
   auto a16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (M != 1 || !fold.u || K < 8 || K > kFoldMaxK || K % 8 || N <= 0 || N >= (1ll << 31) / K || !a16(x) || !a16(w) ||
-      !a16(ln_w))
-    return false;
+  if (M != 1 || !fold.u || !linear_fold_can_take(K, N, wdt) || !a16(x) || !a16(w) || !a16(ln_w)) return false;
   cudaStream_t s = begin(device);
   const int KS = small_m_ks(K, N, (int)dtype_size(wdt), M);
   const unsigned grid = blocks_for(N, kWarpsPerBlock / KS);

@@ -431,13 +431,12 @@ int fold_setting() {
   }();
   return v;
 }
-// Layers whose one-row decode GEMV can fold their layernorm: 4-bit layers that
-// decode_gemv_4bit takes, and 16/32-bit ones (linear_fold), as far as the weights tell.
+// Layers whose one-row decode GEMV can fold their layernorm, as the kernels themselves say:
+// 4-bit layers (decode_gemv_4bit) and 16/32-bit ones (linear_fold).
 bool foldable(const QLinear& L, DType dt) {
-  if (!fold_setting() || L.K % 8 || L.K > 2048) return false;
-  if (L.kind == QLinear::kPlain) return dt == DType::F16 || dt == DType::BF16 || dt == DType::F32;
-  return L.kind == QLinear::k4bit && L.compute == DType::F32 && L.K % 32 == 0 && L.blocksize >= 32 &&
-         L.N * L.K < ((int64_t)1 << 31);
+  if (!fold_setting()) return false;
+  if (L.kind == QLinear::kPlain) return linear_fold_can_take(L.K, L.N, dt);
+  return decode_gemv_4bit_can_fold(L);
 }
 QLinear head_of(const Gpt2Weights& w) {
   QLinear head;
