@@ -9,7 +9,7 @@ import type { DeviceSamplingConfig, NativeBinding, TensorLike } from '../binding
 import {
   DeviceSampler, deviceSamplingAllowed, deviceSamplingConfig, packHistories,
 } from '../lib/generation/device-sampler.js';
-import { decodeAheadAllowed, generate } from '../lib/generation/generate.js';
+import { decodeAheadAllowed, decodeAheadDepth, generate, startGeneration } from '../lib/generation/generate.js';
 import { GENERATION_DEFAULTS, resolveGenerationConfig, type GenerationOptions } from '../lib/generation/generation-config.js';
 import { buildLogitsProcessors } from '../lib/generation/logits-processors.js';
 import { Xoshiro128, argmax, sampleToken } from '../lib/generation/sampler.js';
@@ -267,43 +267,70 @@ describe('decoding ahead (stand-in GPU): step t+1 queued before step t\'s ids re
     expect(feeds.every((f) => f.disposed)).toBe(true);
   };
 
-  it('NIBBLE_DECODE_AHEAD: unset/1 allow it, 0/false/off/no forbid it', () => {
+  it('NIBBLE_DECODE_AHEAD: unset/1/2 allow it, 0/false/off/no forbid it; 1 means one step, else two', () => {
     expect(decodeAheadAllowed({})).toBe(true);
     expect(decodeAheadAllowed({ NIBBLE_DECODE_AHEAD: '1' })).toBe(true);
     for (const v of ['0', 'false', 'OFF', ' no ']) expect(decodeAheadAllowed({ NIBBLE_DECODE_AHEAD: v })).toBe(false);
+    expect(decodeAheadDepth({})).toBe(2);
+    expect(decodeAheadDepth({ NIBBLE_DECODE_AHEAD: '2' })).toBe(2);
+    expect(decodeAheadDepth({ NIBBLE_DECODE_AHEAD: ' 1 ' })).toBe(1);
+    expect(decodeAheadDepth({ NIBBLE_DECODE_AHEAD: 'off' })).toBe(0);
   });
 
-  it.each(SETS)('%s: the same tokens as the host path, every later step queued ahead', async (_name, opts) => {
-    const o = { ...opts, maxNewTokens: 25, seed: 4321 };
-    const want = await generate(lm(), prompts, o);
-    binding.sampleTokens = fakeSampleTokens([], () => false);
-    const m = new FakeAheadLM(lm());
-    expect(await generate(m, prompts, o)).toEqual(want);
-    expect(m.reads.n).toBe(0);
-    // Every decode step but the first came from forwardFromDevice (one more, unused, when all
-    // rows finish before maxNewTokens); the prefill and step 1 went through forward().
-    const steps = want[0]!.length - prompts[0]!.length;
-    expect(m.ahead.n).toBeGreaterThanOrEqual(steps - 1);
-    expect(m.ahead.n).toBeLessThanOrEqual(steps);
-    allDisposed(m);
-  });
+  const depths = [['1', 1], ['2', 2]] as const;
+  for (const [env, depth] of depths) {
+    it.each(SETS)(`depth ${depth}: %s: the same tokens as the host path, every later step queued ahead`, async (_name, opts) => {
+      process.env.NIBBLE_DECODE_AHEAD = env;
+      const o = { ...opts, maxNewTokens: 25, seed: 4321 };
+      const want = await generate(lm(), prompts, o);
+      const calls: Call[] = [];
+      binding.sampleTokens = fakeSampleTokens(calls, () => false);
+      const m = new FakeAheadLM(lm());
+      // Sampler calls made by the time each step reaches the consumer: step t's, and with two
+      // steps ahead (no history read) step t+1's too, until the last step or a row finishing.
+      const run = startGeneration(m, prompts, o, 'generate');
+      const got = run.rows.map((r) => [...r]);
+      const callsAtStep: number[] = [];
+      for await (const s of run.steps) {
+        callsAtStep.push(calls.length);
+        s.tokens.forEach((t, b) => got[b]!.push(t));
+      }
+      expect(got).toEqual(want);
+      expect(m.reads.n).toBe(0);
+      const steps = want[0]!.length - prompts[0]!.length;
+      const twoAhead = depth === 2 && !(opts.repetitionPenalty && opts.repetitionPenalty !== 1);
+      expect(callsAtStep[3]).toBe(twoAhead ? 5 : 4);
+      // Every decode step but the first came from forwardFromDevice (one or two more, unused,
+      // when all rows finish before maxNewTokens; with two ahead, one more a row that finishes
+      // early: the steps queued past it are undone and queued again).
+      expect(m.ahead.n).toBeGreaterThanOrEqual(steps - 1);
+      expect(m.ahead.n).toBeLessThanOrEqual(twoAhead ? steps + 1 + prompts.length : steps);
+      allDisposed(m);
+    });
 
-  it('rows finishing early (eos) and a step the host must choose: undone, same tokens, nothing leaked', async () => {
-    const o = { doSample: true, topP: 0.9, maxNewTokens: 30, seed: 77 };
-    const want = await generate(lm(), prompts, o);
-    binding.sampleTokens = fakeSampleTokens([], (c) => c === 2 || c === 5);
-    const m = new FakeAheadLM(lm());
-    expect(await generate(m, prompts, o)).toEqual(want);
-    expect(m.reads.n).toBe(2); // the two host steps read their logits
-    // One cache position per fed token (the undone steps were truncated): the padded prompt,
-    // then every new token but the last, plus that one too when the rows all finished early
-    // (its step was already queued ahead).
-    const width = Math.max(...prompts.map((p) => p.length));
-    const N = want[0]!.length - prompts[0]!.length;
-    expect(m.inner.caches).toHaveLength(1);
-    expect(m.inner.caches[0]!.length).toBe(width + N - (N < 30 ? 0 : 1));
-    allDisposed(m);
-  });
+    it(`depth ${depth}: rows finishing early (eos) and steps the host must choose: undone, same tokens, nothing leaked`, async () => {
+      process.env.NIBBLE_DECODE_AHEAD = env;
+      const o = { doSample: true, topP: 0.9, maxNewTokens: 30, seed: 77 };
+      const want = await generate(lm(), prompts, o);
+      binding.sampleTokens = fakeSampleTokens([], (c) => c === 2 || c === 5);
+      const m = new FakeAheadLM(lm());
+      expect(await generate(m, prompts, o)).toEqual(want);
+      // The host steps read their logits: the two failed calls' steps (with two ahead, a failed
+      // call may be a queued one that a finishing row undid before it was used).
+      expect(m.reads.n).toBeGreaterThanOrEqual(1);
+      expect(m.reads.n).toBeLessThanOrEqual(2);
+      // One cache position per fed token (the undone steps were truncated): the padded prompt,
+      // then every new token but the last, plus the steps still queued ahead when the rows all
+      // finished early.
+      const width = Math.max(...prompts.map((p) => p.length));
+      const N = want[0]!.length - prompts[0]!.length;
+      expect(m.inner.caches).toHaveLength(1);
+      const len = m.inner.caches[0]!.length;
+      if (N === 30) expect(len).toBe(width + N - 1);
+      else expect(len - (width + N)).toBeGreaterThanOrEqual(0), expect(len - (width + N)).toBeLessThanOrEqual(depth - 1);
+      allDisposed(m);
+    });
+  }
 
   it('a consumer that stops early or an abort: the step queued ahead is awaited and freed', async () => {
     binding.sampleTokens = fakeSampleTokens([], () => false);

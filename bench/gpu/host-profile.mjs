@@ -17,7 +17,7 @@ const time = async (n) => {
   return (n * 127) / ((performance.now() - t0) / 1000);
 };
 await time(2);
-for (const ahead of ['1', '0']) {
+for (const ahead of ['2', '1', '0']) {
   process.env.NIBBLE_DECODE_AHEAD = ahead;
   console.log(`decode ahead ${ahead}: ${(await time(5)).toFixed(0)} tok/s (incl. prefill)`);
 }

@@ -53,7 +53,8 @@ export function deviceSamplingAllowed(env: Record<string, string | undefined> = 
 
 export class DeviceSampler {
   private readonly cfg: DeviceSamplingConfig;
-  private readonly usesHistory: boolean;
+  /** Whether a step's sampling reads the rows' token histories (the repetition penalty does). */
+  readonly usesHistory: boolean;
 
   private constructor(
     private readonly binding: NativeBinding,

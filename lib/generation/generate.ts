@@ -190,6 +190,16 @@ export function decodeAheadAllowed(env: Record<string, string | undefined> = pro
   return switchOn('NIBBLE_DECODE_AHEAD', env);
 }
 
+/**
+ * How many steps generate() may queue before a step's ids reach the host: 0 (NIBBLE_DECODE_AHEAD
+ * off), 1 (NIBBLE_DECODE_AHEAD=1: step t+1's forward), or 2 (the default: also step t+1's
+ * sampling and step t+2's forward, when the sampling reads no token history).
+ */
+export function decodeAheadDepth(env: Record<string, string | undefined> = process.env): 0 | 1 | 2 {
+  if (!decodeAheadAllowed(env)) return 0;
+  return (env.NIBBLE_DECODE_AHEAD ?? '').trim() === '1' ? 1 : 2;
+}
+
 async function* decodeLoop(
   model: CausalLM,
   padded: number[][],
@@ -218,9 +228,32 @@ async function* decodeLoop(
   // then overlaps the GPU's next step instead of leaving the GPU idle. The step queued ahead
   // is exactly the step the host would queue (the same ids, for every unfinished row); only
   // when the host must choose a token itself (a NaN, see DeviceSampler) is it undone.
-  const aheadAllowed = deviceSampler !== null && typeof model.forwardFromDevice === 'function' && decodeAheadAllowed();
+  const depth = decodeAheadDepth();
+  const aheadAllowed = deviceSampler !== null && typeof model.forwardFromDevice === 'function' && depth >= 1;
+  // Two steps ahead: step t+1's sampling (for the rows unfinished so far) and step t+2's
+  // forward are queued too, so the host's work for step t may take up to two GPU steps
+  // before the GPU waits for it (one step of GPT-2 124M is ~240 us, about what a slow host
+  // needs). Only for samplers that read no token history (it would lack step t's ids), and
+  // undone when a row finishes at step t (the draws of step t+1 would no longer be the
+  // host's) or step t goes to the host.
+  const twoAhead = aheadAllowed && depth >= 2 && !deviceSampler.usesHistory;
   let feed: Tensor | null = null; // int32 [B] on the GPU: the ids the sampler chose last
   let ahead: Promise<ForwardOutput> | null = null;
+  // Step t+1's sampling and step t+2's forward, queued during step t (twoAhead).
+  type Queued = { pending: Promise<number[] | null>; active: number[]; rngBefore: ReturnType<Xoshiro128['state']> | null; logits: Tensor; next: Promise<ForwardOutput> | null };
+  let queued: Queued | null = null;
+  // Undoes a queued step t+1 (its sampling and step t+2's forward): awaited, freed, the cache
+  // position of step t+2 dropped. The generator is left where the caller puts it.
+  const dropQueued = async (): Promise<void> => {
+    const q = queued!;
+    queued = null;
+    await q.pending.catch(() => null);
+    if (q.next) {
+      const unused = await q.next;
+      unused.logits.dispose();
+      cache!.truncate!(cache!.length - 1);
+    }
+  };
 
   let cache: KVCache | undefined;
   let out: ForwardOutput | undefined;
@@ -240,28 +273,60 @@ async function* decodeLoop(
       if (shape[0] !== batch) throw new Error(`generate: the model returned logits [${shape.join(', ')}] for a batch of ${batch}`);
       let tokens: number[] | null = null;
       if (deviceSampler?.accepts(logits)) {
-        const active: number[] = [];
-        for (let b = 0; b < batch; b++) if (!finished[b]) active.push(b);
-        let feedNow: Tensor | null = null;
-        if (aheadAllowed && step < maxNew - 1 && typeof cache?.truncate === 'function') {
-          feed ??= Tensor.zeros([batch], 'int32', logits.device);
-          feedNow = feed;
+        let active: number[];
+        let pending: Promise<number[] | null>;
+        let rngBefore: ReturnType<Xoshiro128['state']> | null;
+        if (queued && queued.logits === logits) {
+          // This step's sampling and the next step's forward were queued during the last step.
+          ({ active, pending, rngBefore } = queued);
+          ahead = queued.next;
+          queued = null;
+        } else {
+          active = [];
+          for (let b = 0; b < batch; b++) if (!finished[b]) active.push(b);
+          let feedNow: Tensor | null = null;
+          if (aheadAllowed && step < maxNew - 1 && typeof cache?.truncate === 'function') {
+            feed ??= Tensor.zeros([batch], 'int32', logits.device);
+            feedNow = feed;
+          }
+          rngBefore = rng?.state() ?? null;
+          pending = deviceSampler.sample(logits, active, seqs, rng, feedNow);
+          if (feedNow) {
+            ahead = model.forwardFromDevice!(feedNow, {
+              pastKeyValues: cache,
+              attentionMask: hasPadding ? masks.map((r) => [...r, 1]) : undefined,
+              lastTokenOnly: true,
+            });
+            ahead?.catch(() => {}); // awaited below; meanwhile a failure is not "unhandled"
+          }
         }
-        const pending = deviceSampler.sample(logits, active, seqs, rng, feedNow);
-        if (feedNow) {
-          ahead = model.forwardFromDevice!(feedNow, {
-            pastKeyValues: cache,
-            attentionMask: hasPadding ? masks.map((r) => [...r, 1]) : undefined,
-            lastTokenOnly: true,
-          });
-          ahead?.catch(() => {}); // awaited below; meanwhile a failure is not "unhandled"
+        if (twoAhead && ahead) {
+          // The forward is queued, not run: its logits can be sampled (on the stream, after it).
+          const nextLogits: Tensor = (await ahead).logits;
+          const feedNext = step + 2 < maxNew ? feed : null;
+          const before = rng?.state() ?? null;
+          const p = deviceSampler.sample(nextLogits, active, seqs, rng, feedNext);
+          p.catch(() => {}); // awaited with the next step, or by dropQueued
+          let next: Promise<ForwardOutput> | null = null;
+          if (feedNext) {
+            next = model.forwardFromDevice!(feedNext, {
+              pastKeyValues: cache,
+              attentionMask: hasPadding ? masks.map((r) => [...r, 1, 1]) : undefined,
+              lastTokenOnly: true,
+            });
+            next?.catch(() => {});
+          }
+          queued = { pending: p, active, rngBefore: before, logits: nextLogits, next };
         }
         const picked = await pending;
         if (picked) {
           tokens = new Array<number>(batch).fill(padId);
           active.forEach((b, i) => (tokens![b] = picked[i]!));
         } else if (ahead) {
-          // The host chooses this step's tokens: the step queued ahead read a stale id. Undo it.
+          // The host chooses this step's tokens: the steps queued ahead read a stale id. Undo
+          // them, and rewind the generator to this step's start (the host draws for it again).
+          if (queued) await dropQueued();
+          if (rng && rngBefore) rng.restore(rngBefore);
           const wasted = ahead;
           ahead = null;
           (await wasted).logits.dispose();
@@ -291,6 +356,12 @@ async function* decodeLoop(
         if (eos.isEos(tokens[b]!) || (stops?.active && stops.matches(seqs[b]!))) finished[b] = true;
       }
       const last = step === maxNew - 1 || finished.every(Boolean);
+      if (queued && !last && queued.active.some((b) => finished[b])) {
+        // A row finished at this step: the next step's queued draws covered it. Sample again.
+        const rewind = queued.rngBefore;
+        await dropQueued();
+        if (rng && rewind) rng.restore(rewind);
+      }
       yield { tokens, finished: [...finished], last };
       if (last) break;
 
@@ -313,6 +384,7 @@ async function* decodeLoop(
       }
     }
   } finally {
+    if (queued) await dropQueued().catch(() => {});
     if (ahead) {
       // A step queued ahead that nobody will read (the run ended or failed meanwhile).
       const unused = await ahead.catch(() => null);

@@ -4,8 +4,9 @@
 // kernels back to back. Everything a step changes (ids, positions, mask, past) is copied from
 // pinned staging memory just before each replay, so the captured kernels never change; the
 // ids may instead come from device memory (the tokens the GPU sampler wrote, which then never
-// visit the host before the step runs). Two staging buffers take turns, so queuing a step
-// never waits for the previous one to run (generate() queues step t+1 while step t runs).
+// visit the host before the step runs). Three staging buffers take turns, so queuing a step
+// does not wait for the steps before it to run (generate() queues steps t+1 and t+2 while
+// step t runs).
 #include "cuda/gpt2_device.cuh"
 
 namespace nibble {
@@ -16,9 +17,10 @@ struct DecodeGraph {
   int device = 0;
   int64_t B = 0, Tmax = 0;
   void* dev = nullptr;        // activations, logits and the staged inputs
-  int32_t* host[2] = {};      // pinned: ids[B] | pos[B] | past | mask[B * Tmax], in turns
-  cudaEvent_t copied[2] = {};  // host[i] has been read by its copy
-  bool used[2] = {};
+  static constexpr int kTurns = 3;
+  int32_t* host[kTurns] = {};      // pinned: ids[B] | pos[B] | past | mask[B * Tmax], in turns
+  cudaEvent_t copied[kTurns] = {};  // host[i] has been read by its copy
+  bool used[kTurns] = {};
   int turn = 0;
   int32_t* stage = nullptr;   // the device copy of the stage (same layout)
   size_t stage_bytes = 0;
@@ -86,7 +88,7 @@ DecodeGraph* decode_graph_create(const Gpt2Weights& w, float* const* kc, float* 
   try {
     NIBBLE_CUDA_CHECK(cudaSetDevice(device), "cudaSetDevice");
     NIBBLE_CUDA_CHECK(cudaMalloc(&g->dev, bytes), "decode graph: allocating " + std::to_string(bytes) + " bytes");
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < DecodeGraph::kTurns; i++) {
       NIBBLE_CUDA_CHECK(cudaMallocHost(&g->host[i], g->stage_bytes), "decode graph: pinned staging");
       NIBBLE_CUDA_CHECK(cudaEventCreateWithFlags(&g->copied[i], cudaEventDisableTiming), "decode graph: event");
     }
@@ -104,9 +106,9 @@ void decode_graph_run(DecodeGraph* g, const int32_t* ids, const int32_t* pos, co
   const int64_t B = g->B, L = past + 1;
   if (L > g->Tmax) throw std::out_of_range("decode graph: the KV cache is full");
   cudaStream_t s = begin(g->device);
-  // This turn's staging buffer was last read by the copy two steps ago (long done, normally).
+  // This turn's staging buffer was last read by the copy three steps ago (long done, normally).
   const int turn = g->turn;
-  g->turn ^= 1;
+  g->turn = (turn + 1) % DecodeGraph::kTurns;
   if (g->used[turn]) NIBBLE_CUDA_CHECK(cudaEventSynchronize(g->copied[turn]), "decode graph: staging");
   int32_t* hp = g->host[turn];
   for (int64_t b = 0; b < B; b++) hp[b] = ids_dev ? 0 : ids[b], hp[B + b] = pos[b];
@@ -136,7 +138,7 @@ void decode_graph_destroy(DecodeGraph* g) {
   if (g->launched && g->done) cudaEventSynchronize(g->done);
   if (g->exec) cudaGraphExecDestroy(g->exec);
   if (g->done) cudaEventDestroy(g->done);
-  for (int i = 0; i < 2; i++) {
+  for (int i = 0; i < DecodeGraph::kTurns; i++) {
     if (g->copied[i]) cudaEventDestroy(g->copied[i]);
     if (g->host[i]) cudaFreeHost(g->host[i]);
   }
