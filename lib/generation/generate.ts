@@ -240,7 +240,13 @@ async function* decodeLoop(
   let feed: Tensor | null = null; // int32 [B] on the GPU: the ids the sampler chose last
   let ahead: Promise<ForwardOutput> | null = null;
   // Step t+1's sampling and step t+2's forward, queued during step t (twoAhead).
-  type Queued = { pending: Promise<number[] | null>; active: number[]; rngBefore: ReturnType<Xoshiro128['state']> | null; logits: Tensor; next: Promise<ForwardOutput> | null };
+  type Queued = {
+    pending: Promise<number[] | null>; // step t+1's ids
+    active: number[]; // the rows it samples
+    rngBefore: ReturnType<Xoshiro128['state']> | null; // the generator before its draws
+    logits: Tensor; // step t+1's logits (what it samples)
+    next: Promise<ForwardOutput> | null; // step t+2's forward, reading the ids it writes
+  };
   let queued: Queued | null = null;
   // Undoes a queued step t+1 (its sampling and step t+2's forward): awaited, freed, the cache
   // position of step t+2 dropped. The generator is left where the caller puts it.
