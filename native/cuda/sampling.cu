@@ -87,9 +87,15 @@ struct Params {
   float* aux;       // [n, V] (top-p: the scores while the row holds probabilities; min-p: probabilities)
 };
 
+// Finite probabilities top_p packs in shared memory (after top-k there are k of them).
+constexpr int kPackedProbs = 1024;
+
 struct Smem {
   unsigned hist[256];
   double d[kWarps + 1];
+  double d3[3][kWarps + 1];
+  int scan_buf[33];
+  float packed[kPackedProbs];
   float f[kWarps + 1];
   int i[kWarps + 1];
   int j[kWarps + 1];
@@ -147,6 +153,34 @@ __device__ T block_reduce(T v, Op op, T* buf) {
   }
   __syncthreads();
   return buf[kWarps];
+}
+
+// Three block_reduce(., Sum(), .) at once: the same tree for each value (the same bits as three
+// calls), one set of barriers.
+__device__ void block_sum3(double* a, double* b, double* c, double (*buf)[kWarps + 1]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  double x = *a, y = *b, z = *c;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    x += __shfl_down_sync(kFull, x, o);
+    y += __shfl_down_sync(kFull, y, o);
+    z += __shfl_down_sync(kFull, z, o);
+  }
+  __syncthreads();  // earlier readers of buf are done
+  if (lane == 0) buf[0][warp] = x, buf[1][warp] = y, buf[2][warp] = z;
+  __syncthreads();
+  if (warp == 0) {
+    x = buf[0][lane], y = buf[1][lane], z = buf[2][lane];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      x += __shfl_down_sync(kFull, x, o);
+      y += __shfl_down_sync(kFull, y, o);
+      z += __shfl_down_sync(kFull, z, o);
+    }
+    if (lane == 0) buf[0][kWarps] = x, buf[1][kWarps] = y, buf[2][kWarps] = z;
+  }
+  __syncthreads();
+  *a = buf[0][kWarps], *b = buf[1][kWarps], *c = buf[2][kWarps];
 }
 
 // Lane 0 gets the warp's (largest value, first index holding it).
@@ -323,8 +357,23 @@ __device__ void top_p(float* s, float* aux, int V, float limit, int mtk, Smem& s
     s[i] = v == -INFINITY ? -1.0f : prob(v, mx, inv);
     nfin += v != -INFINITY;
   }
+  const int mine = nfin;
   nfin = block_reduce(nfin, Sum(), sh.i);  // (syncs: s and aux are written)
   if (nfin == 0) return;                    // the caller never gets here with an empty row
+  // The search below passes over the row up to ~16 times. When the finite probabilities fit
+  // (after top-k there are k), each thread's are packed in shared memory in its own order
+  // (indices t, t + kThreads, ...), so a pass reads nfin entries instead of V while every
+  // thread sums exactly the terms it summed before, in the same order: the same bits.
+  const bool packed = nfin <= kPackedProbs;
+  int first = 0;
+  if (packed) {
+    int total;
+    first = cuda_block::block_exclusive_scan(mine, sh.scan_buf, &total);
+    int w = first;
+    for (int i = threadIdx.x; i < V; i += kThreads)
+      if (s[i] >= 0.0f) sh.packed[w++] = s[i];
+    __syncthreads();
+  }
 
   // tau = min(crossing, the min(mtk, nfin)-th largest p). Probabilities are >= 0, so their
   // bit patterns order like them.
@@ -346,18 +395,22 @@ __device__ void top_p(float* s, float* aux, int V, float limit, int mtk, Smem& s
   // for the smallest K with F(K) asks three thresholds per pass over the row (a 4-way split).
   auto exceeds3 = [&](unsigned K1, unsigned K2, unsigned K3, bool* f1, bool* f2, bool* f3) {
     double a1 = 0.0, a2 = 0.0, a3 = 0.0;
-    for (int i = threadIdx.x; i < V; i += kThreads) {
-      const float p = s[i];
-      if (p < 0.0f) continue;
+    auto add = [&](float p) {
       const unsigned b = __float_as_uint(p);
       const double d = (double)p;
       if (b <= K1) a1 += d;
       if (b <= K2) a2 += d;
       if (b <= K3) a3 += d;
+    };
+    if (packed) {
+      for (int j = first; j < first + mine; j++) add(sh.packed[j]);
+    } else {
+      for (int i = threadIdx.x; i < V; i += kThreads) {
+        const float p = s[i];
+        if (p >= 0.0f) add(p);
+      }
     }
-    a1 = block_reduce(a1, Sum(), sh.d);
-    a2 = block_reduce(a2, Sum(), sh.d);
-    a3 = block_reduce(a3, Sum(), sh.d);
+    block_sum3(&a1, &a2, &a3, sh.d3);
     *f1 = __double2float_rn(a1) > limit;
     *f2 = __double2float_rn(a2) > limit;
     *f3 = __double2float_rn(a3) > limit;
