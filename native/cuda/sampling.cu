@@ -100,7 +100,7 @@ struct Smem {
   int i[kWarps + 1];
   int j[kWarps + 1];
   unsigned scan[kWarps];
-  unsigned sel_digit, sel_below;
+  unsigned sel_digit, sel_below, tau_bits;
   int misc;
 };
 
@@ -361,15 +361,15 @@ __device__ void top_p(float* s, float* aux, int V, float limit, int mtk, Smem& s
   nfin = block_reduce(nfin, Sum(), sh.i);  // (syncs: s and aux are written)
   if (nfin == 0) return;                    // the caller never gets here with an empty row
   // The search below passes over the row up to ~16 times. When the finite probabilities fit
-  // (after top-k there are k), each thread's are packed in shared memory in its own order
-  // (indices t, t + kThreads, ...), so a pass reads nfin entries instead of V while every
-  // thread sums exactly the terms it summed before, in the same order: the same bits.
+  // (after top-k there are k), they are packed in shared memory (in thread order: thread t's
+  // indices t, t + kThreads, ...), and one warp searches over them alone: a pass is then its
+  // lanes' sums over nfin entries and a shuffle tree, with no block barrier. (The sums are
+  // grouped by lane instead of by thread: deterministic, and equal to the whole-row search's
+  // except where a total rounds to float32 exactly at the limit.)
   const bool packed = nfin <= kPackedProbs;
-  int first = 0;
   if (packed) {
     int total;
-    first = cuda_block::block_exclusive_scan(mine, sh.scan_buf, &total);
-    int w = first;
+    int w = cuda_block::block_exclusive_scan(mine, sh.scan_buf, &total);
     for (int i = threadIdx.x; i < V; i += kThreads)
       if (s[i] >= 0.0f) sh.packed[w++] = s[i];
     __syncthreads();
@@ -402,29 +402,27 @@ __device__ void top_p(float* s, float* aux, int V, float limit, int mtk, Smem& s
       if (b <= K2) a2 += d;
       if (b <= K3) a3 += d;
     };
-    if (packed) {
-      for (int j = first; j < first + mine; j++) add(sh.packed[j]);
-    } else {
-      for (int i = threadIdx.x; i < V; i += kThreads) {
-        const float p = s[i];
-        if (p >= 0.0f) add(p);
-      }
+    for (int i = threadIdx.x; i < V; i += kThreads) {
+      const float p = s[i];
+      if (p >= 0.0f) add(p);
     }
     block_sum3(&a1, &a2, &a3, sh.d3);
     *f1 = __double2float_rn(a1) > limit;
     *f2 = __double2float_rn(a2) > limit;
     *f3 = __double2float_rn(a3) > limit;
   };
-  unsigned tau_bits = kbits;
-  bool f1, f2, f3;
-  exceeds3(kbits, kbits, kbits, &f1, &f2, &f3);
-  if (f1) {
+  // The smallest K with F(K), F being ex3's three answers at once (the crossing when F(kbits)
+  // holds, else kbits).
+  auto search = [&](auto&& ex3) {
+    bool f1, f2, f3;
+    ex3(kbits, kbits, kbits, &f1, &f2, &f3);
+    if (!f1) return kbits;
     // Invariant: F(hi) holds and the answer lies in [lo, hi].
     unsigned lo = 0, hi = kbits;
     while (lo < hi) {
       const unsigned long long span = hi - lo;
       const unsigned m1 = lo + (unsigned)(span >> 2), m2 = lo + (unsigned)(span >> 1), m3 = lo + (unsigned)((span * 3) >> 2);
-      exceeds3(m1, m2, m3, &f1, &f2, &f3);
+      ex3(m1, m2, m3, &f1, &f2, &f3);
       if (f1) {
         hi = m1;
       } else if (f2) {
@@ -437,7 +435,38 @@ __device__ void top_p(float* s, float* aux, int V, float limit, int mtk, Smem& s
         lo = m3 + 1;
       }
     }
-    tau_bits = hi;
+    return hi;
+  };
+  unsigned tau_bits;
+  if (packed) {
+    if (warp == 0) {
+      auto exceeds3_warp = [&](unsigned K1, unsigned K2, unsigned K3, bool* f1, bool* f2, bool* f3) {
+        double a1 = 0.0, a2 = 0.0, a3 = 0.0;
+        for (int j = lane; j < nfin; j += 32) {
+          const float p = sh.packed[j];
+          const unsigned b = __float_as_uint(p);
+          const double d = (double)p;
+          if (b <= K1) a1 += d;
+          if (b <= K2) a2 += d;
+          if (b <= K3) a3 += d;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {  // a fixed tree into lane 0, then everyone takes its bits
+          a1 += __shfl_down_sync(kFull, a1, o);
+          a2 += __shfl_down_sync(kFull, a2, o);
+          a3 += __shfl_down_sync(kFull, a3, o);
+        }
+        *f1 = __double2float_rn(__shfl_sync(kFull, a1, 0)) > limit;
+        *f2 = __double2float_rn(__shfl_sync(kFull, a2, 0)) > limit;
+        *f3 = __double2float_rn(__shfl_sync(kFull, a3, 0)) > limit;
+      };
+      const unsigned t = search(exceeds3_warp);
+      if (lane == 0) sh.tau_bits = t;
+    }
+    __syncthreads();
+    tau_bits = sh.tau_bits;
+  } else {
+    tau_bits = search(exceeds3);
   }
   const float tau = __uint_as_float(tau_bits);
 
