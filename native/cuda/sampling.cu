@@ -393,18 +393,19 @@ __device__ void top_p(float* s, float* aux, int V, float limit, int mtk, Smem& s
   // F(K): does the total of the probabilities with bits <= K, rounded to float32, exceed the
   // limit? Monotone in K (a fixed tree over a growing set of non-negative terms). The search
   // for the smallest K with F(K) asks three thresholds per pass over the row (a 4-way split).
+  // A probability's share of the three totals (those whose threshold its bits do not pass).
+  auto add3 = [](float p, unsigned K1, unsigned K2, unsigned K3, double* a1, double* a2, double* a3) {
+    const unsigned b = __float_as_uint(p);
+    const double d = (double)p;
+    if (b <= K1) *a1 += d;
+    if (b <= K2) *a2 += d;
+    if (b <= K3) *a3 += d;
+  };
   auto exceeds3 = [&](unsigned K1, unsigned K2, unsigned K3, bool* f1, bool* f2, bool* f3) {
     double a1 = 0.0, a2 = 0.0, a3 = 0.0;
-    auto add = [&](float p) {
-      const unsigned b = __float_as_uint(p);
-      const double d = (double)p;
-      if (b <= K1) a1 += d;
-      if (b <= K2) a2 += d;
-      if (b <= K3) a3 += d;
-    };
     for (int i = threadIdx.x; i < V; i += kThreads) {
       const float p = s[i];
-      if (p >= 0.0f) add(p);
+      if (p >= 0.0f) add3(p, K1, K2, K3, &a1, &a2, &a3);
     }
     block_sum3(&a1, &a2, &a3, sh.d3);
     *f1 = __double2float_rn(a1) > limit;
@@ -442,14 +443,7 @@ __device__ void top_p(float* s, float* aux, int V, float limit, int mtk, Smem& s
     if (warp == 0) {
       auto exceeds3_warp = [&](unsigned K1, unsigned K2, unsigned K3, bool* f1, bool* f2, bool* f3) {
         double a1 = 0.0, a2 = 0.0, a3 = 0.0;
-        for (int j = lane; j < nfin; j += 32) {
-          const float p = sh.packed[j];
-          const unsigned b = __float_as_uint(p);
-          const double d = (double)p;
-          if (b <= K1) a1 += d;
-          if (b <= K2) a2 += d;
-          if (b <= K3) a3 += d;
-        }
+        for (int j = lane; j < nfin; j += 32) add3(sh.packed[j], K1, K2, K3, &a1, &a2, &a3);
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {  // a fixed tree into lane 0, then everyone takes its bits
           a1 += __shfl_down_sync(kFull, a1, o);
