@@ -147,23 +147,48 @@ export function ascendingOrder(scores: Float32Array, ids: readonly number[]): nu
   return out;
 }
 
-/** Softmax in double precision, each probability rounded to float32 as torch stores them. */
+/**
+ * Softmax in double precision, each probability rounded to float32 as torch stores them. A
+ * row with NaN has no probabilities: every entry but the -Infinity ones is NaN.
+ */
 export function softmax(scores: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (let i = 0; i < scores.length; i++) if (scores[i]! > max) max = scores[i]!;
   const p = new Float64Array(scores.length);
-  if (max === -Infinity) return p;
-  let sum = 0;
+  const f = finiteSoftmax(scores);
+  if (!f) {
+    for (let i = 0; i < scores.length; i++) if (scores[i] !== -Infinity) p[i] = NaN;
+    return p;
+  }
+  for (let j = 0; j < f.ids.length; j++) p[f.ids[j]!] = f.probs[j]!;
+  return p;
+}
+
+/**
+ * softmax() of the finite scores alone (-Infinity ones have probability 0): their ids,
+ * ascending, and probabilities; null when the row holds NaN. After top-k those are a few
+ * dozen of 50,257 entries, so top-p takes its probabilities here instead of over the row.
+ */
+function finiteSoftmax(scores: Float32Array): { ids: Int32Array; probs: Float64Array } | null {
+  const all = finiteScratch(scores.length);
+  let n = 0;
+  let max = -Infinity;
   for (let i = 0; i < scores.length; i++) {
     const v = scores[i]!;
-    if (v === -Infinity) continue; // filtered tokens: exp would give the 0 already there
-    const e = Math.exp(v - max);
-    p[i] = e;
+    if (v > -Infinity) {
+      all[n++] = i;
+      if (v > max) max = v;
+    } else if (v !== v) return null;
+  }
+  const ids = all.slice(0, n);
+  const probs = new Float64Array(n);
+  let sum = 0;
+  for (let j = 0; j < n; j++) {
+    const e = Math.exp(scores[ids[j]!]! - max);
+    probs[j] = e;
     sum += e;
   }
   const inv = 1 / sum;
-  for (let i = 0; i < scores.length; i++) if (p[i]! !== 0) p[i] = Math.fround(p[i]! * inv);
-  return p;
+  for (let j = 0; j < n; j++) if (probs[j]! !== 0) probs[j] = Math.fround(probs[j]! * inv);
+  return { ids, probs };
 }
 
 /**
@@ -178,32 +203,11 @@ export function applyTopP(scores: Float32Array, topP: number, minTokensToKeep = 
   // cumsum accumulates in double.
   const limit = Math.fround(1 - topP);
   // -Infinity entries have probability 0 and lead the ascending order, where they are
-  // removed anyway: only finite ones take part. After top-k those are a few dozen of 50,257,
-  // so the softmax is taken over them alone (the same terms in the same order as softmax()
-  // over the row, hence the same probabilities). A row with NaN has NaN probabilities and no
+  // removed anyway: only finite ones take part. A row with NaN has NaN probabilities and no
   // nucleus: as in transformers (NaN cumulative sums compare false), nothing is removed, and
   // the sampler reports the NaN.
-  const all = finiteScratch(scores.length);
-  let nFinite = 0;
-  let max = -Infinity;
-  for (let i = 0; i < scores.length; i++) {
-    const v = scores[i]!;
-    if (v > -Infinity) {
-      all[nFinite++] = i;
-      if (v > max) max = v;
-    } else if (v !== v) return;
-  }
-  const finite = all.slice(0, nFinite);
-  const fp = new Float64Array(nFinite);
-  let sum = 0;
-  for (let j = 0; j < nFinite; j++) {
-    const e = Math.exp(scores[finite[j]!]! - max);
-    fp[j] = e;
-    sum += e;
-  }
-  const inv = 1 / sum;
-  for (let j = 0; j < nFinite; j++) if (fp[j]! !== 0) fp[j] = Math.fround(fp[j]! * inv);
-  removeNucleusTail(scores, finite, fp, limit, minTokensToKeep);
+  const f = finiteSoftmax(scores);
+  if (f) removeNucleusTail(scores, f.ids, f.probs, limit, minTokensToKeep);
 }
 
 let scratch = new Int32Array(0);
