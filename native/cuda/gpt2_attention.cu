@@ -17,6 +17,8 @@
 namespace nibble {
 namespace gpt2_cuda {
 
+NIBBLE_PROBE_TU(gpt2_attention)  // probe.cuh
+
 namespace {
 
 __global__ void kv_write_kernel(const float* __restrict__ qkv, float* __restrict__ kc, float* __restrict__ vc,
@@ -188,6 +190,7 @@ __global__ void __launch_bounds__(DecodeShape<W, VPL>::kMaxThreads)
                                 float* __restrict__ vc, const int32_t* __restrict__ mask, int64_t mask_stride,
                                 int64_t past_host, const int32_t* __restrict__ past_dev, int64_t Tmax, int H, int D,
                                 int G, float scale) {
+  ProbeScope probe;
   using Vec = DecodeVec<W>;
   constexpr int R = DecodeShape<W, VPL>::kRounds;
   extern __shared__ float4 decode_smem[];
@@ -233,6 +236,7 @@ __global__ void __launch_bounds__(DecodeShape<W, VPL>::kMaxThreads)
   };
   load_chunk(0);
   pdl_wait();     // qkv is ready
+  probe.waited();
   pdl_trigger();  // the next kernel may start fetching its weights (see pdl.cuh)
   const float* qrow = qkv + (int64_t)b * 3 * C + (int64_t)h * D;
   for (int d = tid; d < D; d += blockDim.x) {

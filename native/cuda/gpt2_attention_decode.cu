@@ -23,6 +23,8 @@
 namespace nibble {
 namespace gpt2_cuda {
 
+NIBBLE_PROBE_TU(gpt2_attention_decode)  // probe.cuh
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -34,6 +36,7 @@ __global__ void __launch_bounds__(kThreads)
                             float* __restrict__ vc, const int32_t* __restrict__ mask, int64_t mask_stride,
                             int64_t past_host, const int32_t* __restrict__ past_dev, int64_t Tmax, int H,
                             float scale) {
+  ProbeScope probe;
   constexpr int D = 4 * G, RPI = kThreads / G;  // head size; rows per load instruction
   extern __shared__ float s_p[];                // scores, then softmax weights [L]
   __shared__ float4 s_q[G], s_knew[G], s_vnew[G];
@@ -72,6 +75,7 @@ __global__ void __launch_bounds__(kThreads)
     on[r] = j < L && (!mrow || mrow[j]);
   }
   pdl_wait();     // qkv is ready
+  probe.waited();
   pdl_trigger();  // the next GEMV may start fetching its weights (see pdl.cuh)
   if (tid < G) {
     const float4 q = qkv4[tid], k = qkv4[C / 4 + tid], v = qkv4[C / 2 + tid];
@@ -80,6 +84,7 @@ __global__ void __launch_bounds__(kThreads)
     V4[past * G + tid] = v;
   }
   __syncthreads();
+  probe.mark(0);
 
   // Scores, a chunk at a time (the first one's rows already in flight), all loads first.
   const float4 q = s_q[g];
@@ -106,6 +111,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   __syncthreads();
+  probe.mark(1);
 
   float mx = -INFINITY;
   for (int64_t j = tid; j < L; j += kThreads) mx = fmaxf(mx, s_p[j]);
@@ -122,6 +128,7 @@ __global__ void __launch_bounds__(kThreads)
     sum += e;
   }
   sum = block_sum(sum, s_red);  // its barriers also publish s_p
+  probe.mark(2);
 
   // Weighted sum of the values, rows as in the scores; then across the RPI row groups.
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);

@@ -25,6 +25,8 @@
 namespace nibble {
 namespace gpt2_cuda {
 
+NIBBLE_PROBE_TU(gpt2_decode_gemv)  // probe.cuh
+
 namespace {
 
 constexpr int kWarps = 8, kThreads = kWarps * 32;
@@ -239,6 +241,7 @@ template <typename F, int MT, int EPI, bool SX>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
     k_decode_gemv(const float* __restrict__ x, F f, int N, const void* bias, DType bias_dt, float* out, int M,
                   int KS, LnArgs ln) {
+  ProbeScope probe;
   constexpr int E = F::E;
   f.prepare();
   extern __shared__ float4 s_dyn[];
@@ -289,6 +292,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
   // Launched as a programmatic dependent (see launch()): everything above reads only weights,
   // so it overlaps the previous kernel's tail; from here on its outputs are needed.
   pdl_wait();
+  probe.waited();
   pdl_trigger();
   if (SX) {
     if (MT == 1 && ln.fold_u) stage_x_fold<E>(s_x, x, K, fw, s_red);
@@ -298,6 +302,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
   if (F::kTable && threadIdx.x < 16)
     s_code[threadIdx.x] = F::kKind == 1 ? cuda::dev::c_tables4.nf4_values[threadIdx.x] : cuda::dev::c_tables4.fp4_values[threadIdx.x];
   __syncthreads();
+  probe.mark(0);
   float fold_mean = 0.0f, fold_rstd = 0.0f;
   if (SX && MT == 1 && ln.fold_u) fold_stats(s_red, K, ln.eps, &fold_mean, &fold_rstd);
   for (int base = (int)blockIdx.x * RB; base < N; base += stride, n += stride) {
@@ -345,6 +350,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
         }
       }
     }
+    probe.mark(1);
 #pragma unroll
     for (int m = 0; m < MT; m++) {
       acc[m] = warp_sum(acc[m]);
@@ -363,6 +369,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
       }
     }
     if (KS > 1) __syncthreads();  // s_part is reused by the next row group
+    probe.mark(2);
   }
 }
 
@@ -420,6 +427,7 @@ struct Int8RowOut {
 template <int MT, int EPI, bool SX>
 __global__ void __launch_bounds__(kThreads)
     k_decode_gemv8(const float* __restrict__ x, W8Args w, float* out, int M, int KS, LnArgs ln) {
+  ProbeScope probe;
   extern __shared__ float4 s_dyn[];
   float* s_x = reinterpret_cast<float*>(s_dyn);
   __shared__ float s_lnred[32];
@@ -435,6 +443,7 @@ __global__ void __launch_bounds__(kThreads)
   if (SX) lp.prefetch(ln, w.K);
   Int8RowOut<MT, EPI> ro(w, n0 < w.N ? n0 : 0);
   pdl_wait();  // as in k_decode_gemv: only weights were read above
+  probe.waited();
   pdl_trigger();
   const bool writer = n0 < w.N && ks == 0 && (threadIdx.x & 31) == 0;
   if (writer) ro.read_residual(out, w.N, n0, M);
@@ -567,6 +576,7 @@ template <int MT, int EPI>
 __global__ void __launch_bounds__(kThreads)
     k_gemv8_prequant(const int8_t* __restrict__ xq, const float* __restrict__ rs, const float* __restrict__ xn,
                      const int32_t* __restrict__ list, W8Args w, float* out, int M, int KS) {
+  ProbeScope probe;
   __shared__ int s_ipart[kWarps][MT];
   __shared__ float s_fpart[kWarps][MT];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -580,6 +590,7 @@ __global__ void __launch_bounds__(kThreads)
   int4 first = make_int4(0, 0, 0, 0);
   if (c0 < C) first = __ldcs(row + c0);
   pdl_wait();  // weights only above; xq, rs, xn and the list come from the previous kernel
+  probe.waited();
   pdl_trigger();
   // One row: the outlier count requested now, used after the loop (with more rows the register
   // it holds raised the kernel's count past what fits XL's 800-block layers in one wave).

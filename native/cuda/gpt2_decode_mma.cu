@@ -30,6 +30,8 @@
 namespace nibble {
 namespace gpt2_cuda {
 
+NIBBLE_PROBE_TU(gpt2_decode_mma)  // probe.cuh
+
 namespace {
 
 constexpr int kWarps = 8, kGroupThreads = kWarps * 32;  // a group of warps shares a row tile
@@ -333,6 +335,7 @@ __device__ __forceinline__ void load_x(float (&xv)[NT][P], const float* s_x, con
 // warp's ring of chunk loads runs on across tiles.
 template <typename F, int KIND, int NT, int EPI, bool SX>
 __global__ void __launch_bounds__(kGroupThreads * groups(NT)) k_decode_mma(const float* __restrict__ x, Args a, int M, int ng) {
+  ProbeScope probe;
   constexpr int P = F::kPer, kSteps = P / 2;
   constexpr bool kNested = KIND >= 0;  // 4-bit formats (the double quantization may need it)
   extern __shared__ float4 s_dyn[];
@@ -373,6 +376,7 @@ __global__ void __launch_bounds__(kGroupThreads * groups(NT)) k_decode_mma(const
   }
   if (SX && a.ln_w) prefetch_ln<NT>(s_x, a, M);
   pdl_wait();
+  probe.waited();
   pdl_trigger();
   if (SX) stage<NT>(s_x, x, M, a);
   __syncthreads();

@@ -2,6 +2,7 @@
 // same arithmetic as lib/models/gpt2.ts op by op, with bias, gelu_new and the residual add
 // moved into the linear epilogues.
 #include "cuda/gpt2_device.cuh"
+#include "cuda/pdl.cuh"
 
 namespace nibble {
 namespace gpt2_cuda {
@@ -32,6 +33,7 @@ void gpt2_forward(const Gpt2Weights& w, void* scratch, const int32_t* ids, const
                   bool last_only, float* logits, int device, const int32_t* ids_dev) {
   const int64_t BT = B * T, C = w.C, D = C / w.H;
   cudaStream_t s = begin(device);
+  probe_bind_all();
   Carve cv{static_cast<char*>(scratch)};
   float* x = cv.take<float>(BT * C);
   float* h = cv.take<float>(BT * C);

@@ -8,6 +8,7 @@
 // does not wait for the steps before it to run (generate() queues steps t+1 and t+2 while
 // step t runs).
 #include "cuda/gpt2_device.cuh"
+#include "cuda/pdl.cuh"
 
 namespace nibble {
 namespace gpt2_cuda {
@@ -50,6 +51,7 @@ void capture(DecodeGraph* g, float* const* kc, float* const* vc) {
   g->stage = stage;
 
   cudaStream_t s = begin(g->device);
+  probe_name("CAPTURE");
   NIBBLE_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "decode graph: begin capture");
   cudaGraph_t graph = nullptr;
   try {
@@ -80,6 +82,7 @@ void capture(DecodeGraph* g, float* const* kc, float* const* vc) {
 
 DecodeGraph* decode_graph_create(const Gpt2Weights& w, float* const* kc, float* const* vc, int64_t B, int64_t Tmax,
                                  int device) {
+  probe_bind_all();
   auto* g = new DecodeGraph;
   g->w = &w, g->device = device, g->B = B, g->Tmax = Tmax;
   g->stage_bytes = (size_t)(2 * B + 1 + B * Tmax) * 4;
@@ -136,6 +139,7 @@ void decode_graph_destroy(DecodeGraph* g) {
   if (!g) return;
   cudaSetDevice(g->device);
   if (g->launched && g->done) cudaEventSynchronize(g->done);
+  probe_dump();
   if (g->exec) cudaGraphExecDestroy(g->exec);
   if (g->done) cudaEventDestroy(g->done);
   for (int i = 0; i < DecodeGraph::kTurns; i++) {

@@ -17,6 +17,8 @@
 namespace nibble {
 namespace gpt2_cuda {
 
+NIBBLE_PROBE_TU(gpt2_linear)  // probe.cuh
+
 namespace {
 
 constexpr int kSmallMax = 16;
@@ -62,6 +64,7 @@ template <typename T, int MT, int EPI>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     linear_small_m_kernel(float* out, const float* __restrict__ x, const T* __restrict__ w,
                           const T* __restrict__ bias, int M, int64_t K, int64_t N, bool vec, int KS) {
+  ProbeScope probe;
   constexpr int VEC = 16 / sizeof(T);
   __shared__ float s_part[kWarpsPerBlock][MT];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS;
@@ -80,6 +83,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   uint32_t bias_bits = 0;
   if (MT == 1 && writer && bias) bias_bits = load_bits(bias, kBiasDt, n);
   pdl_wait();
+  probe.waited();
   pdl_trigger();
   const float prev = MT == 1 && writer && EPI == kEpilogueAccumulate ? out[n] : 0.f;
   float acc[MT];
@@ -115,6 +119,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         if (m < M) acc[m] = fmaf(wk, x[m * K + k], acc[m]);
     }
   }
+  probe.mark(1);
 #pragma unroll
   for (int m = 0; m < MT; m++) {
     const float s = warp_sum(acc[m]);
@@ -148,6 +153,7 @@ template <typename T, int EPI>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     linear_fold_kernel(float* out, const float* __restrict__ x, const T* __restrict__ w, const T* __restrict__ ln_w,
                        float eps, const float* __restrict__ fold_u, const float* __restrict__ fold_v, int K, int N, int KS) {
+  ProbeScope probe;
   constexpr int VEC = 16 / sizeof(T);
   __shared__ float4 s_x4[fold_pad<VEC>(kFoldMaxK) / 4];
   __shared__ float s_red[2][kWarpsPerBlock];
@@ -176,6 +182,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   float u = 0.f, v = 0.f;
   if (writer) u = __ldg(fold_u + n), v = __ldg(fold_v + n);
   pdl_wait();
+  probe.waited();
   pdl_trigger();
   const float prev = writer && EPI == kEpilogueAccumulate ? out[n] : 0.f;
   float s1 = 0.f, s2 = 0.f;
@@ -196,6 +203,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
   for (int i = 0; i < kWarpsPerBlock; i++) t1 += s_red[0][i], t2 += s_red[1][i];  // warp order: same bits in every block
   float mean, rstd;
+  probe.mark(0);
   fold_mean_rstd(t1, t2, K, eps, &mean, &rstd);
   float acc = 0.f;
   auto consume = [&](const uint4& raw, int k) {
@@ -216,6 +224,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll 8
     for (int k = k0 + kstep; k < K; k += kstep) consume(load_stream(wr + k), k);
   }
+  probe.mark(1);
   acc = warp_sum(acc);
   if (KS > 1) {
     if (lane == 0) s_part[warp] = acc;

@@ -6,6 +6,8 @@
 namespace nibble {
 namespace gpt2_cuda {
 
+NIBBLE_PROBE_TU(gpt2_norm)  // probe.cuh
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -16,6 +18,7 @@ constexpr int kThreads = 256;
 template <typename P, int NPT>
 __global__ void layernorm_kernel(float* __restrict__ out, const float* __restrict__ x, const P* __restrict__ w,
                                  const P* __restrict__ b, int64_t C, float eps) {
+  ProbeScope probe;
   __shared__ float scratch[32];
   // The weight and bias are parameters: with NPT > 0 they are requested before the wait, so
   // their latency hides behind the previous kernel instead of following the two reductions.
@@ -31,6 +34,7 @@ __global__ void layernorm_kernel(float* __restrict__ out, const float* __restric
   // Launched as a programmatic dependent (pdl.cuh): it only waits for the kernel that wrote x,
   // its launch overlapping that kernel's tail; then the next GEMV may start fetching weights.
   pdl_wait();
+  probe.waited();
   pdl_trigger();
   const float* xr = x + blockIdx.x * C;
   float* orow = out + blockIdx.x * C;

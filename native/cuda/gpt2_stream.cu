@@ -51,3 +51,60 @@ void mem_info(int device, size_t* free_bytes, size_t* total_bytes) {
 
 }  // namespace gpt2_cuda
 }  // namespace nibble
+
+#ifdef NIBBLE_PROBE
+// ---- timeline probe (probe.cuh) ------------------------------------------------------------------
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "cuda/probe.cuh"
+
+namespace nibble {
+namespace gpt2_cuda {
+namespace {
+const char* probe_path() {
+  static const char* p = std::getenv("NIBBLE_CUDA_PROBE");
+  return p && *p ? p : nullptr;
+}
+ProbeRec* g_host_buf = nullptr;
+std::vector<std::string>& probe_names() {
+  static std::vector<std::string>& v = *new std::vector<std::string>;
+  return v;
+}
+constexpr size_t kProbeBytes = sizeof(ProbeRec) * kProbeGrids * kProbeBlocks;
+}  // namespace
+
+void probe_bind_all() {
+  if (!probe_path() || g_host_buf) return;
+  NIBBLE_CUDA_CHECK(cudaMalloc(&g_host_buf, kProbeBytes), "probe buffer");
+  NIBBLE_CUDA_CHECK(cudaMemset(g_host_buf, 0, kProbeBytes), "probe buffer");
+  for (auto f : probe_binders()) f(g_host_buf);
+  NIBBLE_CUDA_CHECK(cudaDeviceSynchronize(), "probe bind");
+}
+
+void probe_name(const char* what) {
+  if (probe_path()) probe_names().push_back(what);
+}
+
+void probe_dump() {
+  if (!probe_path() || !g_host_buf) return;
+  cudaDeviceSynchronize();
+  std::vector<ProbeRec> recs((size_t)kProbeGrids * kProbeBlocks);
+  cudaMemcpy(recs.data(), g_host_buf, kProbeBytes, cudaMemcpyDeviceToHost);
+  if (FILE* f = std::fopen(probe_path(), "wb")) {
+    for (const ProbeRec& e : recs)
+      if (e.grid) std::fwrite(&e, sizeof(e), 1, f);
+    std::fclose(f);
+  }
+  if (FILE* f = std::fopen((std::string(probe_path()) + ".names").c_str(), "w")) {
+    for (auto& s : probe_names()) std::fprintf(f, "%s\n", s.c_str());
+    std::fclose(f);
+  }
+  cudaMemset(g_host_buf, 0, kProbeBytes);
+  probe_names().clear();
+}
+
+}  // namespace gpt2_cuda
+}  // namespace nibble
+#endif  // NIBBLE_PROBE

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "cuda/cuda_check.h"
+#include "cuda/probe.cuh"
 
 namespace nibble {
 namespace gpt2_cuda {
@@ -52,6 +53,7 @@ void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cu
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr, cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  probe_name(what);
   NIBBLE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...), what);
 }
 
