@@ -30,6 +30,8 @@
 namespace nibble {
 namespace gpt2_cuda {
 
+NIBBLE_PROBE_TU(gpt2_qlinear)  // probe.cuh
+
 namespace {
 
 constexpr size_t kAlign = 256;
@@ -104,7 +106,7 @@ __global__ void __launch_bounds__(kPrepThreads) k_compact_flags(const uint8_t* f
 template <int THREADS, int ROWS, typename X>
 __device__ void quantize_rows_block(X xval, int M, int64_t K, float th, bool sparse, int8_t* __restrict__ xq,
                                     float* __restrict__ rs, uint8_t* s_flags, uint8_t* flags, float* xn,
-                                    int32_t* __restrict__ list) {
+                                    int32_t* __restrict__ list, ProbeScope* probe = nullptr) {
   __shared__ float s_max[THREADS / 32][ROWS];
   __shared__ float s_scale[ROWS];
   __shared__ int s_warp[33];
@@ -148,6 +150,7 @@ __device__ void quantize_rows_block(X xval, int M, int64_t K, float th, bool spa
       xq[m * K + c] = o ? (int8_t)0 : (int8_t)q;
     }
   }
+  if (probe) probe->mark(2);
   if (sparse) compact_flags(s_flags, K, list, s_warp);
   else if (threadIdx.x == 0) list[0] = 0;
 }
@@ -170,7 +173,10 @@ __global__ void __launch_bounds__(kPrepThreads)
 // block reductions, a scan): 1024 threads make each element pass a quarter as long as 256 did,
 // and ROWS (1, 2, 4 or 8, M rounded up) drops the unused rows' reductions. The rows are staged
 // in shared memory (M * K floats: up to 205 KB for 8 rows of GPT-2 XL's 6400-wide mlp c_proj),
-// as far as the device's opt-in limit allows; wider inputs take the general path.
+// as far as the device's opt-in limit allows; wider inputs take the general path. They are
+// copied in whole before the statistics (all loads in flight at once, then shared memory only):
+// same-run A/B on the H100, queued steps, XL int8 B=1 504 -> 516, B=4 964 -> 1046 (the
+// timeline probe put the preparation at 5.3-5.9 us of a 40 us layer before).
 constexpr int kPrepLnThreads = 1024, kPrepLnRows = 8, kLnSumThreads = 256;
 constexpr size_t kPrepLnStaticSmem = 4 * 1024;  // above the kernel's static shared memory
 struct PrepLn {
@@ -183,6 +189,7 @@ template <int ROWS>
 __global__ void __launch_bounds__(kPrepLnThreads)
     k_int8_prep_ln(const float* __restrict__ x, int M, int64_t K, PrepLn ln, float th, bool sparse,
                    int8_t* __restrict__ xq, float* __restrict__ rs, float* __restrict__ xn, int32_t* __restrict__ list) {
+  ProbeScope probe;
   extern __shared__ float s_x[];  // [M, K] floats, then K outlier flags
   uint8_t* s_flags = reinterpret_cast<uint8_t*>(s_x + M * K);
   __shared__ float s_red[32];
@@ -200,29 +207,55 @@ __global__ void __launch_bounds__(kPrepLnThreads)
       lb[i] = c < K ? load_bits(ln.b, ln.dt, c) : 0u;
     }
   pdl_wait();
+  probe.waited();
   pdl_trigger();
-  for (int m = 0; m < M; m++) {
-    const float* xr = x + m * K;
-    if (ln.w) {
+  // The rows into shared memory first, every load issued before any is stored (a thread's
+  // share of an 8-row, 6400-wide input is 13 float4): the statistics, the normalization and
+  // the quantization then read shared memory instead of waiting on L2 pass after pass. The
+  // sums keep layernorm_kernel's order (row_mean_rstd), so the bits are the same.
+  {
+    const int64_t n4 = (int64_t)M * K / 4;  // K % 16 == 0 (int8_decode_prepared)
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    float4* s4 = reinterpret_cast<float4*>(s_x);
+    constexpr int kBatch = 4;
+    for (int64_t i = threadIdx.x; i < n4; i += kBatch * kPrepLnThreads) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; u++) {
+        const int64_t j = i + u * kPrepLnThreads;
+        v[u] = j < n4 ? __ldg(x4 + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; u++) {
+        const int64_t j = i + u * kPrepLnThreads;
+        if (j < n4) s4[j] = v[u];
+      }
+    }
+    __syncthreads();
+  }
+  if (ln.w) {
+    for (int m = 0; m < M; m++) {
+      float* xr = s_x + m * K;
       float mean, rstd;
-      row_mean_rstd(xr, K, ln.eps, s_red, &mean, &rstd, kLnSumThreads);
+      row_mean_rstd(xr, K, ln.eps, s_red, &mean, &rstd, kLnSumThreads);  // ends in a barrier: all reads done
       if (cached) {
 #pragma unroll
         for (int i = 0; i < kLnPerThread; i++) {
           const int64_t c = threadIdx.x + (int64_t)i * kPrepLnThreads;
-          if (c < K) s_x[m * K + c] = (xr[c] - mean) * rstd * bits_f32(lw[i], ln.dt) + bits_f32(lb[i], ln.dt);
+          if (c < K) xr[c] = (xr[c] - mean) * rstd * bits_f32(lw[i], ln.dt) + bits_f32(lb[i], ln.dt);
         }
       } else {
         for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads)
-          s_x[m * K + c] = (xr[c] - mean) * rstd * load_f32(ln.w, ln.dt, c) + load_f32(ln.b, ln.dt, c);
+          xr[c] = (xr[c] - mean) * rstd * load_f32(ln.w, ln.dt, c) + load_f32(ln.b, ln.dt, c);
       }
-    } else {
-      for (int64_t c = threadIdx.x; c < K; c += kPrepLnThreads) s_x[m * K + c] = xr[c];
     }
+    probe.mark(0);
   }
+  __syncthreads();
+  probe.mark(1);
   auto xval = [&](int m, int64_t c) { return s_x[m * K + c]; };
   quantize_rows_block<kPrepLnThreads, ROWS>(xval, M, K, th, sparse, xq, rs, s_flags, nullptr, sparse ? xn : nullptr,
-                                            list);
+                                            list, &probe);
 }
 
 // Whether the decode step's int8 layers take the preparation kernel + k_gemv8_prequant (two
@@ -259,7 +292,7 @@ bool int8_decode_prepared(const QLinear& L, DType dt, int epi, float* out, const
                           const DecodeNorm* norm, const QScratch& q, cudaStream_t s) {
   const int64_t K = L.K;
   const size_t smem = (size_t)(M * K) * 4 + (size_t)K;
-  if (int8_prep_mode() == Int8Prep::Off || M < 1 || M > kPrepLnRows || K % 16 ||
+  if (int8_prep_mode() == Int8Prep::Off || M < 1 || M > kPrepLnRows || K % 16 || (reinterpret_cast<uintptr_t>(x) & 15) ||
       smem + kPrepLnStaticSmem > (size_t)cuda::smem_optin_bytes())
     return false;
   // One row of a small layer: the one-kernel GEMV (its in-loop quantization is cheap there and
