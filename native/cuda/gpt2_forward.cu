@@ -2,7 +2,7 @@
 // same arithmetic as lib/models/gpt2.ts op by op, with bias, gelu_new and the residual add
 // moved into the linear epilogues.
 #include "cuda/gpt2_device.cuh"
-#include "cuda/pdl.cuh"
+#include "cuda/probe.cuh"
 
 namespace nibble {
 namespace gpt2_cuda {

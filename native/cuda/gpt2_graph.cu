@@ -8,7 +8,7 @@
 // does not wait for the steps before it to run (generate() queues steps t+1 and t+2 while
 // step t runs).
 #include "cuda/gpt2_device.cuh"
-#include "cuda/pdl.cuh"
+#include "cuda/probe.cuh"
 
 namespace nibble {
 namespace gpt2_cuda {

@@ -256,7 +256,8 @@ __global__ void __launch_bounds__(kPrepLnThreads)
     }
     probe.mark(0);
   }
-  __syncthreads();
+  // No barrier here: the quantization below reads each column by the thread that normalized
+  // it (column c by thread c mod kPrepLnThreads), and the staging ended in one.
   probe.mark(1);
   auto xval = [&](int m, int64_t c) { return s_x[m * K + c]; };
   quantize_rows_block<kPrepLnThreads, ROWS>(xval, M, K, th, sparse, xq, rs, s_flags, nullptr, sparse ? xn : nullptr,
