@@ -318,11 +318,12 @@ void test_qlinear_4bit(int64_t M, int64_t K, int64_t N, fmt::QuantType qt, bool 
 
 // LLM.int8(): x rounded to float16, vectorwise quantization with outlier columns, int8 product,
 // float16 dequantization with the bias, the 16-bit outlier product: Linear8bitLt.forward.
-void test_qlinear_int8(int64_t M, int64_t K, int64_t N, float threshold, int epi, bool ln) {
-  auto x = randn(M * K, 1.5f), w = randn(N * K, 0.05f), resid = randn(M * N);
+// xscale: the spread of x (and the mean layernorm weight); 4 makes many outlier columns.
+void test_qlinear_int8(int64_t M, int64_t K, int64_t N, float threshold, int epi, bool ln, float xscale = 1.5f) {
+  auto x = randn(M * K, xscale), w = randn(N * K, 0.05f), resid = randn(M * N);
   std::vector<float> bf, lnwf, lnbf;
   auto bb = encode(randn(N, 0.1f), DType::F16, &bf);
-  auto lnw = encode(randn(K, 0.5f, 1.5f), DType::F16, &lnwf), lnb = encode(randn(K, 0.1f), DType::F16, &lnbf);
+  auto lnw = encode(randn(K, 0.5f, xscale), DType::F16, &lnwf), lnb = encode(randn(K, 0.1f), DType::F16, &lnbf);
   std::vector<float> xin = x;
   if (ln) cpu::layernorm_ref(xin.data(), x.data(), lnw.data(), lnb.data(), DType::F16, M, K, 1e-5f);
   std::vector<uint16_t> wh(N * K), xh(M * K), bias_h(N);
@@ -515,6 +516,15 @@ int main(int argc, char** argv) {
     test_qlinear_int8(5, 1600, 4800, 6.f, 0, true);
     test_qlinear_int8(7, 6400, 1600, 6.f, 2, false);
     test_qlinear_int8(8, 6400, 1600, 0.f, 1, false);
+    // Many outlier columns (one in ~7 after the layernorm), odd widths and row counts, with and
+    // without the layernorm: the outlier products of the int8 decode paths (the preparation
+    // kernel's list; with NIBBLE_CUDA_INT8_PREP=0, as device-check.sh also runs, the one-kernel
+    // GEMV's per-chunk masks).
+    for (int64_t M : {1, 2, 3, 4})
+      for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{48, 37}, {1600, 300}, {6400, 75}}) {
+        test_qlinear_int8(M, kn.first, kn.second, 6.f, (int)(M % 3), M % 2 == 1, 4.f);
+        test_qlinear_int8(M, kn.first, kn.second, 6.f, (int)((M + 1) % 3), M % 2 == 0, 4.f);
+      }
     for (int64_t M : {1, 2, 3, 8, 16, 20})
       for (auto kn : std::vector<std::pair<int64_t, int64_t>>{{64, 33}, {1600, 100}, {6400, 75}, {8192, 16}})
         for (int epi = 0; epi < 3; epi++) {
