@@ -42,7 +42,8 @@ bool decode_mma_16bit(const void* w, const void* bias, DType wdt, int epilogue, 
                       int64_t K, int64_t N, const DecodeNorm* norm, cudaStream_t s);
 // The same from activations quantized by a preparation kernel (gpt2_qlinear.cu): xq [M, K]
 // int8 with the outlier columns zeroed, rs [M] the row absmax, xn [M, K] the float32 rows
-// the outlier columns are read from, list = count then the outlier columns ascending.
+// the outlier columns are read from (only those columns are written), list = count then the
+// outlier columns ascending.
 bool decode_gemv_int8_prequant(const QLinear& L, DType bias_dt, int epilogue, float* out, const int8_t* xq,
                                const float* rs, const float* xn, const int32_t* list, int64_t M, cudaStream_t s);
 // LLM.int8() layer: the activation quantization, int8 product, dequantization and outlier

@@ -102,7 +102,9 @@ __global__ void __launch_bounds__(kPrepThreads) k_compact_flags(const uint8_t* f
 // int8_vectorwise_quant of float16(xval(m, c)) for M <= ROWS rows by one block of THREADS
 // threads, with the outlier flags (s_flags in shared memory, and `flags` when not null) and the
 // ascending outlier list: the same arithmetic as cpu::int8_vectorwise_quant_ref (see
-// quant_int8.cu). xn, when not null, receives the rows' float32 values (for the outlier product).
+// quant_int8.cu). xn, when not null, receives the rows' float32 values at the outlier columns,
+// the only ones the outlier product reads (every column was 6.4-25.6 KB of stores a GPT-2 XL
+// layer, for rows that mostly have no outlier at all).
 template <int THREADS, int ROWS, typename X>
 __device__ void quantize_rows_block(X xval, int M, int64_t K, float th, bool sparse, int8_t* __restrict__ xq,
                                     float* __restrict__ rs, uint8_t* s_flags, uint8_t* flags, float* xn,
@@ -124,7 +126,6 @@ __device__ void quantize_rows_block(X xval, int M, int64_t K, float th, bool spa
         const float a = fabsf(round_to_half(v));
         if (sparse && a >= th) outlier = true;
         if (!sparse || a < th) mx[m] = fmaxf(mx[m], a);
-        if (xn) xn[m * K + c] = v;
       }
     }
     s_flags[c] = outlier;
@@ -151,8 +152,10 @@ __device__ void quantize_rows_block(X xval, int M, int64_t K, float th, bool spa
   for (int64_t c = threadIdx.x; c < K; c += THREADS) {
     const bool o = outliers && s_flags[c];
     for (int m = 0; m < M; m++) {
-      int q = __float2int_rn(__fmul_rn(round_to_half(xval(m, c)), s_scale[m]));  // NaN -> 0
+      const float v = xval(m, c);
+      int q = __float2int_rn(__fmul_rn(round_to_half(v), s_scale[m]));  // NaN -> 0
       xq[m * K + c] = o ? (int8_t)0 : (int8_t)q;
+      if (o && xn) xn[m * K + c] = v;
     }
   }
   if (probe) probe->mark(2);
@@ -172,8 +175,8 @@ __global__ void __launch_bounds__(kPrepThreads)
 // The decode step's int8 preparation (B <= 8 rows), one block of 1024 threads: the layer's
 // layernorm when it has one (row statistics summed as layernorm_kernel's 256 threads sum them,
 // see row_mean_rstd, and its expression: the bits the layernorm kernel writes), then
-// k_int8_prep's quantization. The normalized rows go to xn for the outlier product;
-// k_gemv8_prequant (gpt2_decode_gemv.cu) takes it from there. Launched as a programmatic
+// k_int8_prep's quantization. The normalized values of the outlier columns go to xn for the
+// outlier product; k_gemv8_prequant (gpt2_decode_gemv.cu) takes it from there. Launched as a programmatic
 // dependent, like the kernels around it. One block is a chain of dependent steps (loads,
 // block reductions, a scan): 1024 threads make each element pass a quarter as long as 256 did,
 // and ROWS (1, 2, 4 or 8, M rounded up) drops the unused rows' reductions. The rows are staged
