@@ -477,7 +477,8 @@ __global__ void __launch_bounds__(kGroupThreads * groups(NT)) k_decode_mma(const
     }
     group_sync<G>(ng, group);
     // One thread per (feature, activation row): the warps' partial sums in a fixed order (the
-    // loads unrolled for the two group sizes, so they go out together).
+    // loads unrolled for the two group sizes, wpt = G * kWarps / ng with ng 1 or G <= 2, so
+    // they go out together).
     if (e_live) {
       const float* sp = &s_part[par][group * wpt][e_nt][e_row][e_col];
       constexpr int kStride = NT * kTileRows * 8;  // floats between two warps' partials
@@ -485,11 +486,9 @@ __global__ void __launch_bounds__(kGroupThreads * groups(NT)) k_decode_mma(const
       if (wpt == 2 * kWarps) {
 #pragma unroll
         for (int w = 0; w < 2 * kWarps; w++) v += sp[w * kStride];
-      } else if (wpt == kWarps) {
+      } else {
 #pragma unroll
         for (int w = 0; w < kWarps; w++) v += sp[w * kStride];
-      } else {
-        for (int w = 0; w < wpt; w++) v += sp[w * kStride];
       }
       if (a.bias) v += bits_f32(e_bias, a.bias_dt);
       float* o = a.out + (size_t)e_m * a.N + e_n;

@@ -263,8 +263,7 @@ __global__ void __launch_bounds__(kPrepLnThreads)
   // it (column c by thread c mod kPrepLnThreads), and the staging ended in one.
   probe.mark(1);
   auto xval = [&](int m, int64_t c) { return s_x[m * K + c]; };
-  quantize_rows_block<kPrepLnThreads, ROWS>(xval, M, K, th, sparse, xq, rs, s_flags, nullptr, sparse ? xn : nullptr,
-                                            list, &probe);
+  quantize_rows_block<kPrepLnThreads, ROWS>(xval, M, K, th, sparse, xq, rs, s_flags, nullptr, xn, list, &probe);
 }
 
 // Whether the decode step's int8 layers take the preparation kernel + k_gemv8_prequant (two
